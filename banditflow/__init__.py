@@ -1,0 +1,1 @@
+"""banditflow: automated model optimization rolled out by a bandit."""

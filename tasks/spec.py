@@ -1,0 +1,240 @@
+"""The study spec: what to optimize, on which data, how, and which gates a candidate must pass."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Direction = Literal["minimize", "maximize"]
+TaskType = Literal["binary", "multiclass", "regression"]
+
+CLASSIFICATION_METRICS = {
+    "roc_auc": "maximize",
+    "log_loss": "minimize",
+    "accuracy": "maximize",
+    "f1": "maximize",
+    "average_precision": "maximize",
+    "brier": "minimize",
+}
+REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
+# Measured on every trial whatever the task, so they can be objectives too.
+SYSTEM_METRICS = {"latency_ms": "minimize", "model_bytes": "minimize"}
+MULTICLASS_UNSUPPORTED = {"roc_auc", "average_precision", "brier"}
+
+
+def metrics_for(task: TaskType) -> dict[str, str]:
+    """Return the metrics a task type supports, with their natural direction."""
+    if task == "regression":
+        base = dict(REGRESSION_METRICS)
+    elif task == "multiclass":
+        base = {k: v for k, v in CLASSIFICATION_METRICS.items() if k not in MULTICLASS_UNSUPPORTED}
+    else:
+        base = dict(CLASSIFICATION_METRICS)
+    return base | SYSTEM_METRICS
+
+
+class SpecError(ValueError):
+    """A study spec is invalid; the message names the field and what to write instead."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParamSpec(_Strict):
+    """One dimension of a search space (the YAML shape the optimizers take)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+    # Active only when another parameter takes one of these values, e.g.
+    # {"penalty": ["elasticnet"]}. Optimizers may leave inactive parameters out.
+    condition: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(f"'low' must be below 'high', got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale parameter needs low > 0, got low={self.low}")
+        return self
+
+
+class DataSpec(_Strict):
+    """Where the training set comes from: a Feast feature service, or a file."""
+
+    source: Literal["feast", "file"] = "feast"
+    # feast: label rows (entity key, event_timestamp, target) joined point-in-time.
+    feature_service: str = "conversion_model_v1"
+    labels: str | None = None  # parquet/CSV of label rows; default: the generated sessions
+    # file: any table with a target column.
+    path: str | None = None
+    target: str = "converted"
+    timestamp_column: str | None = "event_timestamp"
+    drop_columns: list[str] = Field(default_factory=list)
+    # Restrict the label rows to a time window (the retrain flow's "recent window").
+    start: datetime | None = None
+    end: datetime | None = None
+    max_rows: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataSpec:
+        if self.source == "file" and not self.path:
+            raise ValueError("data.source 'file' needs data.path (a CSV or parquet file)")
+        if self.path and Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+            raise ValueError(f"data.path must be a .csv or .parquet file, got {self.path!r}")
+        return self
+
+
+class ModelSpec(_Strict):
+    """A model family from the registry in tasks/models.py and its search space."""
+
+    family: str = "hist_gradient_boosting"
+    space: dict[str, ParamSpec] | None = None  # None: the family's default space
+    fixed: dict[str, Any] = Field(default_factory=dict)  # passed to every trial as-is
+
+    @field_validator("space")
+    @classmethod
+    def _non_empty(cls, space: dict[str, ParamSpec] | None) -> dict[str, ParamSpec] | None:
+        if space is not None and not space:
+            raise ValueError(
+                "the search space is empty: list at least one parameter, "
+                "or leave 'space' out to use the family's default space"
+            )
+        return space
+
+
+class PruningSpec(_Strict):
+    """Stop a trial early when it is clearly worse than the others after some folds."""
+
+    rule: Literal["median"] = "median"
+    after_folds: int = Field(default=2, ge=1)
+    min_trials: int = Field(default=5, ge=1)  # completed trials before pruning starts
+
+
+class BudgetSpec(_Strict):
+    max_trials: int = Field(default=32, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+    trial_timeout_seconds: float | None = Field(default=300, gt=0)
+    patience: int | None = Field(default=None, ge=1)  # stop after N trials without improvement
+    pruning: PruningSpec | None = None
+
+
+class EvaluationSpec(_Strict):
+    method: Literal["cv", "holdout"] = "cv"
+    folds: int = Field(default=5, ge=2)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # time-ordered, for "holdout"
+    # Kept out of the optimizer's sight (the latest rows when time-stamped): the gates use it.
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    latency_calls: int = Field(default=200, ge=10)
+
+
+class PerformanceGate(_Strict):
+    metric: str = "roc_auc"
+    max_regression: float = Field(default=0.005, ge=0)  # vs the champion, same rows
+    floor: float | None = 0.6  # absolute, when there is no champion yet
+
+
+class FairnessGate(_Strict):
+    sensitive_attribute: str = "age_band"
+    max_demographic_parity_difference: float = Field(default=0.1, ge=0, le=1)
+    max_equalized_odds_difference: float = Field(default=0.1, ge=0, le=1)
+
+
+class GatesSpec(_Strict):
+    performance: PerformanceGate | None = Field(default_factory=PerformanceGate)
+    fairness: FairnessGate | None = None
+    latency_p95_ms: float | None = Field(default=50.0, gt=0)
+    max_model_bytes: int | None = Field(default=50_000_000, gt=0)
+
+
+class RegisterSpec(_Strict):
+    max_candidates: int = Field(default=3, ge=1)  # of the Pareto set, or the top trials
+    convert_onnx: bool = True
+
+
+class StudySpec(_Strict):
+    """A study: the ``optimize`` flow's parameter (Prefect renders it as a form)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: TaskType = "binary"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    objectives: dict[str, Direction] = Field(default_factory=lambda: {"roc_auc": "maximize"})
+    optimizer: Literal["hyperopt", "ax", "random"] = "hyperopt"
+    optimizer_options: dict[str, Any] = Field(default_factory=dict)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    q: int = Field(default=2, ge=1, le=64)
+    seed: int = 0
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    registration: RegisterSpec = Field(default_factory=RegisterSpec)
+    # Points enqueued before the optimizer's own suggestions (the retrain's warm start).
+    warm_start: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> StudySpec:
+        if not self.objectives:
+            raise ValueError("objectives: name at least one metric, e.g. {roc_auc: maximize}")
+        supported = metrics_for(self.task)
+        for metric in self.objectives:
+            if metric not in supported:
+                raise ValueError(
+                    f"objectives: {metric!r} is not measured for task {self.task!r}; "
+                    f"choose from {sorted(supported)}"
+                )
+        if self.optimizer == "hyperopt" and len(self.objectives) > 1:
+            raise ValueError(
+                f"objectives: hyperopt optimizes a single objective, got {list(self.objectives)}; "
+                "use optimizer 'ax' for a Pareto front, or keep one objective and bound the "
+                "others with gates (gates.latency_p95_ms, gates.max_model_bytes)"
+            )
+        if self.gates.performance is not None and self.gates.performance.metric not in supported:
+            raise ValueError(
+                f"gates.performance.metric: {self.gates.performance.metric!r} is not measured "
+                f"for task {self.task!r}; choose from {sorted(supported)}"
+            )
+        return self
+
+    @property
+    def primary_objective(self) -> tuple[str, Direction]:
+        """The first objective: what 'best' means for single-objective summaries."""
+        name, direction = next(iter(self.objectives.items()))
+        return name, direction
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> StudySpec:
+        """Load and validate a spec; errors name the field, e.g. ``model.space.lr.type``."""
+        path = Path(path)
+        if not path.exists():
+            raise SpecError(f"spec file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: a spec is a YAML mapping with at least 'name'")
+        return cls.parse(raw, source=str(path))
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], *, source: str = "spec") -> StudySpec:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            lines = [
+                f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+                for err in exc.errors()
+            ]
+            raise SpecError(f"{source} is not a valid study spec:\n" + "\n".join(lines)) from exc

@@ -1,0 +1,30 @@
+"""MLflow set-up from settings: tracking and registry URIs, experiments with a known artifact root."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tasks.settings import PipelineSettings, get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+def configure_mlflow(settings: PipelineSettings | None = None) -> MlflowClient:
+    """Point MLflow at the settings' stores and return a client for them."""
+    import mlflow
+
+    settings = (settings or get_settings()).ensure_dirs()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+    return mlflow.MlflowClient(settings.tracking_uri, settings.registry_uri)
+
+
+def ensure_experiment(name: str, settings: PipelineSettings | None = None) -> str:
+    """Return the id of experiment ``name``, creating it with the settings' artifact root."""
+    settings = settings or get_settings()
+    client = configure_mlflow(settings)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    return str(client.create_experiment(name, artifact_location=settings.artifact_root))
