@@ -165,6 +165,26 @@ class RegisterSpec(_Strict):
     convert_onnx: bool = True
 
 
+class DriftSpec(_Strict):
+    """When the retrain flow calls the recent window drifted from the champion's training data.
+
+    p-values alone flag everything at large n, so each test needs an effect size as well.
+    """
+
+    psi_numeric: float = Field(default=0.2, gt=0)  # population stability index, 10 quantile bins
+    psi_categorical: float = Field(default=0.2, gt=0)
+    psi_bins: int = Field(default=10, ge=2, le=100)
+    ks_alpha: float = Field(default=0.01, gt=0, lt=1)
+    ks_min_statistic: float = Field(default=0.1, gt=0, le=1)  # effect-size guard on the KS test
+    chi2_alpha: float = Field(default=0.01, gt=0, lt=1)
+    chi2_min_cramers_v: float = Field(default=0.1, gt=0, le=1)  # effect-size guard on chi-square
+    metric_margin: float = Field(default=0.02, ge=0)  # champion's metric worse than hold-out by
+    min_rows: int = Field(default=200, ge=10)  # fewer recent rows: not enough to judge
+    recent_days: float = Field(default=7.0, gt=0)  # window checked when no range is given
+    max_reference_rows: int = Field(default=50_000, ge=100)  # sample kept with the champion
+    features: list[str] | None = None  # None: every feature of the training set
+
+
 class StudySpec(_Strict):
     """A study: the ``optimize`` flow's parameter (Prefect renders it as a form)."""
 
@@ -183,6 +203,7 @@ class StudySpec(_Strict):
     registration: RegisterSpec = Field(default_factory=RegisterSpec)
     # Points enqueued before the optimizer's own suggestions (the retrain's warm start).
     warm_start: list[dict[str, Any]] = Field(default_factory=list)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
 
     @model_validator(mode="after")
     def _check_objectives(self) -> StudySpec:
