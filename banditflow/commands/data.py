@@ -1,0 +1,127 @@
+"""Data commands: generate the demo data, and drive the Feast repository."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from banditflow.cli import app
+
+features_app = typer.Typer(
+    help="Apply the Feast repository, materialize, build training sets.", no_args_is_help=True
+)
+app.add_typer(features_app, name="features")
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def generate(
+    rows: Annotated[int, typer.Option(help="Labelled sessions to generate.")] = 60_000,
+    customers: Annotated[int, typer.Option(help="Number of customers.")] = 5_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+    days: Annotated[int, typer.Option(help="Days of activity from --start.")] = 120,
+    start: Annotated[
+        datetime | None, typer.Option(help="First day (UTC); default 2026-01-01.")
+    ] = None,
+    drift_at: Annotated[
+        datetime | None, typer.Option(help="When the drift starts (UTC); default: no drift.")
+    ] = None,
+    drift_strength: Annotated[float, typer.Option(help="How strong the drift is.")] = 1.0,
+    age_effect: Annotated[
+        float, typer.Option(help="Effect of the age band on the true log-odds (0: none).")
+    ] = 0.4,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder; default: the settings' data folder.")
+    ] = None,
+) -> None:
+    """Generate the demo e-commerce conversion data (parquet) with a known ground truth."""
+    from tasks.datagen import GeneratorConfig
+    from tasks.datagen import generate as run_generate
+    from tasks.settings import get_settings
+
+    fields: dict[str, object] = {
+        "seed": seed,
+        "n_customers": customers,
+        "rows": rows,
+        "days": days,
+        "drift_at": drift_at,
+        "drift_strength": drift_strength,
+        "age_effect": age_effect,
+    }
+    if start is not None:
+        fields["start"] = start
+    config = GeneratorConfig.model_validate(fields)
+    folder = out or get_settings().ensure_dirs().data_dir
+    paths = run_generate(config, folder)
+    for name, path in paths.items():
+        typer.echo(f"{name:<10} {path}  ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the entity, sources, views and feature service in the Feast registry."""
+    from tasks.features import FeatureError, apply_repository
+    from tasks.settings import get_settings
+
+    try:
+        applied = apply_repository(get_settings())
+    except FeatureError as exc:
+        raise _fail(exc) from None
+    typer.echo("applied: " + ", ".join(applied))
+
+
+@features_app.command("materialize")
+def features_materialize(
+    end: Annotated[
+        datetime | None, typer.Option(help="Materialize up to this time (UTC); default: now.")
+    ] = None,
+) -> None:
+    """Load new offline rows into the online store and emit banditflow.features.updated."""
+    from tasks.features import FeatureError, flush_events, materialize_incremental
+    from tasks.settings import get_settings
+
+    try:
+        updates = materialize_incremental(end, settings=get_settings())
+    except FeatureError as exc:
+        raise _fail(exc) from None
+    for update in updates:
+        typer.echo(
+            f"{update['feature_view']}: {update['rows']} rows "
+            f"({update['start']} .. {update['end']})"
+        )
+    flush_events()
+
+
+@features_app.command("training-set")
+def features_training_set(
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="Label rows (parquet); default: the generated sessions.")
+    ] = None,
+    feature_service: Annotated[str, typer.Option(help="Feast feature service.")] = (
+        "conversion_model_v1"
+    ),
+    target: Annotated[str, typer.Option(help="Label column.")] = "converted",
+) -> None:
+    """Build a point-in-time-correct training set and write it as parquet."""
+    import pandas as pd
+
+    from tasks.features import FeatureError, build_training_set, load_labels
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    try:
+        frame = load_labels(settings) if labels is None else pd.read_parquet(labels)
+        training = build_training_set(frame, feature_service, target=target, settings=settings)
+    except FeatureError as exc:
+        raise _fail(exc) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    training.to_parquet(out, index=False)
+    typer.echo(f"wrote {len(training)} rows x {training.shape[1]} columns to {out}")

@@ -1,0 +1,363 @@
+"""Generate the demo data: an e-commerce conversion problem with a known ground truth.
+
+Three parquet files feed the Feast repository (``customers``: profiles, ``activity``: one
+row per customer and day, ``sessions``: labelled sessions) and ``generator.json`` keeps the
+config, so a simulator can rebuild the truth with :func:`conversion_probability`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from scipy.signal import lfilter
+
+AGE_BANDS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55+")
+REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
+SIGNUP_CHANNELS: tuple[str, ...] = ("organic", "paid_search", "social", "referral", "email")
+
+PROFILE_FEATURES: tuple[str, ...] = (
+    "age_band",
+    "region",
+    "signup_channel",
+    "tenure_days",
+    "is_premium",
+)
+ACTIVITY_FEATURES: tuple[str, ...] = (
+    "sessions_7d",
+    "pageviews_7d",
+    "cart_adds_7d",
+    "minutes_7d",
+    "days_since_last_purchase",
+    "discount_rate_7d",
+)
+FEATURES: tuple[str, ...] = PROFILE_FEATURES + ACTIVITY_FEATURES
+# The features whose distribution `drift_at` shifts; every other feature keeps its own.
+DRIFTED_FEATURES: tuple[str, ...] = ("cart_adds_7d", "minutes_7d", "discount_rate_7d")
+
+FILES = {
+    "customers": "customers.parquet",
+    "activity": "activity.parquet",
+    "sessions": "sessions.parquet",
+    "config": "generator.json",
+}
+
+# Where each age band sits on the sensitive attribute's axis; `age_effect` scales it.
+_AGE_SCORE = dict(zip(AGE_BANDS, (-1.0, -0.5, 0.0, 0.5, 1.0), strict=True))
+_REGION_EFFECT = dict(zip(REGIONS, (0.05, -0.10, 0.00, 0.10, -0.05), strict=True))
+_CHANNEL_EFFECT = dict(zip(SIGNUP_CHANNELS, (0.15, -0.10, -0.20, 0.30, 0.05), strict=True))
+
+# Ground-truth logistic coefficients before drift, and how drift moves them (per unit of
+# drift_strength). Tuned so that the default data converts at about 9 %.
+_COEF: dict[str, float] = {
+    "intercept": -3.9,
+    "log_sessions": 0.45,
+    "log_cart_adds": 0.55,
+    "log_minutes": 0.20,
+    "discount": 1.2,
+    "cart_x_discount": 0.9,  # interaction: discounts convert carts
+    "recency": -0.015,  # per day since the last purchase (capped at 120)
+    "never_purchased": -0.45,
+    "log_tenure": 0.12,
+    "premium": 0.35,
+    "premium_x_discount": -0.6,  # premium customers care less about discounts
+    "customer_noise": 0.35,  # sd of a per-customer effect no feature explains
+}
+_DRIFT_DELTA: dict[str, float] = {
+    "log_cart_adds": -0.45,
+    "discount": -1.6,
+    "log_minutes": 0.05,
+    "cart_x_discount": 0.3,
+}
+_MINUTES_FILL = 2.5  # log1p(minutes) assumed where tracking missed the minutes
+
+
+class GeneratorConfig(BaseModel):
+    """What to generate; written to ``generator.json`` next to the data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 0
+    n_customers: int = Field(default=5_000, ge=1)
+    rows: int = Field(default=60_000, ge=1)  # labelled sessions
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    days: int = Field(default=120, ge=2)
+    # Shifts every log-odds: the base conversion rate (about 9 % with the defaults).
+    intercept_shift: float = 0.0
+    # How far the age band moves the true log-odds from youngest to oldest band / 2.
+    age_effect: float = 0.4
+    drift_at: datetime | None = None
+    drift_strength: float = Field(default=1.0, ge=0.0)
+
+    @field_validator("start", "drift_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @property
+    def end(self) -> datetime:
+        """Return the end of the generated period (exclusive)."""
+        return self.start + timedelta(days=self.days)
+
+    @property
+    def profile_time(self) -> datetime:
+        """Return when the customer profiles were snapshotted (a day before ``start``)."""
+        return self.start - timedelta(days=1)
+
+
+def _customer_noise(customer_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Return each customer's unexplained log-odds effect, a pure function of (id, seed)."""
+    # A SplitMix64-style hash: the same id gives the same effect whatever the row order.
+    with np.errstate(over="ignore"):
+        x = customer_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= np.uint64(seed & 0xFFFFFFFF) * np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    u = np.clip(u, 1e-12, 1 - 1e-12)
+    # Box-Muller needs two uniforms; a second hash of the first is enough for this purpose.
+    v = np.modf(u * 7919.0)[0]
+    v = np.clip(v, 1e-12, 1 - 1e-12)
+    return np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * v)
+
+
+def _after_drift(at: datetime | pd.Series | Any, n: int, config: GeneratorConfig) -> np.ndarray:
+    if config.drift_at is None:
+        return np.zeros(n, dtype=bool)
+    drift_at = pd.Timestamp(config.drift_at)
+    if isinstance(at, pd.Series | pd.Index | np.ndarray):
+        stamps = pd.to_datetime(pd.Series(np.asarray(at)), utc=True)
+        if len(stamps) != n:
+            raise ValueError(f"`at` has {len(stamps)} timestamps for {n} feature rows")
+        return (stamps >= drift_at).to_numpy()
+    stamp = pd.Timestamp(at)
+    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+    return np.full(n, stamp >= drift_at, dtype=bool)
+
+
+def conversion_probability(
+    features: pd.DataFrame, at: datetime | pd.Series, config: GeneratorConfig
+) -> np.ndarray:
+    """Return the ground-truth P(convert) of feature rows at a time (or a time per row).
+
+    ``features`` holds ``customer_id`` and the profile and activity columns of
+    :data:`FEATURES`; from ``config.drift_at`` on, the coefficients move by
+    ``drift_strength`` times their drift.
+    """
+    missing = [c for c in ("customer_id", *FEATURES) if c not in features.columns]
+    if missing:
+        raise ValueError(f"conversion_probability needs the columns {missing}; got those missing")
+    n = len(features)
+    drifted = _after_drift(at, n, config).astype(np.float64) * config.drift_strength
+
+    def coef(name: str) -> np.ndarray | float:
+        return _COEF[name] + drifted * _DRIFT_DELTA.get(name, 0.0)
+
+    sessions = features["sessions_7d"].to_numpy(np.float64)
+    cart = features["cart_adds_7d"].to_numpy(np.float64)
+    minutes = features["minutes_7d"].to_numpy(np.float64)
+    discount = features["discount_rate_7d"].to_numpy(np.float64)
+    since = features["days_since_last_purchase"].to_numpy(np.float64)
+    premium = features["is_premium"].to_numpy(np.float64)
+    tenure = features["tenure_days"].to_numpy(np.float64)
+    log_cart = np.log1p(cart)
+    log_minutes = np.where(np.isnan(minutes), _MINUTES_FILL, np.log1p(np.nan_to_num(minutes)))
+    never = np.isnan(since)
+
+    logit = (
+        _COEF["intercept"]
+        + config.intercept_shift
+        + _COEF["log_sessions"] * np.log1p(sessions)
+        + coef("log_cart_adds") * log_cart
+        + coef("log_minutes") * log_minutes
+        + coef("discount") * discount
+        + coef("cart_x_discount") * log_cart * discount
+        + _COEF["recency"] * np.minimum(np.nan_to_num(since), 120.0)
+        + _COEF["never_purchased"] * never
+        + _COEF["log_tenure"] * np.log1p(tenure / 30.0)
+        + _COEF["premium"] * premium
+        + _COEF["premium_x_discount"] * premium * discount
+        + features["region"].map(_REGION_EFFECT).fillna(0.0).to_numpy(np.float64)
+        + features["signup_channel"].map(_CHANNEL_EFFECT).fillna(0.0).to_numpy(np.float64)
+        + config.age_effect * features["age_band"].map(_AGE_SCORE).fillna(0.0).to_numpy(np.float64)
+        + _COEF["customer_noise"]
+        * _customer_noise(features["customer_id"].to_numpy(np.int64), config.seed)
+    )
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def _customers(config: GeneratorConfig, rng: np.random.Generator) -> pd.DataFrame:
+    n = config.n_customers
+    tenure = np.minimum(rng.lognormal(np.log(240.0), 1.0, n), 3_650).astype(np.int64)
+    premium_p = 1.0 / (1.0 + np.exp(-(np.log1p(tenure / 30.0) - 3.0)))
+    stamp = pd.Timestamp(config.profile_time)
+    return pd.DataFrame(
+        {
+            "customer_id": np.arange(100_001, 100_001 + n, dtype=np.int64),
+            "event_timestamp": pd.DatetimeIndex(np.full(n, stamp.value)).tz_localize(UTC),
+            "created_timestamp": pd.DatetimeIndex(np.full(n, stamp.value)).tz_localize(UTC),
+            "age_band": np.asarray(AGE_BANDS)[
+                rng.choice(5, size=n, p=[0.16, 0.30, 0.24, 0.17, 0.13])
+            ],
+            "region": np.asarray(REGIONS)[rng.choice(5, size=n, p=[0.2, 0.25, 0.2, 0.2, 0.15])],
+            "signup_channel": np.asarray(SIGNUP_CHANNELS)[
+                rng.choice(5, size=n, p=[0.35, 0.25, 0.2, 0.1, 0.1])
+            ],
+            "tenure_days": tenure,
+            "is_premium": (rng.random(n) < premium_p).astype(np.int64),
+        }
+    )
+
+
+def _activity(
+    config: GeneratorConfig, rng: np.random.Generator, engagement: np.ndarray
+) -> pd.DataFrame:
+    """Return one row per customer and day, customer-major (row = customer * days + day)."""
+    n, days = config.n_customers, config.days
+    shape = (n, days)
+    # Day-to-day engagement: an AR(1) walk around each customer's level.
+    walk = lfilter([1.0], [1.0, -0.8], rng.normal(0.0, 0.25, shape), axis=1)
+    sessions = rng.poisson(np.exp(engagement[:, None] + walk))
+    pageviews = sessions * 3 + rng.poisson(sessions * 2.0 + 0.5)
+    stamps = pd.Timestamp(config.start) + pd.to_timedelta(np.arange(days), unit="D")
+    after = np.zeros(shape, dtype=bool)
+    if config.drift_at is not None:
+        after[:, np.asarray(stamps >= pd.Timestamp(config.drift_at))] = True
+    shift = after * config.drift_strength
+
+    # Drifted features: drift raises their level from drift_at on.
+    cart_p = np.clip(0.06 * (1.0 + 0.8 * shift), 0.0, 0.95)
+    cart_adds = rng.binomial(pageviews, cart_p)
+    minutes = sessions * rng.gamma(2.0, 3.0, shape) * (1.0 + 0.6 * shift)
+    minutes[rng.random(shape) < 0.06] = np.nan  # tracking gaps
+    discount = rng.beta(1.2 + 1.5 * shift, 8.0, shape)
+
+    # Days since the last purchase: NaN until a customer's first purchase.
+    buy_p = np.clip(0.02 * np.exp(engagement), 0.001, 0.5)
+    since = np.where(
+        rng.random(n) < 0.7, np.minimum(rng.geometric(buy_p), 365).astype(np.float64), np.nan
+    )
+    bought = rng.random(shape) < buy_p[:, None]
+    since_days = np.empty(shape)
+    for day in range(days):
+        since = np.where(bought[:, day], 0.0, since + 1.0)
+        since_days[:, day] = since
+
+    ids = np.arange(100_001, 100_001 + n, dtype=np.int64)
+    event_ts = pd.DatetimeIndex(np.tile(stamps.as_unit("ns").asi8, n)).tz_localize(UTC)
+    return pd.DataFrame(
+        {
+            "customer_id": np.repeat(ids, days),
+            "event_timestamp": event_ts,
+            "created_timestamp": event_ts + pd.Timedelta(minutes=5),
+            "sessions_7d": sessions.ravel().astype(np.int64),
+            "pageviews_7d": pageviews.ravel().astype(np.int64),
+            "cart_adds_7d": cart_adds.ravel().astype(np.int64),
+            "minutes_7d": np.round(minutes.ravel(), 2),
+            "days_since_last_purchase": since_days.ravel(),
+            "discount_rate_7d": np.round(discount.ravel(), 4),
+        }
+    )
+
+
+def _sessions(
+    config: GeneratorConfig,
+    rng: np.random.Generator,
+    customers: pd.DataFrame,
+    activity: pd.DataFrame,
+    engagement: np.ndarray,
+) -> pd.DataFrame:
+    n, days, rows = config.n_customers, config.days, config.rows
+    weights = np.exp(engagement)
+    cust_idx = rng.choice(n, size=rows, p=weights / weights.sum())
+    # Strictly inside a day (never on the midnight snapshot), so "as of" is unambiguous.
+    offset_s = rng.integers(1, days * 86_400, size=rows)
+    offset_s[offset_s % 86_400 == 0] += 1
+    day = offset_s // 86_400
+    order = np.argsort(offset_s, kind="stable")
+    cust_idx, offset_s, day = cust_idx[order], offset_s[order], day[order]
+    stamps = pd.Timestamp(config.start) + pd.to_timedelta(offset_s, unit="s")
+
+    act = activity.iloc[cust_idx * days + day].reset_index(drop=True)
+    prof = customers.iloc[cust_idx].reset_index(drop=True)
+    feats = pd.concat(
+        [prof[["customer_id", *PROFILE_FEATURES]], act[list(ACTIVITY_FEATURES)]], axis=1
+    )
+    p_true = conversion_probability(feats, pd.Series(stamps), config)
+    return pd.DataFrame(
+        {
+            "session_id": np.arange(1, rows + 1, dtype=np.int64),
+            "customer_id": prof["customer_id"].to_numpy(),
+            "event_timestamp": stamps,
+            "converted": (rng.random(rows) < p_true).astype(np.int64),
+            "p_true": p_true,
+        }
+    )
+
+
+def generate(config: GeneratorConfig, out_dir: str | Path) -> dict[str, Path]:
+    """Write customers, activity, sessions and ``generator.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    customers = _customers(config, rng)
+    # Latent engagement: drives activity and how often a customer shows up in sessions.
+    engagement = rng.normal(0.0, 0.6, config.n_customers) + 0.15 * customers["is_premium"]
+    engagement = engagement.to_numpy()
+    activity = _activity(config, rng, engagement)
+    sessions = _sessions(config, rng, customers, activity, engagement)
+
+    paths = {name: out / filename for name, filename in FILES.items()}
+    customers.to_parquet(paths["customers"], index=False)
+    activity.to_parquet(paths["activity"], index=False)
+    sessions.to_parquet(paths["sessions"], index=False)
+    paths["config"].write_text(config.model_dump_json(indent=2) + "\n")
+    return paths
+
+
+def load_config(out_dir: str | Path) -> GeneratorConfig:
+    """Read back the config a data folder was generated with."""
+    path = Path(out_dir) / FILES["config"]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run `banditflow generate` first")
+    return GeneratorConfig.model_validate(json.loads(path.read_text()))
+
+
+def features_at(
+    out_dir_or_frames: str | Path | dict[str, pd.DataFrame],
+    customer_ids: Any,
+    at: datetime,
+) -> pd.DataFrame:
+    """Return each customer's latest profile and activity values as of ``at`` (pandas only).
+
+    ``out_dir_or_frames`` is a generated folder or ``{"customers": df, "activity": df}``.
+    Customers with no row at or before ``at`` get NaN/None in the missing columns.
+    """
+    if isinstance(out_dir_or_frames, dict):
+        customers, activity = out_dir_or_frames["customers"], out_dir_or_frames["activity"]
+    else:
+        folder = Path(out_dir_or_frames)
+        customers = pd.read_parquet(folder / FILES["customers"])
+        activity = pd.read_parquet(folder / FILES["activity"])
+    stamp = pd.Timestamp(at)
+    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+    ids = pd.DataFrame({"customer_id": np.asarray(customer_ids, dtype=np.int64)})
+
+    def latest(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+        frame = frame[frame["customer_id"].isin(ids["customer_id"])]
+        frame = frame[frame["event_timestamp"] <= stamp]
+        frame = frame.sort_values(["customer_id", "event_timestamp", "created_timestamp"])
+        return frame.drop_duplicates("customer_id", keep="last")[["customer_id", *columns]]
+
+    out = ids.merge(latest(customers, PROFILE_FEATURES), on="customer_id", how="left")
+    return out.merge(latest(activity, ACTIVITY_FEATURES), on="customer_id", how="left")
