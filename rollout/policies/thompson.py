@@ -1,0 +1,136 @@
+"""Thompson sampling: serve each arm with the probability that it is the best one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rollout.policies.base import (
+    ArmStats,
+    InvalidPolicyParamsError,
+    Policy,
+    check_discount,
+    check_positive,
+    stats_arrays,
+)
+
+
+class ThompsonBernoulli(Policy):
+    """Thompson sampling for 0/1 rewards with a Beta(prior_a, prior_b) prior per arm.
+
+    With ``discount`` set, the store shrinks every arm's counts before each new reward
+    (see ``rollout.policies.base``); the prior is added after shrinking, so an arm whose
+    evidence has faded returns to the prior rather than to nothing.
+    """
+
+    name = "thompson"
+    reward_kind = "bernoulli"
+
+    def __init__(
+        self, *, prior_a: float = 1.0, prior_b: float = 1.0, discount: float | None = None
+    ) -> None:
+        self.prior_a = check_positive("prior_a", prior_a)
+        self.prior_b = check_positive("prior_b", prior_b)
+        self.discount = check_discount(discount)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"prior_a": self.prior_a, "prior_b": self.prior_b, "discount": self.discount}
+
+    def posterior(self, arms: Sequence[ArmStats]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the Beta posterior parameters (a, b) of each arm."""
+        pulls, sums, _ = stats_arrays(arms)
+        # Clip: 0/1 rewards keep 0 <= sum <= pulls, but a float store may round past it.
+        successes = np.clip(sums, 0.0, pulls)
+        return self.prior_a + successes, self.prior_b + (pulls - successes)
+
+    def choose_indices(
+        self, arms: Sequence[ArmStats], rng: np.random.Generator, size: int
+    ) -> np.ndarray:
+        a, b = self.posterior(arms)
+        return rng.beta(a, b, size=(size, len(arms))).argmax(axis=1)
+
+
+class ThompsonGaussian(Policy):
+    """Thompson sampling for real rewards with a normal-inverse-gamma prior per arm.
+
+    Each arm's rewards are modelled as Normal(mu, sigma^2) with both unknown, under the
+    conjugate prior mu | sigma^2 ~ Normal(prior_mean, sigma^2 / prior_pulls) and
+    sigma^2 ~ InverseGamma(prior_shape, prior_rate). The posterior of mu is then a
+    Student t with 2 * shape degrees of freedom, which ``choose`` samples with numpy's
+    ``standard_t``. ``prior_pulls`` is how many pseudo-outcomes the prior mean is worth:
+    keep it small so the reward's scale comes from the data. Discounting as for Bernoulli.
+    """
+
+    name = "thompson-gaussian"
+    reward_kind = "gaussian"
+
+    def __init__(
+        self,
+        *,
+        prior_mean: float = 0.0,
+        prior_pulls: float = 0.01,
+        prior_shape: float = 1.0,
+        prior_rate: float = 1.0,
+        discount: float | None = None,
+    ) -> None:
+        if not isinstance(prior_mean, int | float) or not np.isfinite(prior_mean):
+            raise InvalidPolicyParamsError(f"prior_mean must be a finite number, got {prior_mean=}")
+        self.prior_mean = float(prior_mean)
+        self.prior_pulls = check_positive("prior_pulls", prior_pulls)
+        self.prior_shape = check_positive("prior_shape", prior_shape)
+        self.prior_rate = check_positive("prior_rate", prior_rate)
+        self.discount = check_discount(discount)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "prior_mean": self.prior_mean,
+            "prior_pulls": self.prior_pulls,
+            "prior_shape": self.prior_shape,
+            "prior_rate": self.prior_rate,
+            "discount": self.discount,
+        }
+
+    def posterior(
+        self, arms: Sequence[ArmStats]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return the posterior (mean, pulls, shape, rate) of each arm."""
+        return normal_inverse_gamma_posterior(
+            *stats_arrays(arms),
+            prior_mean=self.prior_mean,
+            prior_pulls=self.prior_pulls,
+            prior_shape=self.prior_shape,
+            prior_rate=self.prior_rate,
+        )
+
+    def choose_indices(
+        self, arms: Sequence[ArmStats], rng: np.random.Generator, size: int
+    ) -> np.ndarray:
+        mean, kappa, shape, rate = self.posterior(arms)
+        scale = np.sqrt(rate / (shape * kappa))
+        draws = mean + scale * rng.standard_t(2.0 * shape, size=(size, len(arms)))
+        return draws.argmax(axis=1)
+
+
+def normal_inverse_gamma_posterior(
+    pulls: np.ndarray,
+    sums: np.ndarray,
+    sq_sums: np.ndarray,
+    *,
+    prior_mean: float,
+    prior_pulls: float,
+    prior_shape: float,
+    prior_rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the conjugate update (mean, pulls, shape, rate) from sufficient statistics."""
+    kappa = prior_pulls + pulls
+    mean = (prior_pulls * prior_mean + sums) / kappa
+    safe = np.where(pulls > 0, pulls, 1.0)
+    sample_mean = np.where(pulls > 0, sums / safe, prior_mean)
+    # Within-arm sum of squares; clipped because float round-off can push it below zero.
+    centred = np.clip(sq_sums - sums * sample_mean, 0.0, None)
+    shift = prior_pulls * pulls * (sample_mean - prior_mean) ** 2 / kappa
+    return mean, kappa, prior_shape + pulls / 2.0, prior_rate + 0.5 * (centred + shift)
