@@ -1,0 +1,246 @@
+"""Study data: the training rows the optimizer sees and the hold-out test rows it never does.
+
+``load_study_data`` reads labelled rows (a Feast feature service joined point-in-time, or a
+CSV/parquet file), cleans the feature columns (categoricals become strings, missing ones
+``"missing"``, so the pipelines convert to ONNX), and splits off the test part: the latest
+``evaluation.test_fraction`` of rows when the data is time-stamped, a seeded stratified
+split otherwise. The gates use the test part; the optimizer only ever gets the training part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.models import FeatureType, infer_feature_types
+
+if TYPE_CHECKING:
+    from tasks.settings import PipelineSettings
+    from tasks.spec import StudySpec
+
+MISSING_CATEGORY = "missing"
+# Columns that identify a row, never features (the generator's ground truth included).
+ID_COLUMNS = ("customer_id", "session_id", "p_true")
+
+
+class DataError(ValueError):
+    """The study's data cannot be loaded as asked; the message says what to change."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data file is missing (for the demo data: run ``banditflow generate``)."""
+
+
+@dataclass
+class StudyData:
+    """Training and hold-out test rows, with the feature columns' types and timestamps."""
+
+    X_train: pd.DataFrame
+    y_train: pd.Series
+    X_test: pd.DataFrame
+    y_test: pd.Series
+    feature_types: dict[str, FeatureType]
+    task: str
+    target: str
+    timestamps_train: pd.Series | None = None
+    timestamps_test: pd.Series | None = None
+    # The test rows before any column was dropped: target, timestamp and attributes that
+    # are not features (the fairness gate's sensitive attribute) stay available.
+    test_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    source: str = ""
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return list(self.feature_types)
+
+    @property
+    def time_ordered(self) -> bool:
+        """Whether the rows are sorted by time (the training part, oldest first)."""
+        return self.timestamps_train is not None
+
+    def summary(self) -> dict[str, Any]:
+        """Return a small description to log next to a study."""
+        return {
+            "source": self.source,
+            "rows_train": len(self.X_train),
+            "rows_test": len(self.X_test),
+            "features": len(self.feature_types),
+            "time_ordered": self.time_ordered,
+        }
+
+
+def load_study_data(spec: StudySpec, settings: PipelineSettings | None = None) -> StudyData:
+    """Load the spec's labelled rows and split off the hold-out test part."""
+    from tasks.settings import get_settings
+
+    settings = settings or get_settings()
+    data = spec.data
+    if data.source == "feast":
+        frame, source = _load_feast(spec, settings)
+    else:
+        frame, source = _read_table(Path(data.path or ""), what="data.path"), str(data.path)
+    return split_study_data(frame, spec, source=source)
+
+
+def split_study_data(frame: pd.DataFrame, spec: StudySpec, *, source: str = "") -> StudyData:
+    """Clean a labelled frame and split it into training and hold-out test parts."""
+    data = spec.data
+    if data.target not in frame.columns:
+        raise DataError(
+            f"target column {data.target!r} is not in the data ({source or 'frame'}); "
+            f"its columns are {list(frame.columns)}: set data.target"
+        )
+    ts_col = data.timestamp_column if data.timestamp_column in frame.columns else None
+    frame = frame[frame[data.target].notna()].reset_index(drop=True)
+    if ts_col is not None:
+        frame[ts_col] = pd.to_datetime(frame[ts_col], utc=True)
+        frame = _window(frame, ts_col, spec)
+    elif data.start or data.end:
+        raise DataError("data.start/data.end need a timestamp column (data.timestamp_column)")
+    if data.max_rows is not None and len(frame) > data.max_rows:
+        if ts_col is not None:  # the most recent rows: what a retrain on a window wants
+            frame = frame.iloc[len(frame) - data.max_rows :].reset_index(drop=True)
+        else:
+            frame = frame.sample(n=data.max_rows, random_state=spec.seed).sort_index()
+            frame = frame.reset_index(drop=True)
+    if len(frame) < 20:
+        raise DataError(
+            f"only {len(frame)} labelled rows after filtering ({source}); a study needs at "
+            "least 20: widen data.start/data.end or raise data.max_rows"
+        )
+
+    y = _check_target(frame[data.target], spec.task, data.target)
+    dropped = {data.target, *(data.drop_columns or []), *ID_COLUMNS}
+    if ts_col is not None:
+        dropped.add(ts_col)
+    features = frame[[c for c in frame.columns if c not in dropped]]
+    if features.shape[1] == 0:
+        raise DataError(f"no feature columns left in {source} after dropping {sorted(dropped)}")
+    X = clean_features(features)
+    feature_types = infer_feature_types(X)
+
+    n_test = max(1, int(round(len(frame) * spec.evaluation.test_fraction)))
+    if ts_col is not None:
+        train_idx = np.arange(len(frame) - n_test)
+        test_idx = np.arange(len(frame) - n_test, len(frame))
+    else:
+        train_idx, test_idx = _stratified_split(y, n_test, spec)
+    ts = frame[ts_col] if ts_col is not None else None
+    return StudyData(
+        X_train=X.iloc[train_idx].reset_index(drop=True),
+        y_train=y.iloc[train_idx].reset_index(drop=True),
+        X_test=X.iloc[test_idx].reset_index(drop=True),
+        y_test=y.iloc[test_idx].reset_index(drop=True),
+        feature_types=feature_types,
+        task=spec.task,
+        target=data.target,
+        timestamps_train=None if ts is None else ts.iloc[train_idx].reset_index(drop=True),
+        timestamps_test=None if ts is None else ts.iloc[test_idx].reset_index(drop=True),
+        test_frame=frame.iloc[test_idx].reset_index(drop=True),
+        source=source,
+    )
+
+
+def clean_features(X: pd.DataFrame) -> pd.DataFrame:
+    """Make categoricals strings (missing: ``"missing"``) and booleans integers."""
+    out = X.copy()
+    for column, kind in infer_feature_types(out).items():
+        col = out[column]
+        if pd.api.types.is_bool_dtype(col.dtype):
+            out[column] = col.astype(np.int64)
+        elif kind == "categorical":
+            out[column] = col.astype(object).where(col.notna(), MISSING_CATEGORY).astype(str)
+        else:
+            out[column] = col.astype(np.float64)
+    return out
+
+
+def _window(frame: pd.DataFrame, ts_col: str, spec: StudySpec) -> pd.DataFrame:
+    start, end = spec.data.start, spec.data.end
+    if start is not None:
+        frame = frame[frame[ts_col] >= pd.Timestamp(start).tz_convert("UTC")]
+    if end is not None:
+        frame = frame[frame[ts_col] < pd.Timestamp(end).tz_convert("UTC")]
+    # Stable: rows with equal timestamps keep their file order, so the split is deterministic.
+    return frame.sort_values(ts_col, kind="stable").reset_index(drop=True)
+
+
+def _check_target(y: pd.Series, task: str, name: str) -> pd.Series:
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(y.dtype):
+            raise DataError(f"task 'regression' needs a numeric target, {name!r} is {y.dtype}")
+        return y.astype(np.float64)
+    classes = y.nunique()
+    if task == "binary" and classes != 2:
+        raise DataError(
+            f"task 'binary' needs exactly 2 classes in {name!r}, found {classes}: "
+            "set task: multiclass or regression"
+        )
+    if task == "multiclass" and classes < 3:
+        raise DataError(f"task 'multiclass' needs 3 or more classes in {name!r}, found {classes}")
+    return y
+
+
+def _stratified_split(y: pd.Series, n_test: int, spec: StudySpec) -> tuple[Any, Any]:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(y))
+    stratify = None
+    if spec.task != "regression" and y.value_counts().min() >= 2:
+        stratify = y.to_numpy()
+    train_idx, test_idx = train_test_split(
+        index, test_size=n_test, random_state=spec.seed, stratify=stratify
+    )
+    return np.sort(train_idx), np.sort(test_idx)
+
+
+def _read_table(path: Path, *, what: str) -> pd.DataFrame:
+    path = path.expanduser()
+    if not path.exists():
+        raise DataNotFoundError(f"{what}: file {str(path)!r} does not exist")
+    if path.suffix.lower() == ".csv":
+        return pd.read_csv(path)
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    raise DataError(f"{what}: {str(path)!r} is neither .csv nor .parquet")
+
+
+def _load_feast(spec: StudySpec, settings: PipelineSettings) -> tuple[pd.DataFrame, str]:
+    data = spec.data
+    if data.labels:
+        labels = _read_table(Path(data.labels), what="data.labels")
+        source = data.labels
+    else:
+        path = settings.data_dir / "sessions.parquet"
+        if not path.exists():
+            raise DataNotFoundError(
+                f"no label rows at {path}: run `banditflow generate` first "
+                "(or set data.labels to a parquet/CSV of label rows)"
+            )
+        labels = pd.read_parquet(path)
+        source = f"feast:{data.feature_service}"
+    ts_col = data.timestamp_column or "event_timestamp"
+    needed = ["customer_id", ts_col, data.target]
+    missing = [c for c in needed if c not in labels.columns]
+    if missing:
+        raise DataError(f"label rows ({source}) lack columns {missing}; they need {needed}")
+    labels = labels[needed].copy()
+    labels[ts_col] = pd.to_datetime(labels[ts_col], utc=True)
+    labels = _window(labels, ts_col, spec)
+    if data.max_rows is not None and len(labels) > data.max_rows:
+        # Cut before the join: the join is what costs (a recent window for retrains).
+        labels = labels.iloc[len(labels) - data.max_rows :].reset_index(drop=True)
+    if labels.empty:
+        raise DataError(f"no label rows between data.start={data.start} and data.end={data.end}")
+    if ts_col != "event_timestamp":
+        labels = labels.rename(columns={ts_col: "event_timestamp"})
+    from tasks.features import build_training_set
+
+    frame = build_training_set(labels, data.feature_service, target=data.target, settings=settings)
+    if ts_col != "event_timestamp":
+        frame = frame.rename(columns={"event_timestamp": ts_col})
+    return frame, source
