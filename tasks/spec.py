@@ -185,6 +185,10 @@ class DriftSpec(_Strict):
     features: list[str] | None = None  # None: every feature of the training set
 
 
+def _default_objectives() -> dict[str, Direction]:
+    return {"roc_auc": "maximize"}
+
+
 class StudySpec(_Strict):
     """A study: the ``optimize`` flow's parameter (Prefect renders it as a form)."""
 
@@ -192,7 +196,7 @@ class StudySpec(_Strict):
     task: TaskType = "binary"
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
-    objectives: dict[str, Direction] = Field(default_factory=lambda: {"roc_auc": "maximize"})
+    objectives: dict[str, Direction] = Field(default_factory=_default_objectives)
     optimizer: Literal["hyperopt", "ax", "random"] = "hyperopt"
     optimizer_options: dict[str, Any] = Field(default_factory=dict)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
