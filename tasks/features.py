@@ -1,0 +1,478 @@
+"""Feature tasks: apply the Feast repository, build training sets, materialize, look up.
+
+Each function is plain (testable without Prefect) and has a Prefect task beside it
+(``build_training_set_task`` ...). Feast is imported inside the functions: it takes about
+10 s to import, and flows that never touch features should not pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from banditflow.contract import EVENT_FEATURES_UPDATED
+from tasks.settings import PipelineSettings, get_settings
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
+    from prefect.events import Event
+
+log = logging.getLogger(__name__)
+
+PROJECT = "banditflow"
+DEFAULT_FEATURE_SERVICE = "conversion_model_v1"
+ENTITY_KEY = "customer_id"
+TIMESTAMP = "event_timestamp"
+ACTIVITY_VIEW = "customer_activity"
+ACTIVITY_PUSH_SOURCE = "activity_push"
+REQUIRED_DATA = ("customers.parquet", "activity.parquet")
+# Measured in benchmarks/features.py (see feature_store.yaml): DuckDB joins 1M label rows
+# several times faster than the file (Dask) store.
+OfflineStoreType = Literal["duckdb", "file"]
+DEFAULT_OFFLINE_STORE: OfflineStoreType = "duckdb"
+
+
+# --- errors ----------------------------------------------------------------------------
+class FeatureError(Exception):
+    """Something about features is wrong; the message says what to do."""
+
+
+class DataNotGeneratedError(FeatureError, FileNotFoundError):
+    """The data folder has no generated parquet files."""
+
+
+class RepositoryNotAppliedError(FeatureError):
+    """The Feast registry is empty: the repository was never applied."""
+
+
+class UnknownFeatureServiceError(FeatureError, LookupError):
+    """A feature service name the registry does not know."""
+
+
+class LabelsError(FeatureError, ValueError):
+    """Label or entity rows lack what a join needs."""
+
+
+class NotMaterializedError(FeatureError, LookupError):
+    """Entities have no feature values in the online store."""
+
+
+class FeatureStoreError(FeatureError):
+    """Feast itself failed; the message keeps Feast's reason."""
+
+
+# --- the store -------------------------------------------------------------------------
+_STORES: dict[tuple[str, str, str], FeatureStore] = {}
+_STORES_LOCK = threading.Lock()
+_ENV_LOCK = threading.Lock()
+
+
+def repo_config(
+    settings: PipelineSettings, offline_store: OfflineStoreType = DEFAULT_OFFLINE_STORE
+):
+    """Build the RepoConfig of feature_repo/feature_store.yaml with absolute paths."""
+    from feast import RepoConfig
+    from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+    from feast.repo_config import RegistryConfig
+
+    offline = DuckDBOfflineStoreConfig() if offline_store == "duckdb" else DaskOfflineStoreConfig()
+    return RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry=RegistryConfig(registry_type="file", path=str(settings.feast_dir / "registry.db")),
+        online_store=SqliteOnlineStoreConfig(path=str(settings.feast_dir / "online_store.db")),
+        offline_store=offline,
+        repo_path=settings.feature_repo,
+        entity_key_serialization_version=3,
+    )
+
+
+def get_store(
+    settings: PipelineSettings | None = None,
+    *,
+    offline_store: OfflineStoreType = DEFAULT_OFFLINE_STORE,
+) -> FeatureStore:
+    """Return the Feast store of these settings (one per data folder, reused)."""
+    settings = settings or get_settings()
+    key = (str(settings.home), str(settings.feature_repo), offline_store)
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            from feast import FeatureStore
+
+            settings.feast_dir.mkdir(parents=True, exist_ok=True)
+            store = FeatureStore(config=repo_config(settings, offline_store))
+            _STORES[key] = store
+        return store
+
+
+def _require_data(settings: PipelineSettings) -> None:
+    missing = [name for name in REQUIRED_DATA if not (settings.data_dir / name).exists()]
+    if missing:
+        raise DataNotGeneratedError(
+            f"{', '.join(missing)} not found in {settings.data_dir}: "
+            "run `banditflow generate` first (or point BANDITFLOW_HOME at a generated folder)"
+        )
+
+
+@contextmanager
+def _home_env(home: Path) -> Iterator[None]:
+    """Point ``BANDITFLOW_HOME`` at ``home`` while the definitions are imported."""
+    with _ENV_LOCK:
+        before = os.environ.get("BANDITFLOW_HOME")
+        os.environ["BANDITFLOW_HOME"] = str(home)
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("BANDITFLOW_HOME", None)
+            else:
+                os.environ["BANDITFLOW_HOME"] = before
+
+
+def load_definitions(settings: PipelineSettings) -> list[Any]:
+    """Import the repository's definition modules for ``settings.home``; return their objects."""
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource, PushSource
+    from feast.repo_operations import get_repo_files
+
+    repo = settings.feature_repo.resolve()
+    if not (repo / "feature_store.yaml").exists():
+        raise FeatureError(f"{repo} is not a Feast repository (no feature_store.yaml)")
+    objects: list[Any] = []
+
+    def add(obj: Any) -> None:
+        if not any(obj is seen for seen in objects):
+            objects.append(obj)
+
+    for n, path in enumerate(get_repo_files(repo)):
+        # A fresh module each time: the paths inside depend on BANDITFLOW_HOME at import.
+        spec = importlib.util.spec_from_file_location(f"_banditflow_repo_{n}_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise FeatureError(f"cannot import feature definitions from {path}")
+        module = importlib.util.module_from_spec(spec)
+        with _home_env(settings.home):
+            spec.loader.exec_module(module)
+        for value in vars(module).values():
+            if isinstance(value, Entity | FeatureView | FeatureService | DataSource):
+                add(value)
+            if isinstance(value, PushSource) and value.batch_source is not None:
+                add(value.batch_source)
+    return objects
+
+
+def apply_repository(settings: PipelineSettings | None = None) -> list[str]:
+    """Register the repository's objects in the registry and create the online tables."""
+    settings = (settings or get_settings()).ensure_dirs()
+    _require_data(settings)
+    objects = load_definitions(settings)
+    store = get_store(settings)
+    try:
+        store.apply(objects)
+    except Exception as exc:
+        raise FeatureStoreError(f"feast apply failed for {settings.feature_repo}: {exc}") from exc
+    return [f"{type(obj).__name__}:{obj.name}" for obj in objects]
+
+
+def _service(store: FeatureStore, name: str) -> FeatureService:
+    known = sorted(fs.name for fs in store.list_feature_services())
+    if not known:
+        raise RepositoryNotAppliedError(
+            f"the Feast registry at {store.config.registry.path} has no feature services: "
+            "run `banditflow features apply` first"
+        )
+    if name not in known:
+        raise UnknownFeatureServiceError(
+            f"unknown feature service {name!r}; known: {', '.join(known)}"
+        )
+    return store.get_feature_service(name)
+
+
+def feature_names(service: FeatureService) -> list[str]:
+    """Return the feature names a service serves, in the service's order."""
+    return [f.name for proj in service.feature_view_projections for f in proj.features]
+
+
+def _as_utc(values: Any) -> pd.Series:
+    stamps = pd.to_datetime(values)
+    if getattr(stamps.dt, "tz", None) is None:
+        return stamps.dt.tz_localize(UTC)
+    return stamps.dt.tz_convert(UTC)
+
+
+# --- offline: training sets ------------------------------------------------------------
+def load_labels(settings: PipelineSettings | None = None) -> pd.DataFrame:
+    """Read the generated label rows (``sessions.parquet``)."""
+    settings = settings or get_settings()
+    path = settings.data_dir / "sessions.parquet"
+    if not path.exists():
+        raise DataNotGeneratedError(f"{path} not found: run `banditflow generate` first")
+    return pd.read_parquet(path)
+
+
+def build_training_set(
+    labels: pd.DataFrame,
+    feature_service: str = DEFAULT_FEATURE_SERVICE,
+    *,
+    target: str = "converted",
+    settings: PipelineSettings | None = None,
+    offline_store: OfflineStoreType = DEFAULT_OFFLINE_STORE,
+) -> pd.DataFrame:
+    """Join each label row with the feature values as of its timestamp (point in time).
+
+    Returns ``customer_id, event_timestamp, <target>, <features...>`` in the labels' order;
+    other label columns (``session_id``, ``p_true``, ...) are dropped.
+    """
+    settings = settings or get_settings()
+    missing = [c for c in (ENTITY_KEY, TIMESTAMP, target) if c not in labels.columns]
+    if missing:
+        raise LabelsError(
+            f"label rows need the columns {ENTITY_KEY!r}, {TIMESTAMP!r} and the target "
+            f"{target!r}; missing: {missing} (got {list(labels.columns)})"
+        )
+    if labels.empty:
+        raise LabelsError("no label rows: pass at least one row")
+    if labels[ENTITY_KEY].isna().any() or labels[TIMESTAMP].isna().any():
+        raise LabelsError(f"label rows have empty {ENTITY_KEY!r} or {TIMESTAMP!r} values")
+    _require_data(settings)
+    store = get_store(settings, offline_store=offline_store)
+    service = _service(store, feature_service)
+
+    entity = pd.DataFrame(
+        {
+            ENTITY_KEY: labels[ENTITY_KEY].to_numpy(np.int64),
+            TIMESTAMP: _as_utc(labels[TIMESTAMP]).reset_index(drop=True),
+            target: labels[target].to_numpy(),
+            # Feast does not keep the row order; this column restores it.
+            "_label_row": np.arange(len(labels), dtype=np.int64),
+        }
+    )
+    try:
+        job = store.get_historical_features(
+            entity_df=entity, features=service, full_feature_names=False
+        )
+        joined = job.to_df()
+    except FeatureError:
+        raise
+    except Exception as exc:
+        raise FeatureStoreError(
+            f"Feast could not build the training set for {feature_service!r}: {exc}"
+        ) from exc
+    joined = joined.sort_values("_label_row", kind="stable").reset_index(drop=True)
+    joined[TIMESTAMP] = _as_utc(joined[TIMESTAMP])
+    return joined[[ENTITY_KEY, TIMESTAMP, target, *feature_names(service)]]
+
+
+# --- online: materialize, push, look up ------------------------------------------------
+def _source_window(path: str, start: datetime | None, end: datetime) -> tuple[datetime, int, int]:
+    """Return the earliest timestamp (if start is None), source rows and entities in a window."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=[ENTITY_KEY, TIMESTAMP])
+    stamps = table.column(TIMESTAMP)
+    if start is None:
+        earliest = pc.min(stamps).as_py()
+        start = earliest if earliest is not None else end
+    assert start is not None
+    mask = pc.and_(
+        pc.greater_equal(stamps, pa_scalar(start)), pc.less_equal(stamps, pa_scalar(end))
+    )
+    window = table.filter(mask)
+    entities = len(pc.unique(window.column(ENTITY_KEY)))
+    return start, window.num_rows, entities
+
+
+def pa_scalar(moment: datetime) -> Any:
+    """Return a UTC nanosecond timestamp scalar for pyarrow comparisons."""
+    import pyarrow as pa
+
+    return pa.scalar(pd.Timestamp(moment).tz_convert(UTC).value, pa.timestamp("ns", tz="UTC"))
+
+
+def materialize_incremental(
+    end: datetime | None = None, *, settings: PipelineSettings | None = None
+) -> list[dict[str, Any]]:
+    """Load each view's offline rows since its last materialization into the online store.
+
+    A view never materialized starts at its source's earliest row (Feast's own
+    incremental default, now - TTL, would miss history older than the TTL). Emits
+    ``banditflow.features.updated`` per view that received rows.
+    """
+    from feast import FileSource
+
+    settings = settings or get_settings()
+    _require_data(settings)
+    store = get_store(settings)
+    store.refresh_registry()
+    views = store.list_feature_views()
+    if not views:
+        raise RepositoryNotAppliedError(
+            "the Feast registry has no feature views: run `banditflow features apply` first"
+        )
+    end = _utc(end or datetime.now(UTC))
+    updates = []
+    for view in views:
+        source = view.batch_source
+        if not isinstance(source, FileSource):
+            raise FeatureError(f"view {view.name!r} does not read a parquet FileSource")
+        last = view.most_recent_end_time
+        start, source_rows, entities = _source_window(
+            source.path, _utc(last) if last else None, end
+        )
+        if start >= end:
+            continue
+        try:
+            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+        except Exception as exc:
+            raise FeatureStoreError(f"materializing {view.name!r} failed: {exc}") from exc
+        update = {
+            "feature_view": view.name,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "rows": entities,
+            "source_rows": source_rows,
+        }
+        updates.append(update)
+        if entities:
+            emit_features_updated(view.name, start, end, entities)
+    return updates
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def push_activity(
+    rows: pd.DataFrame,
+    *,
+    settings: PipelineSettings | None = None,
+    to: Literal["online", "online_and_offline"] = "online",
+) -> int:
+    """Push fresh activity rows through ``activity_push`` (online store; optionally the file).
+
+    Pushing offline rewrites the whole activity parquet file, hence online by default.
+    Emits ``banditflow.features.updated`` for ``customer_activity``; returns the rows pushed.
+    """
+    from feast.data_source import PushMode
+
+    settings = settings or get_settings()
+    store = get_store(settings)
+    view = next((v for v in store.list_feature_views() if v.name == ACTIVITY_VIEW), None)
+    if view is None:
+        raise RepositoryNotAppliedError(
+            f"feature view {ACTIVITY_VIEW!r} is not registered: run `banditflow features apply`"
+        )
+    needed = [ENTITY_KEY, TIMESTAMP, *(f.name for f in view.features)]
+    missing = [c for c in needed if c not in rows.columns]
+    if missing:
+        raise LabelsError(f"activity rows to push lack the columns {missing}")
+    if rows.empty:
+        raise LabelsError("no activity rows to push")
+    frame = rows.copy()
+    frame[TIMESTAMP] = _as_utc(frame[TIMESTAMP])
+    if "created_timestamp" not in frame.columns:
+        frame["created_timestamp"] = pd.Timestamp.now(tz=UTC)
+    mode = PushMode.ONLINE if to == "online" else PushMode.ONLINE_AND_OFFLINE
+    try:
+        store.push(ACTIVITY_PUSH_SOURCE, frame, to=mode)
+    except Exception as exc:
+        raise FeatureStoreError(f"pushing to {ACTIVITY_PUSH_SOURCE!r} failed: {exc}") from exc
+    emit_features_updated(
+        ACTIVITY_VIEW, frame[TIMESTAMP].min(), frame[TIMESTAMP].max(), int(len(frame))
+    )
+    return int(len(frame))
+
+
+def get_online_features(
+    entity_rows: Sequence[dict[str, Any]],
+    feature_service: str = DEFAULT_FEATURE_SERVICE,
+    *,
+    settings: PipelineSettings | None = None,
+) -> pd.DataFrame:
+    """Return the online feature values of entities, one row per entity row."""
+    if not entity_rows:
+        raise LabelsError(f"no entity rows: pass [{{{ENTITY_KEY!r}: ...}}, ...]")
+    bad = [row for row in entity_rows if row.get(ENTITY_KEY) is None]
+    if bad:
+        raise LabelsError(f"entity rows need a {ENTITY_KEY!r} key; these lack it: {bad[:3]}")
+    settings = settings or get_settings()
+    store = get_store(settings)
+    service = _service(store, feature_service)
+    keys = [{ENTITY_KEY: int(row[ENTITY_KEY])} for row in entity_rows]
+    try:
+        frame = store.get_online_features(features=service, entity_rows=keys).to_df()
+    except Exception as exc:
+        raise FeatureStoreError(f"online lookup for {feature_service!r} failed: {exc}") from exc
+    names = feature_names(service)
+    empty = frame[names].isna().all(axis=1)
+    if empty.any():
+        ids = frame.loc[empty, ENTITY_KEY].tolist()
+        raise NotMaterializedError(
+            f"no online features for {ENTITY_KEY} {ids[:10]}"
+            f"{' ...' if len(ids) > 10 else ''}: run `banditflow features materialize` "
+            "(or push their activity) first, or check the ids exist"
+        )
+    return frame[[ENTITY_KEY, *names]]
+
+
+# --- events ----------------------------------------------------------------------------
+def emit_features_updated(view: str, start: Any, end: Any, rows: int) -> Event | None:
+    """Emit ``banditflow.features.updated`` for a view; a no-op without a Prefect API.
+
+    Without ``PREFECT_API_URL`` Prefect's events worker would start a throwaway
+    ephemeral server (~13 s) that no trigger listens to, so nothing is sent then.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        log.info("no PREFECT_API_URL: %s for %s not sent", EVENT_FEATURES_UPDATED, view)
+        return None
+    from prefect.events import emit_event
+
+    try:
+        return emit_event(
+            event=EVENT_FEATURES_UPDATED,
+            resource={"prefect.resource.id": f"banditflow.feature_view.{view}"},
+            payload={
+                "feature_view": view,
+                "start": pd.Timestamp(start).isoformat(),
+                "end": pd.Timestamp(end).isoformat(),
+                "rows": int(rows),
+            },
+        )
+    except Exception as exc:  # an event must never fail the update it reports
+        log.warning("could not emit %s for %s: %s", EVENT_FEATURES_UPDATED, view, exc)
+        return None
+
+
+def flush_events(timeout: float = 10.0) -> None:
+    """Send queued events before a short-lived process (the CLI) exits."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+
+
+# --- Prefect tasks ---------------------------------------------------------------------
+apply_repository_task = task(name="apply-feature-repository")(apply_repository)
+build_training_set_task = task(name="build-training-set")(build_training_set)
+materialize_incremental_task = task(name="materialize-features")(materialize_incremental)
+push_activity_task = task(name="push-activity")(push_activity)
+get_online_features_task = task(name="get-online-features")(get_online_features)
