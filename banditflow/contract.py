@@ -151,3 +151,26 @@ def rollback(client: MlflowClient, name: str, reason: str) -> dict[str, Any]:
         client.set_model_version_tag(name, current, TAG_ROLE, "rolled-back")
         record_event(client, name, current, "rolled_back", reason)
     return {"champion": previous, "rolled_back": current}
+
+
+def next_challenger_alias(aliases: dict[str, str]) -> str:
+    """Return the lowest ``challenger-N`` alias no version holds."""
+    taken = {int(m.group(1)) for a in aliases if (m := _CHALLENGER_RE.match(a))}
+    n = 1
+    while n in taken:
+        n += 1
+    return challenger_alias(n)
+
+
+def add_challenger(client: MlflowClient, name: str, version: str | int, reason: str) -> str:
+    """Give ``version`` the next free ``challenger-N`` alias (or the one it holds); record why."""
+    version = str(version)
+    aliases = aliases_of(client, name)
+    for alias, held_by in aliases.items():
+        if held_by == version and is_challenger_alias(alias):
+            return alias
+    alias = next_challenger_alias(aliases)
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, TAG_ROLE, alias)
+    record_event(client, name, version, "challenger", f"{alias}: {reason}")
+    return alias

@@ -1,0 +1,350 @@
+"""Candidates into the MLflow Model Registry: refit, log, register (once), and hand out aliases.
+
+A study's best trial -- or its Pareto set, up to ``registration.max_candidates`` -- is refit
+on the full training part and logged as an MLflow model (signature, input example,
+cloudpickle), registered under the spec's name and tagged with its study, trial, parameters'
+hash and metrics. The same trial registered again finds its version by those tags instead
+of creating a second one. Aliases and the champion's history go through
+:mod:`banditflow.contract`, the same helpers the rollout service uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pandas as pd
+
+from banditflow.contract import (
+    CHAMPION,
+    TAG_GATE_FAILURES,
+    TAG_GATES,
+    TAG_METRIC_PREFIX,
+    TAG_PARAMS_HASH,
+    TAG_STUDY,
+    TAG_TRIAL,
+    add_challenger,
+    aliases_of,
+    promote,
+    record_event,
+)
+from tasks.spec import StudySpec, TaskType
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+MODEL_ARTIFACT = "model"
+TAG_FAMILY = "banditflow.family"
+TAG_HOLDOUT_PREFIX = "banditflow.holdout."  # + metric name: the gate's hold-out score
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (no trial to register, unknown model, ...)."""
+
+
+class TrialLike(Protocol):
+    """What registration needs of a study's trial (``tasks.study.TrialRecord`` has it)."""
+
+    @property
+    def trial_id(self) -> Any: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def values(self) -> dict[str, float]: ...
+
+
+@dataclass
+class Candidate:
+    """A trial's pipeline refit on the full training part, ready to log."""
+
+    trial_id: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    model: Any
+    family: str = ""
+
+    @property
+    def params_hash(self) -> str:
+        return params_hash(self.params)
+
+
+@dataclass
+class RegisteredVersion:
+    """A candidate's model version, and whether this call created it."""
+
+    name: str
+    version: str
+    run_id: str
+    trial_id: str
+    created: bool
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Return a stable short hash of a parameter set (key order and numpy types ignored)."""
+    text = json.dumps(dict(params), sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pip_requirements() -> list[str]:
+    """Return the pins a served pipeline needs; passing them skips MLflow's slow inference."""
+    pins = []
+    for dist in ("scikit-learn", "numpy", "pandas", "scipy", "cloudpickle"):
+        try:
+            pins.append(f"{dist}=={package_version(dist)}")
+        except PackageNotFoundError:  # pragma: no cover - all are mlflow/sklearn dependencies
+            pins.append(dist)
+    return pins
+
+
+# --- which trials, refit ------------------------------------------------------------------
+def select_trials(
+    spec: StudySpec, best: TrialLike | None, pareto: Sequence[TrialLike] = ()
+) -> list[TrialLike]:
+    """Return the trials to register: the Pareto set (multi-objective) or the best trial."""
+    limit = spec.registration.max_candidates
+    if len(spec.objectives) > 1 and pareto:
+        metric, direction = spec.primary_objective
+        sign = -1.0 if direction == "maximize" else 1.0
+
+        def key(trial: TrialLike) -> float:
+            value = trial.values.get(metric, math.nan)
+            return math.inf if value is None or math.isnan(value) else sign * value
+
+        return sorted(pareto, key=key)[:limit]
+    if best is None:
+        raise RegistryError(
+            f"study {spec.name!r} has no completed trial to register: run the optimize flow "
+            "first, or check why its trials failed"
+        )
+    return [best]
+
+
+def refit_candidate(
+    spec: StudySpec,
+    trial: TrialLike,
+    X_train: pd.DataFrame,
+    y_train: Any,
+    feature_types: Mapping[str, Any] | None = None,
+) -> Candidate:
+    """Build the trial's pipeline and fit it on the full training part."""
+    from tasks.models import build_model
+
+    params = {**spec.model.fixed, **dict(trial.params)}
+    model = build_model(
+        spec.model.family,
+        params,
+        task=spec.task,
+        feature_types=feature_types,
+        X=X_train,
+        seed=spec.seed,
+    )
+    model.fit(X_train, y_train)
+    metrics = {k: float(v) for k, v in (trial.values or {}).items() if v is not None}
+    return Candidate(str(trial.trial_id), dict(trial.params), metrics, model, spec.model.family)
+
+
+# --- registration -------------------------------------------------------------------------
+def find_version(
+    client: MlflowClient, name: str, *, study: str, trial_id: str, params_digest: str
+) -> ModelVersion | None:
+    """Return the version already registered for this study's trial and parameters, if any."""
+    from mlflow.exceptions import MlflowException
+
+    query = (
+        f"name = '{_quote(name)}' and tags.`{TAG_STUDY}` = '{_quote(study)}' "
+        f"and tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' "
+        f"and tags.`{TAG_PARAMS_HASH}` = '{params_digest}'"
+    )
+    try:
+        found = client.search_model_versions(query)
+    except MlflowException:  # the registered model does not exist yet
+        return None
+    return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def register_candidate(
+    client: MlflowClient,
+    name: str,
+    candidate: Candidate,
+    *,
+    study: str,
+    experiment_id: str,
+    input_example: pd.DataFrame,
+    task: TaskType,
+    parent_run_id: str | None = None,
+) -> RegisteredVersion:
+    """Log and register ``candidate`` under ``name`` unless this trial already has a version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    digest = candidate.params_hash
+    existing = find_version(
+        client, name, study=study, trial_id=candidate.trial_id, params_digest=digest
+    )
+    if existing is not None:
+        return RegisteredVersion(
+            name,
+            str(existing.version),
+            str(existing.run_id),
+            candidate.trial_id,
+            created=False,
+            tags=dict(existing.tags or {}),
+        )
+
+    example = input_example.head(5)
+    output = (
+        candidate.model.predict(example)
+        if task == "regression"
+        else candidate.model.predict_proba(example)
+    )
+    tags = {
+        TAG_STUDY: study,
+        TAG_TRIAL: candidate.trial_id,
+        TAG_PARAMS_HASH: digest,
+        TAG_FAMILY: candidate.family,
+        **{
+            f"{TAG_METRIC_PREFIX}{k}": f"{v:.6g}"
+            for k, v in candidate.metrics.items()
+            if math.isfinite(v)
+        },
+    }
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=f"candidate-trial-{candidate.trial_id}",
+        parent_run_id=parent_run_id,
+        tags=tags,
+    ) as run:
+        mlflow.log_params({k: _plain(v) for k, v in candidate.params.items()})
+        finite = {k: v for k, v in candidate.metrics.items() if math.isfinite(v)}
+        if finite:
+            mlflow.log_metrics(finite)
+        info = mlflow.sklearn.log_model(
+            candidate.model,
+            name=MODEL_ARTIFACT,
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            serialization_format="cloudpickle",
+        )
+        # The version is created with its tags in one call: a version without them could
+        # not be found again, and a re-run would register the trial a second time.
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    return RegisteredVersion(
+        name, str(mv.version), run.info.run_id, candidate.trial_id, created=True, tags=tags
+    )
+
+
+def load_version_model(name: str, version: str | int) -> Any:
+    """Load a registered version's sklearn pipeline (as the rollout service does)."""
+    import mlflow
+
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
+def champion(client: MlflowClient, name: str) -> tuple[str, Any] | None:
+    """Return ``(version, model)`` of the current champion, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = aliases_of(client, name)
+    except MlflowException:
+        return None
+    version = aliases.get(CHAMPION)
+    if version is None:
+        return None
+    return version, load_version_model(name, version)
+
+
+# --- aliases ------------------------------------------------------------------------------
+@dataclass
+class GatedVersion:
+    """A registered version with its gate verdict and hold-out score (for ranking)."""
+
+    version: str
+    passed: bool
+    score: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+def assign_aliases(
+    client: MlflowClient,
+    name: str,
+    gated: Sequence[GatedVersion],
+    *,
+    study: str,
+    direction: str = "maximize",
+) -> dict[str, str | None]:
+    """Crown a first champion if there is none, give other passers ``challenger-N``.
+
+    The best passing version (by hold-out score) becomes champion when the model has none;
+    every other passing version gets the next free challenger alias; a failing one gets no
+    alias, and its history records which gates it failed. Returns ``{version: alias|None}``.
+    """
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def rank(g: GatedVersion) -> tuple[float, int]:
+        score = g.score if g.score is not None and math.isfinite(g.score) else None
+        return (math.inf if score is None else sign * score, int(g.version))
+
+    result: dict[str, str | None] = {}
+    aliases = aliases_of(client, name)
+    held = {v: a for a, v in aliases.items()}
+    passing = sorted((g for g in gated if g.passed), key=rank)
+    if CHAMPION not in aliases and passing:
+        first = passing.pop(0)
+        promote(
+            client,
+            name,
+            first.version,
+            f"first champion: best passing candidate of study {study} "
+            f"(hold-out score {_score_text(first.score)})",
+        )
+        result[first.version] = CHAMPION
+    for g in passing:
+        if g.version in held:  # a re-run: it already has its place
+            result[g.version] = held[g.version]
+            continue
+        result[g.version] = add_challenger(
+            client,
+            name,
+            g.version,
+            f"passed every gate (study {study}, hold-out score {_score_text(g.score)})",
+        )
+    for g in gated:
+        if g.passed:
+            continue
+        result[g.version] = None
+        tags = client.get_model_version(name, g.version).tags or {}
+        if tags.get(TAG_GATES) == "failed" and not any(
+            k.startswith("banditflow.event.") and v.startswith("rejected:") for k, v in tags.items()
+        ):
+            failures = tags.get(TAG_GATE_FAILURES) or ",".join(g.failures)
+            record_event(client, name, g.version, "rejected", f"failed gates: {failures}")
+    return result
+
+
+def _score_text(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.6g}"
+
+
+def _quote(text: str) -> str:
+    return str(text).replace("'", "\\'")
+
+
+def _plain(value: Any) -> Any:
+    """Turn numpy scalars into Python ones (JSON, MLflow params)."""
+    if hasattr(value, "item"):
+        return value.item()
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
