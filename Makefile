@@ -9,7 +9,7 @@ export MKL_NUM_THREADS ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean up down status
 
 install: $(STAMP)
 
@@ -39,6 +39,16 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The local stack on 127.0.0.1: Prefect server + worker, MLflow UI, rollout service.
+up: install
+	$(BIN)/banditflow up
+
+down:
+	$(BIN)/banditflow down
+
+status:
+	$(BIN)/banditflow status
 
 clean:
 	rm -rf .banditflow
