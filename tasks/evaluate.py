@@ -1,0 +1,307 @@
+"""Evaluate one trial: cross-validate a model family's pipeline, measure latency and size.
+
+``evaluate_trial`` is a plain function that never raises: an exception, a NaN metric or a
+timeout comes back as a failed ``TrialOutcome`` with the reason, so one bad trial never
+ends a study. The flow maps it as a Prefect task (one task per trial, not per fold).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import statistics
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tasks.spec import SYSTEM_METRICS, metrics_for
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tasks.data import StudyData
+    from tasks.spec import StudySpec
+
+# Measured on every trial besides the task's metrics (not objectives: bookkeeping).
+TIMING_METRICS = ("fit_seconds", "eval_seconds")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``evaluate_trial`` needs from a spec (small, so it pickles cheaply)."""
+
+    family: str
+    task: str
+    objectives: dict[str, str]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    method: str = "cv"
+    folds: int = 5
+    holdout_fraction: float = 0.2
+    latency_calls: int = 200
+    seed: int = 0
+    timeout_seconds: float | None = None
+    prune_after_folds: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: StudySpec) -> EvalConfig:
+        pruning = spec.budget.pruning
+        return cls(
+            family=spec.model.family,
+            task=spec.task,
+            objectives=dict(spec.objectives),
+            fixed=dict(spec.model.fixed),
+            method=spec.evaluation.method,
+            folds=spec.evaluation.folds,
+            holdout_fraction=spec.evaluation.holdout_fraction,
+            latency_calls=spec.evaluation.latency_calls,
+            seed=spec.seed,
+            timeout_seconds=spec.budget.trial_timeout_seconds,
+            prune_after_folds=pruning.after_folds if pruning else None,
+        )
+
+    @property
+    def pruning_metric(self) -> tuple[str, str] | None:
+        """The first objective measured per fold (latency and size are not)."""
+        for name, direction in self.objectives.items():
+            if name not in SYSTEM_METRICS:
+                return name, direction
+        return None
+
+
+@dataclass
+class TrialOutcome:
+    """A trial's result: status, every metric (fold means) and what pruning saved."""
+
+    params: dict[str, Any]
+    status: str  # "completed" | "failed" | "pruned"
+    values: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    trial_id: str | None = None
+    # The pruning metric's running mean after each fold (the median rule compares these).
+    running_scores: list[float] = field(default_factory=list)
+    folds_done: int = 0
+    compute_saved_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrialTimeout(Exception):
+    """A trial ran past ``budget.trial_timeout_seconds``."""
+
+
+def evaluate_trial(
+    spec_or_parts: StudySpec | EvalConfig,
+    params: Mapping[str, Any],
+    data: StudyData,
+    *,
+    prune_threshold: float | None = None,
+    trial_id: str | None = None,
+) -> TrialOutcome:
+    """Cross-validate ``params`` on the training rows; never raise into the flow.
+
+    ``prune_threshold`` is the median running score of completed trials after
+    ``budget.pruning.after_folds`` folds: a trial worse than it there stops (``pruned``).
+    """
+    config = (
+        spec_or_parts
+        if isinstance(spec_or_parts, EvalConfig)
+        else EvalConfig.from_spec(spec_or_parts)
+    )
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            # Convergence and similar warnings are a trial's business, not the log's.
+            warnings.simplefilter("ignore")
+            outcome = _evaluate(config, dict(params), data, prune_threshold, started)
+    except TrialTimeout as exc:
+        outcome = TrialOutcome(dict(params), "failed", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed trial is a result, never a crash
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        outcome = TrialOutcome(
+            dict(params),
+            "failed",
+            reason=f"{type(exc).__name__}: {exc} (at {where.name}:{where.lineno})",
+        )
+    outcome.trial_id = trial_id
+    outcome.values.setdefault("eval_seconds", time.perf_counter() - started)
+    return outcome
+
+
+def _evaluate(
+    config: EvalConfig,
+    params: dict[str, Any],
+    data: StudyData,
+    prune_threshold: float | None,
+    started: float,
+) -> TrialOutcome:
+    from sklearn.base import clone
+
+    from tasks.models import build_model
+
+    X, y = data.X_train, data.y_train
+    pipeline = build_model(
+        config.family,
+        {**config.fixed, **params},
+        task=config.task,  # type: ignore[arg-type]
+        feature_types=data.feature_types,
+        seed=config.seed,
+    )
+    splits = _splits(config, data)
+    metric_names = [m for m in metrics_for(config.task) if m not in SYSTEM_METRICS]  # type: ignore[arg-type]
+    labels = np.unique(y) if config.task != "regression" else None
+    per_fold: dict[str, list[float]] = {m: [] for m in metric_names}
+    fit_seconds: list[float] = []
+    fold_seconds: list[float] = []
+    running: list[float] = []
+    pruning = config.pruning_metric
+    fitted = None
+    for fold, (train_idx, valid_idx) in enumerate(splits, start=1):
+        fold_started = time.perf_counter()
+        fitted = clone(pipeline)
+        t0 = time.perf_counter()
+        fitted.fit(X.iloc[train_idx], y.iloc[train_idx])
+        fit_seconds.append(time.perf_counter() - t0)
+        scores = score_fold(fitted, X.iloc[valid_idx], y.iloc[valid_idx], config.task, labels)
+        for name in metric_names:
+            per_fold[name].append(scores[name])
+        fold_seconds.append(time.perf_counter() - fold_started)
+        elapsed = time.perf_counter() - started
+        if pruning is not None:
+            running.append(float(np.mean(per_fold[pruning[0]])))
+            if not math.isfinite(scores[pruning[0]]):
+                return TrialOutcome(
+                    params,
+                    "failed",
+                    reason=f"{pruning[0]} is NaN on fold {fold}",
+                    running_scores=running,
+                    folds_done=fold,
+                )
+            if (
+                prune_threshold is not None
+                and config.prune_after_folds is not None
+                and fold == config.prune_after_folds
+                and fold < len(splits)
+                and _worse(running[-1], prune_threshold, pruning[1])
+            ):
+                left = len(splits) - fold
+                return TrialOutcome(
+                    params,
+                    "pruned",
+                    values={pruning[0]: running[-1], "fit_seconds": float(np.mean(fit_seconds))},
+                    reason=(
+                        f"median rule: {pruning[0]}={running[-1]:.4g} after {fold} folds is "
+                        f"worse than the median {prune_threshold:.4g} of completed trials"
+                    ),
+                    running_scores=running,
+                    folds_done=fold,
+                    # The folds not run, at this trial's own pace (+ the latency measurement).
+                    compute_saved_seconds=left * float(np.mean(fold_seconds)),
+                )
+        if config.timeout_seconds is not None and elapsed > config.timeout_seconds:
+            raise TrialTimeout(
+                f"timeout: {elapsed:.1f} s after {fold} of {len(splits)} folds exceeds "
+                f"budget.trial_timeout_seconds={config.timeout_seconds:g}"
+            )
+    means = {name: float(np.mean(v)) for name, v in per_fold.items()}
+    values = {k: v for k, v in means.items() if math.isfinite(v)}
+    # A NaN objective fails the trial; a NaN metric nobody optimizes is just left out.
+    nan = sorted(k for k in config.objectives if k in means and k not in values)
+    if nan:
+        return TrialOutcome(
+            params,
+            "failed",
+            values=values,
+            reason=f"NaN objective(s): {', '.join(nan)}",
+            running_scores=running,
+            folds_done=len(splits),
+        )
+    assert fitted is not None  # at least one split
+    # The last fold's model stands in for the final one: same family and params, one fit
+    # fewer per trial; size and latency barely depend on 20 % more rows.
+    values["latency_ms"] = measure_latency_ms(fitted, X, config.latency_calls, config.task)
+    values["model_bytes"] = float(len(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL)))
+    values["fit_seconds"] = float(np.mean(fit_seconds))
+    return TrialOutcome(
+        params, "completed", values=values, running_scores=running, folds_done=len(splits)
+    )
+
+
+def _worse(value: float, threshold: float, direction: str) -> bool:
+    return value < threshold if direction == "maximize" else value > threshold
+
+
+def _splits(config: EvalConfig, data: StudyData) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
+    y = data.y_train
+    n = len(y)
+    index = np.arange(n)
+    if config.method == "holdout":
+        n_valid = max(1, int(round(n * config.holdout_fraction)))
+        if data.time_ordered:  # rows are oldest first: validate on the most recent
+            return [(index[: n - n_valid], index[n - n_valid :])]
+        stratify = y if config.task != "regression" and y.value_counts().min() >= 2 else None
+        train, valid = train_test_split(
+            index, test_size=n_valid, random_state=config.seed, stratify=stratify
+        )
+        return [(np.sort(train), np.sort(valid))]
+    if config.task != "regression" and y.value_counts().min() >= config.folds:
+        splitter: Any = StratifiedKFold(config.folds, shuffle=True, random_state=config.seed)
+    else:
+        splitter = KFold(config.folds, shuffle=True, random_state=config.seed)
+    return list(splitter.split(index, y))
+
+
+def score_fold(
+    model: Any, X: pd.DataFrame, y: pd.Series, task: str, labels: np.ndarray | None = None
+) -> dict[str, float]:
+    """Return every metric the task supports for a fitted model on validation rows."""
+    from sklearn import metrics
+
+    if task == "regression":
+        pred = model.predict(X)
+        return {
+            "rmse": float(np.sqrt(metrics.mean_squared_error(y, pred))),
+            "mae": float(metrics.mean_absolute_error(y, pred)),
+            "r2": float(metrics.r2_score(y, pred)),
+        }
+    proba = model.predict_proba(X)
+    classes = model.classes_
+    pred = classes[np.argmax(proba, axis=1)]
+    out = {
+        "accuracy": float(metrics.accuracy_score(y, pred)),
+        "log_loss": float(metrics.log_loss(y, proba, labels=classes)),
+    }
+    if task == "binary":
+        positive = proba[:, 1]
+        out["f1"] = float(metrics.f1_score(y, pred, pos_label=classes[1], zero_division=0))
+        if y.nunique() < 2:  # one class in the fold: ranking metrics are undefined
+            out |= {"roc_auc": math.nan, "average_precision": math.nan}
+        else:
+            out["roc_auc"] = float(metrics.roc_auc_score(y, positive))
+            out["average_precision"] = float(
+                metrics.average_precision_score(y, positive, pos_label=classes[1])
+            )
+        out["brier"] = float(metrics.brier_score_loss(y == classes[1], positive))
+    else:
+        out["f1"] = float(metrics.f1_score(y, pred, average="macro", zero_division=0))
+    return out
+
+
+def measure_latency_ms(model: Any, X: pd.DataFrame, calls: int, task: str) -> float:
+    """Return the median wall time of ``calls`` single-row predictions, in milliseconds."""
+    rows = [X.iloc[[i]] for i in range(min(len(X), 16))]
+    predict = model.predict if task == "regression" else model.predict_proba
+    predict(rows[0])  # warm-up: first-call caches are not what serving sees
+    times = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        predict(rows[i % len(rows)])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0
