@@ -1,0 +1,111 @@
+"""Settings of the rollout service: one pydantic-settings class, env prefix ``BANDITFLOW_``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_home() -> Path:
+    """Return the data folder the pipeline uses too: ``$BANDITFLOW_HOME`` or ``.banditflow/``."""
+    return Path(os.environ.get("BANDITFLOW_HOME") or PROJECT_ROOT / ".banditflow").resolve()
+
+
+class RolloutSettings(BaseSettings):
+    """How the rollout service finds its models and state, and how it routes and decides.
+
+    Every default lives under ``home`` (the same MLflow SQLite file the pipeline writes);
+    ``BANDITFLOW_STATE_URL=postgresql://...`` shares state between replicas.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BANDITFLOW_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    model_name: str = "conversion"
+    # MLflow: empty means the pipeline's SQLite file under home (same env names as the pipeline).
+    mlflow_tracking_uri: str = ""
+    mlflow_registry_uri: str = ""
+    # Rollout state: empty means a SQLite (WAL) file under home.
+    state_url: str = ""
+    # SQLite's synchronous pragma: FULL survives power loss, NORMAL only a process crash.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    # The bandit policy, found by name (entry-point group ``banditflow.policies``).
+    policy: str = "thompson"
+    policy_params: dict[str, Any] = Field(default_factory=dict)
+
+    # Admin routes need ``Authorization: Bearer <token>``; empty disables them (403).
+    admin_token: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "BANDITFLOW_ROLLOUT_ADMIN_TOKEN", "BANDITFLOW_ADMIN_TOKEN", "admin_token"
+        ),
+    )
+    # Secret that signs request ids; empty: one is generated once and kept in the state store,
+    # so every replica (and every restart) shares it.
+    token_secret: str = ""
+
+    # Feedback: how late it may come, and what a decision without feedback counts as.
+    feedback_window_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    expired: Literal["default", "drop"] = "default"
+    expired_reward: float = 0.0
+    expiry_interval_s: float = Field(default=60.0, gt=0)
+
+    # Shadow arms score this fraction of requests off the response path.
+    shadow_fraction: float = Field(default=0.1, ge=0, le=1)
+
+    # Caches and background cadences.
+    alias_poll_s: float = Field(default=5.0, gt=0)
+    stats_refresh_ms: float = Field(default=200.0, gt=0)
+    share_window_s: float = Field(default=300.0, gt=0)
+    writer_max_batch: int = Field(default=512, ge=1)
+    unit_cache_size: int = Field(default=100_000, ge=0)
+
+    # Decision rule (rollout.decide) and whether the service acts on it.
+    auto_decisions: bool = False
+    decision_interval_s: float = Field(default=60.0, gt=0)
+    decision_params: dict[str, Any] = Field(default_factory=dict)
+
+    # Guardrails: an arm past either limit (after min requests) is pulled from rotation.
+    guardrail_max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    guardrail_max_p99_ms: float = Field(default=250.0, gt=0)
+    guardrail_min_requests: int = Field(default=50, ge=1)
+
+    # Entity lookups through the Feast online store (Feast is imported only when set).
+    feast_repo: Path | None = None
+    feast_feature_service: str = ""
+
+    # Prefect: where promotion/rollback events go (HTTP POST to <url>/events); empty: none.
+    prefect_api_url: str = Field(
+        default="", validation_alias=AliasChoices("BANDITFLOW_PREFECT_API_URL", "prefect_api_url")
+    )
+
+    # Background tasks (alias polling, stats refresh, expiry, decisions) can be turned off
+    # in tests that drive them by hand.
+    background: bool = True
+    seed: int | None = None
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model_name must name a registered MLflow model, got ''")
+        return value
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow_registry_uri or self.tracking_uri
+
+    @property
+    def database_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.home / 'rollout.db'}"

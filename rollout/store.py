@@ -1,0 +1,611 @@
+"""The rollout state store: decisions, feedback and per-arm statistics in SQL.
+
+SQLite (WAL) by default, PostgreSQL by URL. Every counter moves by an atomic SQL
+increment (``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``), never a
+read-modify-write in Python, so any number of processes can share one database. Feedback
+is unique per request id: the database, not the process, decides what is a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+metadata = MetaData()
+
+meta = Table(
+    "rollout_meta",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+decisions = Table(
+    "rollout_decisions",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("arm", String(200), nullable=False),
+    Column("unit_id", String(200), nullable=True),
+    Column("created_at", Float, nullable=False),
+    # Set once the expiry sweep has looked at it (feedback came, or the window closed).
+    Column("settled", Boolean, nullable=False, default=False),
+)
+Index("ix_rollout_decisions_created", decisions.c.created_at)
+Index("ix_rollout_decisions_unsettled", decisions.c.settled, decisions.c.created_at)
+
+feedback = Table(
+    "rollout_feedback",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("arm", String(200), nullable=False),
+    Column("reward", Float, nullable=True),  # NULL: an expired decision that was dropped
+    Column("kind", String(16), nullable=False),  # feedback | expired | dropped
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_rollout_feedback_created", feedback.c.created_at)
+
+arm_stats = Table(
+    "rollout_arm_stats",
+    metadata,
+    Column("arm", String(200), primary_key=True),
+    Column("pulls", Float, nullable=False, default=0.0),  # outcomes counted (discounted)
+    Column("reward_sum", Float, nullable=False, default=0.0),
+    Column("reward_sq_sum", Float, nullable=False, default=0.0),
+    Column("served", Integer, nullable=False, default=0),  # decisions made (never discounted)
+    Column("outcomes", Integer, nullable=False, default=0),  # outcomes counted (never discounted)
+)
+
+units = Table(
+    "rollout_units",
+    metadata,
+    Column("unit_id", String(200), primary_key=True),
+    Column("fingerprint", String(64), primary_key=True),
+    Column("arm", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+shadow_log = Table(
+    "rollout_shadow",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(200), nullable=False),
+    Column("served_arm", String(200), nullable=False),
+    Column("shadow_arm", String(200), nullable=False),
+    Column("served_prediction", Text, nullable=True),
+    Column("shadow_prediction", Text, nullable=True),
+    Column("served_score", Float, nullable=True),
+    Column("shadow_score", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_rollout_shadow_arm", shadow_log.c.shadow_arm)
+
+FeedbackStatus = Literal["accepted", "duplicate", "unknown"]
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """One routing decision, written by the background writer."""
+
+    request_id: str
+    arm: str
+    created_at: float
+    unit_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One reward to record; ``arm`` is None when it must be looked up from the decisions."""
+
+    request_id: str
+    reward: float
+    arm: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ShadowRow:
+    """A shadow arm's prediction next to the one that was served."""
+
+    request_id: str
+    served_arm: str
+    shadow_arm: str
+    served_prediction: Any
+    shadow_prediction: Any
+    served_score: float | None
+    shadow_score: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class StoredStats:
+    """An arm's statistics as stored."""
+
+    arm: str
+    pulls: float
+    reward_sum: float
+    reward_sq_sum: float
+    served: int
+    outcomes: int
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL URLs (SQLAlchemy's default driver is psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Store:
+    """SQL state of the rollout; safe to share between threads, processes and replicas."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = create_engine(
+                self.url, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+            _configure_sqlite(self.engine, sqlite_synchronous)
+        elif self.url.startswith("postgresql"):
+            self.engine = create_engine(self.url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        else:
+            raise ValueError(f"state_url must be a sqlite:/// or postgresql:// URL, got {url!r}")
+
+    # --- setup -------------------------------------------------------------------------
+    def create_schema(self) -> None:
+        """Create the tables if missing (several processes may race here: retry)."""
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except (OperationalError, IntegrityError, DBAPIError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(select(1)).scalar_one()
+
+    def _read(self) -> Connection:
+        # A deferred BEGIN on SQLite: readers never wait for the write lock.
+        return self.engine.connect().execution_options(sqlite_begin="DEFERRED")
+
+    def _insert(self, table: Table) -> Any:
+        if self.is_sqlite:
+            from sqlalchemy.dialects import sqlite
+
+            return sqlite.insert(table)
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+
+    def _write(self, work: Any) -> Any:
+        """Run ``work(conn)`` in one write transaction, retrying deadlocks and busy errors."""
+        for attempt in range(8):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except OperationalError as exc:
+                retryable = "locked" in str(exc) or "deadlock" in str(exc).lower()
+                if not retryable or attempt == 7:
+                    raise
+                time.sleep(0.01 * 2**attempt)
+            except DBAPIError as exc:
+                # PostgreSQL: deadlock_detected / serialization_failure.
+                code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+                if code not in ("40P01", "40001") or attempt == 7:
+                    raise
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # --- key/value runtime configuration (shared by replicas) --------------------------
+    def get_or_create_secret(self) -> str:
+        """Return the request-id signing secret, created once per database."""
+        stmt = self._insert(meta).values(key="token_secret", value=secrets.token_hex(32))
+        self._write(lambda conn: conn.execute(stmt.on_conflict_do_nothing()))
+        with self._read() as conn:
+            value = conn.execute(select(meta.c.value).where(meta.c.key == "token_secret"))
+            return str(value.scalar_one())
+
+    def read_config(self) -> dict[str, Any]:
+        """Return the runtime configuration the admin routes set (policy, freeze, ...)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(meta.c.key, meta.c.value).where(meta.c.key != "token_secret")
+            )
+            return {key: json.loads(value) for key, value in rows}
+
+    def set_config(self, key: str, value: Any) -> None:
+        stmt = self._insert(meta).values(key=key, value=json.dumps(value))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[meta.c.key], set_={"value": stmt.excluded.value}
+        )
+        self._write(lambda conn: conn.execute(stmt))
+
+    # --- the write path ------------------------------------------------------------------
+    def apply_batch(
+        self,
+        new_decisions: Sequence[DecisionRow] = (),
+        new_feedback: Sequence[FeedbackRow] = (),
+        shadows: Sequence[ShadowRow] = (),
+        *,
+        discount: float | None = None,
+    ) -> list[FeedbackStatus]:
+        """Record decisions, feedback and shadow rows in ONE transaction (a group commit).
+
+        Returns, for each feedback row in order, whether it was counted, was a duplicate
+        of one already stored, or names a request id with no decision.
+        """
+        return self._write(
+            lambda conn: self._apply(conn, new_decisions, new_feedback, shadows, discount)
+        )
+
+    def _apply(
+        self,
+        conn: Connection,
+        new_decisions: Sequence[DecisionRow],
+        new_feedback: Sequence[FeedbackRow],
+        shadows: Sequence[ShadowRow],
+        discount: float | None,
+    ) -> list[FeedbackStatus]:
+        if new_decisions:
+            conn.execute(
+                self._insert(decisions).on_conflict_do_nothing(),
+                [
+                    {
+                        "request_id": d.request_id,
+                        "arm": d.arm,
+                        "unit_id": d.unit_id,
+                        "created_at": d.created_at,
+                        "settled": False,
+                    }
+                    for d in new_decisions
+                ],
+            )
+            served: dict[str, int] = defaultdict(int)
+            for d in new_decisions:
+                served[d.arm] += 1
+            self._increment(conn, {arm: (0.0, 0.0, 0.0, n, 0) for arm, n in served.items()})
+        if shadows:
+            conn.execute(
+                shadow_log.insert(),
+                [
+                    {
+                        "request_id": s.request_id,
+                        "served_arm": s.served_arm,
+                        "shadow_arm": s.shadow_arm,
+                        "served_prediction": json.dumps(s.served_prediction),
+                        "shadow_prediction": json.dumps(s.shadow_prediction),
+                        "served_score": s.served_score,
+                        "shadow_score": s.shadow_score,
+                        "created_at": s.created_at,
+                    }
+                    for s in shadows
+                ],
+            )
+        if not new_feedback:
+            return []
+
+        # Attribute feedback whose request id is not a signed token from the decisions table.
+        missing = {f.request_id for f in new_feedback if f.arm is None}
+        looked_up: dict[str, str] = {}
+        if missing:
+            rows = conn.execute(
+                select(decisions.c.request_id, decisions.c.arm).where(
+                    decisions.c.request_id.in_(missing)
+                )
+            )
+            looked_up = dict(rows.tuples().all())
+
+        statuses: list[FeedbackStatus] = []
+        candidates: dict[str, dict[str, Any]] = {}
+        for f in new_feedback:
+            arm = f.arm if f.arm is not None else looked_up.get(f.request_id)
+            if arm is None:
+                statuses.append("unknown")
+            elif f.request_id in candidates:
+                statuses.append("duplicate")  # twice in the same batch: the first one counts
+            else:
+                statuses.append("accepted")  # provisional: the insert below decides
+                candidates[f.request_id] = {
+                    "request_id": f.request_id,
+                    "arm": arm,
+                    "reward": f.reward,
+                    "kind": "feedback",
+                    "created_at": f.created_at,
+                }
+        inserted = self._insert_feedback(conn, list(candidates.values()))
+        ordered = [candidates[rid] for rid in candidates if rid in inserted]
+        self._count_rewards(conn, [(row["arm"], row["reward"]) for row in ordered], discount)
+        for i, f in enumerate(new_feedback):
+            if statuses[i] == "accepted" and f.request_id not in inserted:
+                statuses[i] = "duplicate"
+        return statuses
+
+    def _insert_feedback(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+        if not rows:
+            return set()
+        stmt = (
+            self._insert(feedback)
+            .on_conflict_do_nothing(index_elements=[feedback.c.request_id])
+            .returning(feedback.c.request_id)
+        )
+        return set(conn.execute(stmt, rows).scalars().all())
+
+    def _count_rewards(
+        self, conn: Connection, rewards: list[tuple[str, float]], discount: float | None
+    ) -> None:
+        """Add rewards in order; with a discount, every arm decays by gamma per reward."""
+        if not rewards:
+            return
+        k = len(rewards)
+        increments: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0])
+        for i, (arm, reward) in enumerate(rewards):
+            # After rewards 1..k, reward i has been decayed (k - i) more times (i from 0 here).
+            weight = 1.0 if discount is None else discount ** (k - 1 - i)
+            inc = increments[arm]
+            inc[0] += weight
+            inc[1] += weight * reward
+            inc[2] += weight * reward * reward
+            inc[4] += 1
+        if discount is not None and discount != 1.0:
+            if not self.is_sqlite:
+                # Lock every row in one order so concurrent batches cannot deadlock.
+                conn.execute(select(arm_stats.c.arm).order_by(arm_stats.c.arm).with_for_update())
+            factor = discount**k
+            conn.execute(
+                update(arm_stats).values(
+                    pulls=arm_stats.c.pulls * factor,
+                    reward_sum=arm_stats.c.reward_sum * factor,
+                    reward_sq_sum=arm_stats.c.reward_sq_sum * factor,
+                )
+            )
+        self._increment(conn, {arm: tuple(v) for arm, v in increments.items()})  # type: ignore[misc]
+
+    def _increment(
+        self, conn: Connection, by_arm: dict[str, tuple[float, float, float, int, int]]
+    ) -> None:
+        """Atomically add ``(pulls, reward_sum, reward_sq_sum, served, outcomes)`` per arm."""
+        rows = [
+            {
+                "arm": arm,
+                "pulls": v[0],
+                "reward_sum": v[1],
+                "reward_sq_sum": v[2],
+                "served": v[3],
+                "outcomes": v[4],
+            }
+            for arm, v in sorted(by_arm.items())  # sorted: one lock order for every writer
+        ]
+        stmt = self._insert(arm_stats)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[arm_stats.c.arm],
+            set_={
+                name: getattr(arm_stats.c, name) + getattr(stmt.excluded, name)
+                for name in ("pulls", "reward_sum", "reward_sq_sum", "served", "outcomes")
+            },
+        )
+        conn.execute(stmt, rows)
+
+    # --- expiry --------------------------------------------------------------------------
+    def expire(
+        self,
+        cutoff: float,
+        *,
+        mode: Literal["default", "drop"],
+        default_reward: float,
+        discount: float | None = None,
+        limit: int = 5000,
+    ) -> int:
+        """Settle decisions made before ``cutoff`` that got no feedback; return how many.
+
+        ``default`` counts them as ``default_reward``; ``drop`` records them uncounted. The
+        unique request id makes this and late feedback mutually exclusive.
+        """
+
+        def work(conn: Connection) -> int:
+            rows = conn.execute(
+                select(decisions.c.request_id, decisions.c.arm)
+                .where(decisions.c.settled.is_(False), decisions.c.created_at < cutoff)
+                .order_by(decisions.c.created_at)
+                .limit(limit)
+            ).all()
+            if not rows:
+                return 0
+            now = time.time()
+            reward = default_reward if mode == "default" else None
+            kind = "expired" if mode == "default" else "dropped"
+            candidates = [
+                {"request_id": rid, "arm": arm, "reward": reward, "kind": kind, "created_at": now}
+                for rid, arm in rows
+            ]
+            inserted = self._insert_feedback(conn, candidates)
+            if mode == "default":
+                counted = [
+                    (c["arm"], default_reward) for c in candidates if c["request_id"] in inserted
+                ]
+                self._count_rewards(conn, counted, discount)
+            conn.execute(
+                update(decisions)
+                .where(decisions.c.request_id.in_([rid for rid, _ in rows]))
+                .values(settled=True)
+            )
+            return len(inserted)
+
+        total = 0
+        while True:
+            n = self._write(work)
+            total += n
+            if n < limit:
+                return total
+
+    # --- reads ---------------------------------------------------------------------------
+    def read_stats(self) -> dict[str, StoredStats]:
+        with self._read() as conn:
+            rows = conn.execute(select(arm_stats)).mappings().all()
+        return {row["arm"]: StoredStats(**row) for row in rows}
+
+    def decision_arm(self, request_id: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(
+                select(decisions.c.arm).where(decisions.c.request_id == request_id)
+            ).scalar_one_or_none()
+
+    def feedback_rows(self) -> list[tuple[str, str, float | None, str]]:
+        """Return every stored feedback row ``(request_id, arm, reward, kind)``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(feedback.c.request_id, feedback.c.arm, feedback.c.reward, feedback.c.kind)
+            )
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def traffic(self, since: float) -> dict[str, int]:
+        """Return decisions per arm made at or after ``since``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(decisions.c.arm, func.count())
+                .where(decisions.c.created_at >= since)
+                .group_by(decisions.c.arm)
+            )
+            return {arm: int(n) for arm, n in rows}
+
+    def history(self, since: float, bucket_s: float) -> dict[str, Any]:
+        """Return decisions and summed rewards per arm per time bucket since ``since``."""
+        bucket_d = func.cast(decisions.c.created_at / bucket_s, Integer)
+        bucket_f = func.cast(feedback.c.created_at / bucket_s, Integer)
+        with self._read() as conn:
+            served = conn.execute(
+                select(bucket_d, decisions.c.arm, func.count())
+                .where(decisions.c.created_at >= since)
+                .group_by(bucket_d, decisions.c.arm)
+            ).all()
+            rewards = conn.execute(
+                select(
+                    bucket_f,
+                    feedback.c.arm,
+                    func.coalesce(func.sum(feedback.c.reward), 0.0),
+                    func.count(),
+                )
+                .where(feedback.c.created_at >= since, feedback.c.kind != "dropped")
+                .group_by(bucket_f, feedback.c.arm)
+            ).all()
+            before = conn.execute(
+                select(feedback.c.arm, func.coalesce(func.sum(feedback.c.reward), 0.0))
+                .where(feedback.c.created_at < since, feedback.c.kind != "dropped")
+                .group_by(feedback.c.arm)
+            ).all()
+        return {
+            "served": [(int(b) * bucket_s, arm, int(n)) for b, arm, n in served],
+            "rewards": [(int(b) * bucket_s, arm, float(s), int(n)) for b, arm, s, n in rewards],
+            "reward_before": {arm: float(s) for arm, s in before},
+        }
+
+    def shadow_summary(self) -> dict[str, dict[str, Any]]:
+        """Per shadow arm: rows logged, prediction agreement rate, mean |score difference|."""
+        agree = func.sum(
+            func.cast(shadow_log.c.served_prediction == shadow_log.c.shadow_prediction, Integer)
+        )
+        diff = func.avg(func.abs(shadow_log.c.served_score - shadow_log.c.shadow_score))
+        with self._read() as conn:
+            rows = conn.execute(
+                select(shadow_log.c.shadow_arm, func.count(), agree, diff).group_by(
+                    shadow_log.c.shadow_arm
+                )
+            ).all()
+        return {
+            arm: {
+                "compared": int(n),
+                "agreement": (float(a) / n) if n else None,
+                "mean_abs_score_diff": None if d is None else float(d),
+            }
+            for arm, n, a, d in rows
+        }
+
+    # --- sticky units ----------------------------------------------------------------------
+    def unit_arm(self, unit_id: str, fingerprint: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(
+                select(units.c.arm).where(
+                    units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
+                )
+            ).scalar_one_or_none()
+
+    def assign_unit(self, unit_id: str, fingerprint: str, arm: str) -> str:
+        """Store a unit's first arm for this arm set; return the arm that won (first writer)."""
+        stmt = self._insert(units).values(
+            unit_id=unit_id, fingerprint=fingerprint, arm=arm, created_at=time.time()
+        )
+
+        def work(conn: Connection) -> str:
+            conn.execute(stmt.on_conflict_do_nothing())
+            return str(
+                conn.execute(
+                    select(units.c.arm).where(
+                        units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
+                    )
+                ).scalar_one()
+            )
+
+        return str(self._write(work))
+
+
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+    """WAL, a busy timeout, and BEGIN IMMEDIATE for writes (no lock-upgrade deadlocks)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy's begin hook below issues BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def sum_feedback(
+    rows: Iterable[tuple[str, str, float | None, str]],
+) -> dict[str, tuple[int, float]]:
+    """Return ``{arm: (count, reward_sum)}`` over counted feedback rows (for checks)."""
+    out: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for _rid, arm, reward, kind in rows:
+        if kind == "dropped" or reward is None or math.isnan(reward):
+            continue
+        out[arm][0] += 1
+        out[arm][1] += reward
+    return {arm: (int(v[0]), float(v[1])) for arm, v in out.items()}
