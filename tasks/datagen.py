@@ -220,9 +220,16 @@ def _customers(config: GeneratorConfig, rng: np.random.Generator) -> pd.DataFram
 
 
 def _activity(
-    config: GeneratorConfig, rng: np.random.Generator, engagement: np.ndarray
+    config: GeneratorConfig,
+    rng: np.random.Generator,
+    drift_rng: np.random.Generator,
+    engagement: np.ndarray,
 ) -> pd.DataFrame:
-    """Return one row per customer and day, customer-major (row = customer * days + day)."""
+    """Return one row per customer and day, customer-major (row = customer * days + day).
+
+    The drifted features draw from ``drift_rng`` only, so the drift knob leaves every
+    other feature's values exactly as they are without drift.
+    """
     n, days = config.n_customers, config.days
     shape = (n, days)
     # Day-to-day engagement: an AR(1) walk around each customer's level.
@@ -237,16 +244,17 @@ def _activity(
 
     # Drifted features: drift raises their level from drift_at on.
     cart_p = np.clip(0.06 * (1.0 + 0.8 * shift), 0.0, 0.95)
-    cart_adds = rng.binomial(pageviews, cart_p)
-    minutes = sessions * rng.gamma(2.0, 3.0, shape) * (1.0 + 0.6 * shift)
-    minutes[rng.random(shape) < 0.06] = np.nan  # tracking gaps
-    discount = rng.beta(1.2 + 1.5 * shift, 8.0, shape)
+    cart_adds = drift_rng.binomial(pageviews, cart_p)
+    minutes = sessions * drift_rng.gamma(2.0, 3.0, shape) * (1.0 + 0.6 * shift)
+    minutes[drift_rng.random(shape) < 0.06] = np.nan  # tracking gaps
+    discount = drift_rng.beta(1.2 + 1.5 * shift, 8.0, shape)
 
-    # Days since the last purchase: NaN until a customer's first purchase.
-    buy_p = np.clip(0.02 * np.exp(engagement), 0.001, 0.5)
-    since = np.where(
-        rng.random(n) < 0.7, np.minimum(rng.geometric(buy_p), 365).astype(np.float64), np.nan
-    )
+    # Days since the last purchase: NaN for the customers who never buy. Starting from
+    # the stationary law (geometric) keeps its distribution the same on every day.
+    never = rng.random(n) < 0.25
+    buy_p = np.where(never, 0.0, np.clip(0.02 * np.exp(engagement), 0.002, 0.5))
+    first = np.minimum(rng.geometric(np.maximum(buy_p, 0.002)) - 1, 730).astype(np.float64)
+    since = np.where(never, np.nan, first)
     bought = rng.random(shape) < buy_p[:, None]
     since_days = np.empty(shape)
     for day in range(days):
@@ -309,13 +317,15 @@ def generate(config: GeneratorConfig, out_dir: str | Path) -> dict[str, Path]:
     """Write customers, activity, sessions and ``generator.json`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(config.seed)
-    customers = _customers(config, rng)
+    # Independent streams: changing one part of the config leaves the others' draws alone.
+    streams = np.random.SeedSequence(config.seed).spawn(4)
+    rng_customers, rng_activity, rng_drift, rng_sessions = map(np.random.default_rng, streams)
+    customers = _customers(config, rng_customers)
     # Latent engagement: drives activity and how often a customer shows up in sessions.
-    engagement = rng.normal(0.0, 0.6, config.n_customers) + 0.15 * customers["is_premium"]
-    engagement = engagement.to_numpy()
-    activity = _activity(config, rng, engagement)
-    sessions = _sessions(config, rng, customers, activity, engagement)
+    engagement = rng_customers.normal(0.0, 0.6, config.n_customers)
+    engagement = engagement + 0.15 * customers["is_premium"].to_numpy()
+    activity = _activity(config, rng_activity, rng_drift, engagement)
+    sessions = _sessions(config, rng_sessions, customers, activity, engagement)
 
     paths = {name: out / filename for name, filename in FILES.items()}
     customers.to_parquet(paths["customers"], index=False)
