@@ -20,3 +20,4 @@ app = typer.Typer(
 # Each import below registers a group of commands on `app` (kept in this order in --help).
 from banditflow.commands import data as _data  # noqa: E402,F401
 from banditflow.commands import ops as _ops  # noqa: E402,F401
+from banditflow.commands import serve as _serve  # noqa: E402,F401
