@@ -121,6 +121,27 @@ def check_discount(discount: float | None) -> float | None:
     return float(discount)
 
 
+def check_min_share(min_share: float) -> float:
+    """Validate a per-arm traffic floor: a float in [0, 0.5]."""
+    if not (isinstance(min_share, int | float) and 0.0 <= min_share <= 0.5):
+        raise InvalidPolicyParamsError(f"min_share must be in [0, 0.5], got {min_share=}")
+    return float(min_share)
+
+
+def with_min_share(
+    chosen: np.ndarray, n_arms: int, min_share: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Replace a ``min_share * n_arms`` fraction of choices by uniform ones.
+
+    Every arm then gets at least ``min_share`` of the traffic (all of it uniform when
+    ``min_share * n_arms >= 1``).
+    """
+    if min_share <= 0:
+        return chosen
+    uniform = rng.random(chosen.shape) < min(min_share * n_arms, 1.0)
+    return np.where(uniform, rng.integers(n_arms, size=chosen.shape), chosen)
+
+
 def check_positive(name: str, value: float) -> float:
     """Validate a strictly positive finite float parameter."""
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):

@@ -28,6 +28,7 @@ PLUGIN_SOURCE = Path(__file__).parents[1] / "data" / "policy_plugin"
 POLICY_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("thompson", {}),
     ("thompson", {"prior_a": 2.0, "prior_b": 5.0, "discount": 0.99}),
+    ("thompson", {"min_share": 0.2}),
     ("thompson-gaussian", {}),
     ("thompson-gaussian", {"prior_mean": 1.0, "discount": 0.995}),
     ("ucb1", {}),
@@ -250,6 +251,17 @@ def test_thompson_bernoulli_prefers_the_better_posterior() -> None:
     assert share["b"] > 0.99
 
 
+def test_thompson_min_share_keeps_a_floor_of_traffic_on_every_arm() -> None:
+    arms = [ArmStats("a", 5000, 250, 250), ArmStats("b", 5000, 400, 400)]
+    plain = get_policy("thompson").allocation(arms, np.random.default_rng(0), draws=20_000)
+    floored = get_policy("thompson", min_share=0.2).allocation(
+        arms, np.random.default_rng(0), draws=20_000
+    )
+    assert plain["a"] < 0.001
+    # 0.4 of the traffic is uniform: 0.2 per arm, plus Thompson's ~0 for "a".
+    assert floored["a"] == pytest.approx(0.2, abs=0.01)
+
+
 def test_thompson_gaussian_learns_real_valued_rewards_on_any_scale() -> None:
     policy = get_policy("thompson-gaussian")
     rng = np.random.default_rng(0)
@@ -287,6 +299,7 @@ def test_unknown_policy_lists_the_known_names() -> None:
         ("thompson", {"discount": 0}, r"discount=0"),
         ("thompson", {"prior_a": -1}, r"prior_a must be a positive number.*prior_a=-1"),
         ("thompson", {"alpha": 1}, r"unexpected parameter\(s\) \['alpha'\].*prior_a, prior_b"),
+        ("thompson", {"min_share": 0.6}, r"min_share must be in \[0, 0.5\].*min_share=0.6"),
         ("thompson-gaussian", {"prior_rate": 0.0}, r"prior_rate=0.0"),
         ("thompson-gaussian", {"prior_mean": float("nan")}, r"prior_mean must be a finite"),
         ("ucb1", {"exploration": -0.5}, r"exploration=-0.5"),
