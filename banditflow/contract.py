@@ -101,8 +101,9 @@ def read_history(client: MlflowClient, name: str) -> list[HistoryEntry]:
 
 
 def aliases_of(client: MlflowClient, name: str) -> dict[str, str]:
-    """Return ``{alias: version}`` for a registered model."""
-    return dict(client.get_registered_model(name).aliases or {})
+    """Return ``{alias: version}`` for a registered model (versions as strings)."""
+    # A SQL store hands versions back as ints, a REST one as strings: compare as strings.
+    return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
 
 
 class NoChampionToRestore(LookupError):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 GATE_ARTIFACT_DIR = "gates"
+TAG_HOLDOUT_PREFIX = "banditflow.holdout."  # + metric name: the candidate's hold-out score
 PERFORMANCE = "performance"
 DEMOGRAPHIC_PARITY = "fairness.demographic_parity"
 EQUALIZED_ODDS = "fairness.equalized_odds"
@@ -379,6 +380,11 @@ def run_gates(
     latency_calls: int = 200,
 ) -> GateReport:
     """Run every gate the spec declares on one candidate; ``champion`` is the model to beat."""
+    if gates.fairness is not None and task != "binary":  # fail before the slow measurements
+        raise GateError(
+            f"the fairness gate needs a binary task (demographic parity of a positive class), "
+            f"got task {task!r}: remove gates.fairness from the spec"
+        )
     results: list[GateResult] = []
     groups: dict[str, dict[str, float]] = {}
     metric_name: str | None = None
@@ -448,6 +454,61 @@ def record_gate_report(
     # The run carries the verdict too, so the experiment view shows it next to the metrics.
     client.set_tag(run_id, TAG_GATES, tags[TAG_GATES])
     return tags
+
+
+def gate_and_record(
+    client: MlflowClient,
+    name: str,
+    version: str | int,
+    run_id: str,
+    model: Any,
+    *,
+    gates: GatesSpec,
+    holdout: Holdout,
+    task: TaskType,
+    champion: Any | None = None,
+    latency_calls: int = 200,
+) -> GateReport:
+    """Run the gates on one registered version and write the report back to the registry."""
+    report = run_gates(
+        gates, model, holdout, task=task, champion=champion, latency_calls=latency_calls
+    )
+    record_gate_report(client, name, version, run_id, report)
+    if report.metric is not None and report.metric_value is not None:
+        client.set_model_version_tag(
+            name, str(version), TAG_HOLDOUT_PREFIX + report.metric, f"{report.metric_value:.6g}"
+        )
+    return report
+
+
+def holdout_from(data: Any, gates: GatesSpec) -> Holdout:
+    """Build the gates' hold-out from ``tasks.data.StudyData`` (sensitive attribute included)."""
+    sensitive = None
+    if gates.fairness is not None:
+        attr = gates.fairness.sensitive_attribute
+        frame = getattr(data, "test_frame", None)
+        if frame is not None and attr in frame.columns:
+            sensitive = frame[attr].reset_index(drop=True)
+        elif attr in data.X_test.columns:
+            sensitive = data.X_test[attr].reset_index(drop=True)
+        else:
+            raise GateError(
+                f"gates.fairness.sensitive_attribute {attr!r} is not a column of the study's "
+                "hold-out rows: name one of its columns, or remove gates.fairness"
+            )
+    return Holdout(data.X_test, np.asarray(data.y_test), sensitive)
+
+
+def recorded_verdict(
+    tags: dict[str, str], metric: str | None
+) -> tuple[bool | None, list[str], float | None]:
+    """Read a version's earlier verdict: ``(passed, or None if never gated; failures; score)``."""
+    verdict = tags.get(TAG_GATES)
+    if verdict is None:
+        return None, [], None
+    failures = [f for f in (tags.get(TAG_GATE_FAILURES) or "").split(",") if f]
+    raw = tags.get(TAG_HOLDOUT_PREFIX + metric) if metric else None
+    return verdict == "passed", failures, None if raw is None else float(raw)
 
 
 def report_from_tags(tags: dict[str, str]) -> dict[str, str]:

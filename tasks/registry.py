@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 MODEL_ARTIFACT = "model"
 TAG_FAMILY = "banditflow.family"
-TAG_HOLDOUT_PREFIX = "banditflow.holdout."  # + metric name: the gate's hold-out score
 
 
 class RegistryError(RuntimeError):
@@ -244,6 +243,53 @@ def register_candidate(
     return RegisteredVersion(
         name, str(mv.version), run.info.run_id, candidate.trial_id, created=True, tags=tags
     )
+
+
+def register_trial(
+    client: MlflowClient,
+    spec: StudySpec,
+    trial: TrialLike,
+    X_train: pd.DataFrame,
+    y_train: Any,
+    *,
+    study: str,
+    experiment_id: str,
+    feature_types: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> tuple[RegisteredVersion, Any | None]:
+    """Refit and register one trial, or find its version; return it and the fresh model.
+
+    The model is None when the version already existed (nothing was refit).
+    """
+    existing = find_version(
+        client,
+        spec.name,
+        study=study,
+        trial_id=str(trial.trial_id),
+        params_digest=params_hash(trial.params),
+    )
+    if existing is not None:
+        found = RegisteredVersion(
+            spec.name,
+            str(existing.version),
+            str(existing.run_id),
+            str(trial.trial_id),
+            created=False,
+            tags=dict(existing.tags or {}),
+        )
+        return found, None
+    candidate = refit_candidate(spec, trial, X_train, y_train, feature_types)
+    registered = register_candidate(
+        client,
+        spec.name,
+        candidate,
+        study=study,
+        experiment_id=experiment_id,
+        input_example=X_train,
+        task=spec.task,
+        parent_run_id=parent_run_id,
+    )
+    return registered, candidate.model
 
 
 def load_version_model(name: str, version: str | int) -> Any:

@@ -1,0 +1,245 @@
+"""Validation gates: verdicts, the report's forms, and candidates built to fail one gate."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from banditflow.contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES
+from tasks.gates import (
+    DEMOGRAPHIC_PARITY,
+    EQUALIZED_ODDS,
+    LATENCY,
+    PERFORMANCE,
+    SIZE,
+    GateError,
+    GateReport,
+    Holdout,
+    performance_gate,
+    run_gates,
+    score_metric,
+)
+from tasks.spec import GatesSpec
+
+FEATURES = {"x1": "numeric", "x2": "numeric", "channel": "categorical"}
+# Thresholds sit far from both sides' measured values (fair model: DPD 0.05, EOD 0.12;
+# unfair: 0.53, 0.76; hold-out AUC 0.85 against 0.55 for the noise model).
+GATES = GatesSpec.model_validate(
+    {
+        "performance": {"metric": "roc_auc", "max_regression": 0.02, "floor": 0.7},
+        "fairness": {
+            "sensitive_attribute": "group",
+            "max_demographic_parity_difference": 0.2,
+            "max_equalized_odds_difference": 0.3,
+        },
+        # Generous: this machine is shared; the slow candidate sleeps 200 ms per call.
+        "latency_p95_ms": 150.0,
+        "max_model_bytes": 1_000_000,
+    }
+)
+
+
+def make_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows whose label ignores ``group``: a fair model has no reason to use it."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(
+        {
+            "x1": rng.normal(size=n),
+            "x2": rng.normal(size=n),
+            "channel": rng.choice(["web", "app", "store"], n),
+            "group": rng.choice(["A", "B"], n),
+            "noise": rng.normal(size=n),
+        }
+    )
+    logit = 1.6 * X.x1 + 0.9 * X.x2 + 0.6 * (X.channel == "app") - 0.3
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int).to_numpy()
+    return X, y
+
+
+def sleepy(X: pd.DataFrame) -> pd.DataFrame:
+    """Pass rows through, slowly: a candidate built to fail the latency gate."""
+    time.sleep(0.2)
+    return X
+
+
+def ballast(X: pd.DataFrame, weight: np.ndarray) -> pd.DataFrame:
+    """Pass rows through; ``weight`` only makes the pickled model large."""
+    return X
+
+
+def build_candidate(kind: str, X: pd.DataFrame, y: np.ndarray):
+    """Return a fitted pipeline: ``good`` or one built to fail exactly one gate."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tasks.models import build_model
+
+    features = dict(FEATURES)
+    labels = y
+    if kind == "worse":
+        features = {"noise": "numeric"}
+    elif kind == "unfair":
+        features["group"] = "categorical"
+        # Trained on labels biased towards group A: it learns to favour A.
+        favour = (X.group == "A").to_numpy() & (np.random.default_rng(3).random(len(y)) < 0.6)
+        labels = np.where(favour, 1, y)
+    model = build_model("logistic_regression", {"C": 1.0}, task="binary", feature_types=features)
+    if kind == "slow":
+        model = Pipeline([("slow", FunctionTransformer(sleepy)), *model.steps])
+    elif kind == "large":
+        heavy = FunctionTransformer(ballast, kw_args={"weight": np.ones(250_000)})
+        model = Pipeline([("ballast", heavy), *model.steps])
+    return model.fit(X, labels)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_frame(1000, seed=1)
+    Xh, yh = make_frame(600, seed=2)
+    return X, y, Holdout(Xh, yh, Xh["group"])
+
+
+# --- single gates ------------------------------------------------------------------------
+def test_performance_gate_uses_the_champion_with_a_margin_when_there_is_one():
+    passed = performance_gate(
+        metric="roc_auc",
+        direction="maximize",
+        value=0.81,
+        champion_value=0.82,
+        max_regression=0.02,
+        floor=0.9,
+    )
+    assert passed.passed and passed.threshold == pytest.approx(0.80)
+    failed = performance_gate(
+        metric="roc_auc",
+        direction="maximize",
+        value=0.79,
+        champion_value=0.82,
+        max_regression=0.02,
+        floor=0.5,
+    )
+    assert not failed.passed and "champion 0.82" in failed.note
+
+
+def test_performance_gate_for_a_minimized_metric_bounds_from_above():
+    worse = performance_gate(
+        metric="log_loss",
+        direction="minimize",
+        value=0.50,
+        champion_value=0.40,
+        max_regression=0.05,
+        floor=None,
+    )
+    assert not worse.passed and worse.threshold == pytest.approx(0.45) and worse.comparison == "<="
+    floor_only = performance_gate(
+        metric="log_loss",
+        direction="minimize",
+        value=0.5,
+        champion_value=None,
+        max_regression=0.05,
+        floor=0.6,
+    )
+    assert floor_only.passed and floor_only.threshold == 0.6
+
+
+def test_performance_gate_without_champion_or_floor_passes_and_says_so():
+    result = performance_gate(
+        metric="roc_auc",
+        direction="maximize",
+        value=0.51,
+        champion_value=None,
+        max_regression=0.0,
+        floor=None,
+    )
+    assert result.passed and math.isnan(result.threshold) and "no champion" in result.note
+
+
+def test_performance_gate_fails_a_nan_score():
+    result = performance_gate(
+        metric="roc_auc",
+        direction="maximize",
+        value=math.nan,
+        champion_value=None,
+        max_regression=0.0,
+        floor=0.5,
+    )
+    assert not result.passed
+
+
+def test_score_metric_matches_sklearn(data):
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    X, y, holdout = data
+    model = build_candidate("good", X, y)
+    proba = model.predict_proba(holdout.X)[:, 1]
+    auc = score_metric("roc_auc", model, holdout.X, holdout.y, "binary")
+    assert auc == pytest.approx(roc_auc_score(holdout.y, proba))
+    loss = score_metric("log_loss", model, holdout.X, holdout.y, "binary")
+    assert loss == pytest.approx(log_loss(holdout.y, proba))
+    with pytest.raises(GateError, match="rmse"):
+        score_metric("rmse", model, holdout.X, holdout.y, "binary")
+
+
+def test_fairness_gate_needs_the_sensitive_attribute_and_a_binary_task(data):
+    X, y, holdout = data
+    model = build_candidate("good", X, y)
+    blind = Holdout(holdout.X, holdout.y, None)
+    with pytest.raises(GateError, match="sensitive attribute"):
+        run_gates(GATES, model, blind, task="binary", latency_calls=10)
+    with pytest.raises(GateError, match="binary task"):
+        run_gates(GATES, model, holdout, task="multiclass", latency_calls=10)
+
+
+def test_holdout_rejects_misaligned_rows(data):
+    _, _, holdout = data
+    with pytest.raises(GateError, match="rows"):
+        Holdout(holdout.X, holdout.y[:10])
+
+
+# --- candidates built to fail one gate ---------------------------------------------------
+GATE_OF = {"worse": PERFORMANCE, "unfair": "fairness", "slow": LATENCY, "large": SIZE}
+
+
+def test_a_good_candidate_passes_every_gate(data):
+    X, y, holdout = data
+    report = run_gates(
+        GATES, build_candidate("good", X, y), holdout, task="binary", latency_calls=10
+    )
+    assert report.passed, report.to_markdown()
+    names = [r.name for r in report.results]
+    assert names == [PERFORMANCE, DEMOGRAPHIC_PARITY, EQUALIZED_ODDS, LATENCY, SIZE]
+    assert set(report.groups) == {"A", "B"}
+    assert report.groups["A"]["count"] + report.groups["B"]["count"] == len(holdout.y)
+
+
+@pytest.mark.parametrize("kind", ["worse", "unfair", "slow", "large"])
+def test_a_candidate_built_to_fail_one_gate_fails_exactly_that_gate(data, kind):
+    X, y, holdout = data
+    model = build_candidate(kind, X, y)
+    report = run_gates(GATES, model, holdout, task="binary", latency_calls=10)
+    assert not report.passed
+    assert {r.gate for r in report.results if not r.passed} == {GATE_OF[kind]}, report.to_markdown()
+    tags = report.version_tags()
+    assert tags[TAG_GATES] == "failed"
+    assert all(name.startswith(GATE_OF[kind]) for name in tags[TAG_GATE_FAILURES].split(","))
+
+
+def test_the_report_round_trips_and_renders(data):
+    X, y, holdout = data
+    report = run_gates(
+        GATES, build_candidate("unfair", X, y), holdout, task="binary", latency_calls=10
+    )
+    again = GateReport.from_dict(json.loads(report.to_json()))
+    assert again.failures == report.failures and again.groups == report.groups
+    markdown = report.to_markdown()
+    assert "| fairness.demographic_parity |" in markdown and "### Per group" in markdown
+    html = report.to_html()
+    assert "<table" in html and "fairness.equalized_odds" in html
+    tags = report.version_tags()
+    assert tags[TAG_GATE_PREFIX + DEMOGRAPHIC_PARITY].startswith("fail: value=")
+    assert tags[TAG_GATE_PREFIX + SIZE].startswith("pass: value=")
