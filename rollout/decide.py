@@ -203,7 +203,7 @@ class DecisionRule:
     def __post_init__(self) -> None:
         checks = {
             "min_outcomes": self.min_outcomes >= 1,
-            "p_best_threshold": 0.5 <= self.p_best_threshold < 1.0,
+            "p_best_threshold": 0.5 < self.p_best_threshold < 1.0,
             "max_expected_loss": self.max_expected_loss > 0,
             "false_promotion_rate": 0.0 < self.false_promotion_rate < 1.0,
             "retire_p_best": 0.0 <= self.retire_p_best < 0.5,
@@ -214,7 +214,7 @@ class DecisionRule:
         }
         ranges = {
             "min_outcomes": ">= 1",
-            "p_best_threshold": "in [0.5, 1)",
+            "p_best_threshold": "in (0.5, 1)",
             "max_expected_loss": "> 0",
             "false_promotion_rate": "in (0, 1)",
             "retire_p_best": "in [0, 0.5)",
@@ -247,6 +247,9 @@ def decide(
 ) -> list[Decision]:
     """Return one decision per challenger (in order); at most one is "promote".
 
+    At most one, because a promotion needs P(best) >= ``p_best_threshold`` > 0.5 among
+    the champion and all challengers. A challenger promoted replaces the champion; the
+    others are judged against the new champion on the next call.
     Pure: call it as often as you like (after every outcome if you wish); the
     always-valid test keeps the wrong-promotion rate at ``rule.false_promotion_rate``.
     """
@@ -260,8 +263,7 @@ def decide(
     promote_bar = math.log(k / rule.false_promotion_rate)
     retire_bar = math.log(k / rule.false_retirement_rate)
     decisions: list[Decision] = []
-    candidates: list[int] = []
-    for i, ch in enumerate(challengers):
+    for ch in challengers:
         s = summary[ch.arm]
         if min(ch.pulls, champion.pulls) < rule.min_outcomes:
             decisions.append(
@@ -295,7 +297,6 @@ def decide(
             and s.p_best >= rule.p_best_threshold
             and s.expected_loss <= rule.max_expected_loss
         ):
-            candidates.append(i)
             decisions.append(
                 Decision(
                     "promote",
@@ -336,22 +337,6 @@ def decide(
                     e_up,
                 )
             )
-    if len(candidates) > 1:
-        # One promotion at a time: the most probable best; the others are re-judged
-        # against the new champion on the next call.
-        winner = max(candidates, key=lambda i: decisions[i].p_best)
-        for i in candidates:
-            if i != winner:
-                d = decisions[i]
-                decisions[i] = Decision(
-                    "keep",
-                    d.arm,
-                    f"keep {d.arm}: also promotable, but {decisions[winner].arm} has the "
-                    f"higher P(best) ({decisions[winner].p_best:.3f} vs {d.p_best:.3f})",
-                    d.p_best,
-                    d.expected_loss,
-                    d.evidence,
-                )
     return decisions
 
 
