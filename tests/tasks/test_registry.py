@@ -128,6 +128,7 @@ def test_select_trials_takes_the_best_or_the_pareto_set_up_to_the_limit():
 
 # --- against a SQLite store --------------------------------------------------------------
 @pytest.mark.integration
+@pytest.mark.slow  # the module's first MLflow store and log_model: imports and migrations
 def test_registering_a_trial_twice_keeps_one_version(sqlite_settings, frames):
     import mlflow
 
