@@ -99,7 +99,7 @@ class GroupCommitWriter:
         self.linger_s = linger_s
         self._decisions: list[DecisionRow] = []
         self._shadows: list[ShadowRow] = []
-        self._feedback: list[tuple[FeedbackRow, asyncio.Future[str]]] = []
+        self._feedback: list[tuple[FeedbackRow, asyncio.Future[tuple[str, str | None]]]] = []
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rollout-writer")
@@ -119,12 +119,12 @@ class GroupCommitWriter:
         self._shadows.append(row)
         self._wake.set()
 
-    async def submit_feedback(self, rows: Sequence[FeedbackRow]) -> list[str]:
-        """Queue feedback and wait until it is committed; return a status per row."""
+    async def submit_feedback(self, rows: Sequence[FeedbackRow]) -> list[tuple[str, str | None]]:
+        """Queue feedback and wait until it is committed; return (status, arm) per row."""
         loop = asyncio.get_running_loop()
         futures = []
         for row in rows:
-            fut: asyncio.Future[str] = loop.create_future()
+            fut: asyncio.Future[tuple[str, str | None]] = loop.create_future()
             self._feedback.append((row, fut))
             futures.append(fut)
         self._wake.set()
@@ -672,15 +672,15 @@ class RolloutService:
             to_write.append((i, FeedbackRow(req.request_id, float(req.reward), arm, now)))
         if to_write:
             statuses = await self.writer.submit_feedback([row for _, row in to_write])
-            for (i, row), status in zip(to_write, statuses, strict=True):
+            for (i, row), (status, arm) in zip(to_write, statuses, strict=True):
                 results[i] = FeedbackResponse(
                     request_id=row.request_id,
                     status=status,  # type: ignore[arg-type]
-                    arm=row.arm,
+                    arm=arm,
                 )
-                if status == "accepted" and row.arm is not None:
-                    self.metrics.feedback.labels(row.arm).inc()
-                    self.metrics.rewards.labels(row.arm).inc(max(row.reward, 0.0))
+                if status == "accepted" and arm is not None:
+                    self.metrics.feedback.labels(arm).inc()
+                    self.metrics.rewards.labels(arm).inc(max(row.reward, 0.0))
                 elif status == "duplicate":
                     self.metrics.duplicates.inc()
         return [r for r in results if r is not None]

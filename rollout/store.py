@@ -261,11 +261,11 @@ class Store:
         shadows: Sequence[ShadowRow] = (),
         *,
         discount: float | None = None,
-    ) -> list[FeedbackStatus]:
+    ) -> list[tuple[FeedbackStatus, str | None]]:
         """Record decisions, feedback and shadow rows in ONE transaction (a group commit).
 
-        Returns, for each feedback row in order, whether it was counted, was a duplicate
-        of one already stored, or names a request id with no decision.
+        Returns, for each feedback row in order, ``(status, arm)``: whether it was counted,
+        was a duplicate of one already stored, or names a request id with no decision.
         """
         return self._write(
             lambda conn: self._apply(conn, new_decisions, new_feedback, shadows, discount)
@@ -278,7 +278,7 @@ class Store:
         new_feedback: Sequence[FeedbackRow],
         shadows: Sequence[ShadowRow],
         discount: float | None,
-    ) -> list[FeedbackStatus]:
+    ) -> list[tuple[FeedbackStatus, str | None]]:
         if new_decisions:
             conn.execute(
                 self._insert(decisions).on_conflict_do_nothing(),
@@ -329,9 +329,11 @@ class Store:
             looked_up = dict(rows.tuples().all())
 
         statuses: list[FeedbackStatus] = []
+        arms: list[str | None] = []
         candidates: dict[str, dict[str, Any]] = {}
         for f in new_feedback:
             arm = f.arm if f.arm is not None else looked_up.get(f.request_id)
+            arms.append(arm)
             if arm is None:
                 statuses.append("unknown")
             elif f.request_id in candidates:
@@ -351,7 +353,7 @@ class Store:
         for i, f in enumerate(new_feedback):
             if statuses[i] == "accepted" and f.request_id not in inserted:
                 statuses[i] = "duplicate"
-        return statuses
+        return list(zip(statuses, arms, strict=True))
 
     def _insert_feedback(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
         if not rows:
