@@ -250,6 +250,7 @@ def decide(
     At most one, because a promotion needs P(best) >= ``p_best_threshold`` > 0.5 among
     the champion and all challengers. A challenger promoted replaces the champion; the
     others are judged against the new champion on the next call.
+
     Pure: call it as often as you like (after every outcome if you wish); the
     always-valid test keeps the wrong-promotion rate at ``rule.false_promotion_rate``.
     """

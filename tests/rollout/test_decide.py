@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,7 +208,7 @@ def test_no_challengers_means_no_decisions() -> None:
         ("draws", 10, "draws must be >= 100"),
     ],
 )
-def test_bad_rules_get_clear_errors(field: str, value: float, message: str) -> None:
+def test_bad_rules_get_clear_errors(field: str, value: Any, message: str) -> None:
     with pytest.raises(InvalidDecisionRuleError, match=message):
         DecisionRule(**{field: value})
 

@@ -21,6 +21,8 @@ from rollout.policies import (
     available_policies,
     get_policy,
 )
+from rollout.policies.thompson import ThompsonGaussian
+from rollout.policies.ucb import UCB1
 
 PLUGIN_SOURCE = Path(__file__).parents[1] / "data" / "policy_plugin"
 
@@ -195,6 +197,7 @@ def test_discounted_thompson_recovers_after_the_best_arm_changes() -> None:
 
 def test_ucb1_plays_every_arm_once_first_then_follows_its_index() -> None:
     ucb = get_policy("ucb1")
+    assert isinstance(ucb, UCB1)
     arms = [ArmStats("a", 10, 9, 9), ArmStats("b", 0), ArmStats("c", 0)]
     picks = {ucb.choose(arms, np.random.default_rng(s)) for s in range(40)}
     assert picks == {"b", "c"}  # both unplayed arms, never the played one
@@ -264,6 +267,7 @@ def test_thompson_min_share_keeps_a_floor_of_traffic_on_every_arm() -> None:
 
 def test_thompson_gaussian_learns_real_valued_rewards_on_any_scale() -> None:
     policy = get_policy("thompson-gaussian")
+    assert isinstance(policy, ThompsonGaussian)
     rng = np.random.default_rng(0)
     a, b = rng.normal(100.0, 20.0, 400), rng.normal(104.0, 20.0, 400)
     arms = [ArmStats(n, len(x), x.sum(), (x**2).sum()) for n, x in (("a", a), ("b", b))]
