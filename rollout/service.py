@@ -64,6 +64,11 @@ def unit_point(unit_id: str, fingerprint: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def arm_set_fingerprint(arms: Sequence[str]) -> str:
+    """Identify an arm set: sticky assignments hold while it is unchanged."""
+    return hashlib.sha256(",".join(sorted(arms)).encode()).hexdigest()[:16]
+
+
 def arm_at(point: float, allocation: Mapping[str, float]) -> str:
     """Return the arm whose slice of [0, 1) holds ``point`` (slices in arm-name order)."""
     arms = sorted(allocation)
@@ -476,7 +481,7 @@ class RolloutService:
 
     async def _sticky_arm(self, snap: PoolSnapshot, arms: list[str], unit_id: str) -> str:
         """Same unit, same arm (while the arm set holds); new units follow the allocation."""
-        fingerprint = hashlib.sha256(",".join(arms).encode()).hexdigest()[:16]
+        fingerprint = arm_set_fingerprint(arms)
         key = (unit_id, fingerprint)
         arm = self._units.get(key)
         if arm is None:
