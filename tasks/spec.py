@@ -161,6 +161,9 @@ class GatesSpec(_Strict):
 
 
 class RegisterSpec(_Strict):
+    # The registered model the candidates join; several studies (hyperopt, ax, a retrain)
+    # can feed one model's rollout. None: the study's name.
+    model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     max_candidates: int = Field(default=3, ge=1)  # of the Pareto set, or the top trials
     convert_onnx: bool = True
 
@@ -232,6 +235,11 @@ class StudySpec(_Strict):
                 f"for task {self.task!r}; choose from {sorted(supported)}"
             )
         return self
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name in MLflow (``registration.model_name`` or ``name``)."""
+        return self.registration.model_name or self.name
 
     @property
     def primary_objective(self) -> tuple[str, Direction]:
