@@ -132,19 +132,20 @@ def outcome_paths(
     p_champion: float,
     p_challenger: float,
     *,
-    allocation: str,
+    policy: Policy | None,
     horizon: int,
     batch: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, ...]:
-    """Return cumulative (n_a, s_a, n_b, s_b) after each outcome (a: champion)."""
+    """Return cumulative (n_a, s_a, n_b, s_b) after each outcome (a: champion).
+
+    ``policy`` None is a 50/50 split (vectorised); else the policy routes each batch.
+    """
     p = np.array([p_champion, p_challenger])
-    thompson_params = ALLOCATIONS[allocation]
-    if thompson_params is None:
+    if policy is None:
         arm = (rng.random(horizon) < 0.5).astype(int)
         reward = rng.random(horizon) < p[arm]
     else:
-        policy = get_policy("thompson", **thompson_params)
         arm = np.empty(horizon, dtype=int)
         reward = np.empty(horizon, dtype=bool)
         n, s = np.zeros(2), np.zeros(2)
@@ -209,7 +210,9 @@ def naive_first_promotion(paths: tuple[np.ndarray, ...], min_outcomes: int = 100
 
 def rule_table(rule: DecisionRule, *, seeds: int, horizon: int, batch: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for allocation in ALLOCATIONS:
+    for allocation, params in ALLOCATIONS.items():
+        # Built once: get_policy scans every installed distribution's entry points.
+        policy = None if params is None else get_policy("thompson", **params)
         for label, rate in CHALLENGER_RATES.items():
             t0 = time.perf_counter()
             actions, when, naive = [], [], []
@@ -218,7 +221,7 @@ def rule_table(rule: DecisionRule, *, seeds: int, horizon: int, batch: int) -> l
                 paths = outcome_paths(
                     CHAMPION_RATE,
                     rate,
-                    allocation=allocation,
+                    policy=policy,
                     horizon=horizon,
                     batch=batch,
                     rng=rng,
