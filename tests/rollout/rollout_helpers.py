@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,103 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: Any = None, timeout: float = 120.0) -> None:
+    """Poll /readyz until it answers 200 (fail early if the process died)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            response = httpx.get(url + "/readyz", timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout} s: {last}")
+
+
+class UvicornProcess:
+    """``uvicorn rollout.app:create_app --factory`` in its own session (killable as a group)."""
+
+    def __init__(self, env: dict[str, str], log: Path, *, workers: int = 1) -> None:
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable, "-m", "uvicorn", "rollout.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=self._log, stderr=self._log, start_new_session=True
+        )
+
+    def wait(self, timeout: float = 120.0) -> UvicornProcess:
+        wait_ready(self.url, self.proc, timeout)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown hook runs."""
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+class LiveServer:
+    """Serve an app with uvicorn in a thread of this process (cheap: no new interpreter)."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        wait_ready(self.url, timeout=60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
