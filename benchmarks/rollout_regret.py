@@ -262,6 +262,42 @@ def _fmt(x: float | None, spec: str = ",.0f") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def targets(result: dict[str, Any]) -> list[str]:
+    """Return one line per target of the issue, with the measured figure and PASS/MISS."""
+
+    def mark(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    lines = []
+    thompson = [r for r in result["stationary"] if r["policy"].startswith("Thompson (Beta")]
+    if thompson:
+        ratio = thompson[0]["ratio"]
+        lines.append(f"{mark(ratio <= 0.35)} Thompson regret {ratio:.3f}× fixed split (<= 0.35×)")
+    discounted = [r for r in result["change"] if "discount" in r["policy"]]
+    if discounted:
+        late = discounted[0]["ratio_after_change"]
+        lines.append(
+            f"{mark(late <= 0.5)} discounted Thompson after the change {late:.3f}× fixed split "
+            "(<= 0.5×)"
+        )
+    ab_total = 2 * result["ab_sample_size"]["two_sided_per_arm"]
+    for r in result["decisions"]:
+        if r["challenger"].startswith("worse"):
+            lines.append(
+                f"{mark(r['promoted'] <= 0.05)} {r['allocation']}: worse challenger promoted "
+                f"{r['promoted']:.1%} (<= 5 %; naive rule {r['naive_promoted']:.1%})"
+            )
+        if r["challenger"].startswith("better"):
+            med = r["median_outcomes_to_promote"]
+            ratio = math.inf if med is None else med / ab_total
+            lines.append(
+                f"{mark(ratio <= 1.5)} {r['allocation']}: median outcomes to promote the better "
+                f"challenger {ratio:.2f}× the A/B sample size (<= 1.5×; promoted "
+                f"{r['promoted']:.1%} within the horizon)"
+            )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     out = [
@@ -319,7 +355,19 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_fmt(med)}{ratio} | {_fmt(r['median_outcomes_to_retire'])} "
             f"| {r['naive_promoted']:.1%} |"
         )
-    out += ["", f"Total time {result['seconds']:.1f} s."]
+    out += [
+        "",
+        f"Rates over {cfg['rule_seeds']} seeds: binomial standard error about "
+        f"{math.sqrt(0.05 * 0.95 / max(cfg['rule_seeds'], 1)):.1%} near 5 %. "
+        "Traffic routed in batches of "
+        f"{cfg['batch']} outcomes; the rule is checked after every single outcome.",
+        "",
+        "### Targets",
+        "",
+        *(f"- {line}" for line in targets(result)),
+        "",
+        f"Total time {result['seconds']:.1f} s.",
+    ]
     return "\n".join(out) + "\n"
 
 
