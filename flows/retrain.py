@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from banditflow.contract import CHAMPION, TAG_METRIC_PREFIX, TAG_STUDY
 from tasks.drift import (
@@ -181,7 +182,7 @@ def frame_of(data: Any) -> tuple[pd.DataFrame, pd.Series]:
 
 
 # --- tasks -------------------------------------------------------------------------------
-@task(name="load-reference-window")
+@task(name="load-reference-window", cache_policy=NO_CACHE)
 def load_reference(
     model: str, version: str, spec: StudySpec, settings: PipelineSettings
 ) -> pd.DataFrame:
@@ -196,7 +197,7 @@ def load_reference(
     return pd.read_parquet(path)
 
 
-@task(name="load-recent-window")
+@task(name="load-recent-window", cache_policy=NO_CACHE)
 def load_recent(spec: StudySpec, settings: PipelineSettings) -> Any:
     """Return the recent window's ``StudyData`` (features and labels)."""
     from tasks.data import load_study_data
@@ -204,7 +205,7 @@ def load_recent(spec: StudySpec, settings: PipelineSettings) -> Any:
     return load_study_data(spec, settings)
 
 
-@task(name="champion-metric-on-recent-rows")
+@task(name="champion-metric-on-recent-rows", cache_policy=NO_CACHE)
 def champion_metric(
     client: MlflowClient,
     model: str,
@@ -229,14 +230,22 @@ def champion_metric(
     return metric_drift(metric, direction, float(recorded), recent, spec.drift.metric_margin)
 
 
-@task(name="optimize-and-register")
-def optimize_and_register(spec: StudySpec, model: str) -> dict[str, str | None]:
-    """Run the optimize flow on the retrain study and return ``{version: alias}``."""
+def optimize_and_register(
+    spec: StudySpec, model: str, data: Any, settings: PipelineSettings
+) -> dict[str, str | None]:
+    """Run the retrain study (a subflow), then register its best under ``model``.
+
+    Returns ``{version: alias or None}``: the gates decide which become challengers.
+    """
     from flows.optimize import optimize
+    from flows.register import register_trials
+    from tasks.registry import select_trials
 
     result = optimize(spec)
-    registered = getattr(result, "registered", None) or {}
-    return {str(k): v for k, v in dict(registered).items()}
+    as_model = spec.model_copy(update={"name": model})
+    trials = select_trials(as_model, result.best, list(result.pareto))
+    summary = register_trials(as_model, spec.name, trials, data, settings, result.parent_run_id)
+    return {str(v["version"]): v["alias"] for v in summary["versions"]}
 
 
 # --- the flow ----------------------------------------------------------------------------
@@ -315,7 +324,7 @@ def retrain_model(
         len(warm),
     )
     outcome.status, outcome.new_study, outcome.warm_start = "retrained", new_spec.name, warm
-    outcome.registered = optimize_and_register(new_spec, model)
+    outcome.registered = optimize_and_register(new_spec, model, recent, settings)
     return outcome
 
 

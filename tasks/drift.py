@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from scipy import stats
 
 from banditflow.contract import EVENT_DRIFT_DETECTED, model_resource_id
@@ -419,7 +420,7 @@ def emit_drift_detected(report: DriftReport, *, model: str, version: str | None)
     )
 
 
-@task(name="check-drift")
+@task(name="check-drift", cache_policy=NO_CACHE)
 def check_drift_task(
     reference: pd.DataFrame,
     current: pd.DataFrame,

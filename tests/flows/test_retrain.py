@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -89,3 +90,76 @@ def test_retrain_spec_keeps_model_and_search_with_a_new_name_window_and_warm_sta
 def test_warm_start_top_zero_or_less_gives_no_points(bad: int) -> None:
     spec = StudySpec(name="s")
     assert top_points([Record({"c": 1}, {"roc_auc": 0.7})], spec, bad) == []
+
+
+# --- the flow, end to end in one process (Prefect test API, MLflow in SQLite) -------------
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DRIFT_AT = START + timedelta(days=45)
+
+
+def joined_sessions(folder: Path) -> pd.DataFrame:
+    """Join each labelled session to its customer's features as of the session."""
+    customers = pd.read_parquet(folder / "customers.parquet")
+    activity = pd.read_parquet(folder / "activity.parquet").sort_values("event_timestamp")
+    sessions = pd.read_parquet(folder / "sessions.parquet").sort_values("event_timestamp")
+    joined = pd.merge_asof(
+        sessions,
+        activity.drop(columns="created_timestamp"),
+        on="event_timestamp",
+        by="customer_id",
+        direction="backward",
+    )
+    profile = customers.drop(columns=["event_timestamp", "created_timestamp"])
+    return joined.merge(profile, on="customer_id", how="left")
+
+
+def small_spec(name: str, path: Path) -> StudySpec:
+    return StudySpec.parse(
+        {
+            "name": name,
+            "data": {"source": "file", "path": str(path), "start": START, "end": DRIFT_AT},
+            "model": {
+                "family": "logistic_regression",
+                "space": {"C": {"type": "float", "low": 0.001, "high": 100.0, "log": True}},
+            },
+            "budget": {"max_trials": 4},
+            "q": 2,
+            "evaluation": {"folds": 2, "latency_calls": 10},
+            "gates": {"performance": {"floor": 0.5}, "latency_p95_ms": 500},
+            "registration": {"max_candidates": 1, "convert_onnx": False},
+        }
+    )
+
+
+@pytest.mark.slow
+def test_retrain_on_drift_starts_from_the_previous_best_points(
+    settings, prefect_harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.optimize import optimize
+    from flows.register import register
+    from flows.retrain import retrain
+    from tasks.datagen import GeneratorConfig, generate
+    from tasks.study import load_study_result
+
+    config = GeneratorConfig(
+        seed=0, n_customers=600, rows=9_000, start=START, days=60, drift_at=DRIFT_AT
+    )
+    generate(config, settings.data_dir)
+    table = settings.data_dir / "training.parquet"
+    joined_sessions(settings.data_dir).to_parquet(table, index=False)
+
+    spec = small_spec("wsdemo", table)
+    first = optimize(spec)
+    summary = register("wsdemo", spec)
+    assert [v["alias"] for v in summary["versions"]] == ["champion"]
+
+    [outcome] = retrain(start=DRIFT_AT, end=config.end, model="wsdemo", warm_start_top=2)
+    assert outcome["status"] == "retrained", outcome
+    assert set(outcome["drifted_features"]) >= {"discount_rate_7d"}
+    expected = [dict(t.params) for t in first.top[:2]]
+    assert outcome["warm_start"] == expected
+    again = load_study_result(outcome["new_study"], settings)
+    by_id = sorted(again.top, key=lambda t: int(t.trial_id))
+    firsts = [t.params for t in by_id if t.trial_id in {"0", "1"}]
+    assert [p["C"] for p in firsts] == pytest.approx([p["C"] for p in expected])
+    assert outcome["registered"], "the retrain registered no candidate"
