@@ -109,25 +109,35 @@ def pip_requirements() -> list[str]:
 
 # --- which trials, refit ------------------------------------------------------------------
 def select_trials(
-    spec: StudySpec, best: TrialLike | None, pareto: Sequence[TrialLike] = ()
+    spec: StudySpec,
+    best: TrialLike | None,
+    pareto: Sequence[TrialLike] = (),
+    top: Sequence[TrialLike] = (),
 ) -> list[TrialLike]:
-    """Return the trials to register: the Pareto set (multi-objective) or the best trial."""
+    """Return the trials to register, best first, at most ``registration.max_candidates``.
+
+    Several objectives: the Pareto set, ordered by the primary objective. One objective:
+    the top trials by it (the best alone when the study gives no ranking).
+    """
     limit = spec.registration.max_candidates
+    metric, direction = spec.primary_objective
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(trial: TrialLike) -> float:
+        value = trial.values.get(metric)
+        return math.inf if value is None or math.isnan(value) else sign * value
+
     if len(spec.objectives) > 1 and pareto:
-        metric, direction = spec.primary_objective
-        sign = -1.0 if direction == "maximize" else 1.0
-
-        def key(trial: TrialLike) -> float:
-            value = trial.values.get(metric, math.nan)
-            return math.inf if value is None or math.isnan(value) else sign * value
-
         return sorted(pareto, key=key)[:limit]
-    if best is None:
+    ranked = sorted(top, key=key)[:limit] if top else []
+    if best is not None and all(str(t.trial_id) != str(best.trial_id) for t in ranked):
+        ranked = [best, *ranked][:limit]
+    if not ranked:
         raise RegistryError(
             f"study {spec.name!r} has no completed trial to register: run the optimize flow "
             "first, or check why its trials failed"
         )
-    return [best]
+    return ranked
 
 
 def refit_candidate(

@@ -107,7 +107,9 @@ def test_params_hash_ignores_key_order_and_numpy_types():
 
 def test_select_trials_takes_the_best_or_the_pareto_set_up_to_the_limit():
     best = Trial("7", {"C": 1.0}, {"roc_auc": 0.9})
-    assert select_trials(SPEC, best, [best]) == [best]
+    assert select_trials(SPEC, best) == [best]
+    top = [Trial(str(i), {"C": i}, {"roc_auc": 0.8 + i / 100}) for i in range(5)]
+    assert [t.trial_id for t in select_trials(SPEC, top[4], (), top)] == ["4", "3", "2"]
     multi = StudySpec.parse(
         {
             "name": "m",
