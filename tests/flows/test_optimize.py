@@ -51,6 +51,19 @@ def make_spec(data: Path, name: str = "flowtest", **extra) -> StudySpec:
     return StudySpec.parse(raw)
 
 
+@pytest.fixture(scope="module")
+def flow_settings(tmp_path_factory: pytest.TempPathFactory):
+    """One data folder for the module: creating an MLflow SQLite store costs seconds."""
+    from tasks.settings import PipelineSettings, get_settings
+
+    home = tmp_path_factory.mktemp("flowhome")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BANDITFLOW_HOME", str(home))
+        get_settings.cache_clear()
+        yield PipelineSettings(home=home).ensure_dirs()
+    get_settings.cache_clear()
+
+
 def child_runs(settings, study: str):
     from tasks.study import _child_runs, _find_study_run
     from tasks.tracking import configure_mlflow
@@ -64,7 +77,7 @@ def child_runs(settings, study: str):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_flow_logs_parent_child_runs_artifacts_and_result(
-    prefect_harness, settings, tmp_path
+    prefect_harness, flow_settings, tmp_path
 ) -> None:
     from flows.optimize import optimize
     from tasks.study import load_study_result
@@ -77,7 +90,7 @@ def test_flow_logs_parent_child_runs_artifacts_and_result(
     assert result.stop_reason.startswith("max_trials")
     assert Path(result.state_path).exists()
 
-    client, parent, children = child_runs(settings, "flowtest")
+    client, parent, children = child_runs(flow_settings, "flowtest")
     assert parent.info.run_id == result.parent_run_id
     assert parent.data.tags["banditflow.study"] == "flowtest"
     assert parent.data.tags["banditflow.role"] == "study"
@@ -92,20 +105,20 @@ def test_flow_logs_parent_child_runs_artifacts_and_result(
     plots = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
     assert "plots/optimization_history.png" in plots
 
-    loaded = load_study_result("flowtest", settings)
+    loaded = load_study_result("flowtest", flow_settings)
     assert loaded.best.trial_id == result.best.trial_id
     assert loaded.best.params == result.best.params  # exact types survive
 
     # Running again with the same name resumes: the budget is spent, nothing is re-run.
     again = optimize(spec, runner="threads")
     assert again.resumed and again.n_trials == 6
-    assert len(child_runs(settings, "flowtest")[2]) == 6
+    assert len(child_runs(flow_settings, "flowtest")[2]) == 6
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_flow_with_warm_process_pool_pruning_and_pareto(
-    prefect_harness, settings, tmp_path
+    prefect_harness, flow_settings, tmp_path
 ) -> None:
     from flows.optimize import optimize
 
@@ -120,6 +133,90 @@ def test_flow_with_warm_process_pool_pruning_and_pareto(
     assert result.n_trials == 8
     assert result.n_completed + result.n_pruned + result.n_failed == 8
     assert result.best is None and 1 <= len(result.pareto) <= result.n_completed
-    client, _, _ = child_runs(settings, "pareto")
+    client, _, _ = child_runs(flow_settings, "pareto")
     plots = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
     assert "plots/pareto_front.png" in plots
+
+
+RUN_FLOW = """
+import sys
+from flows.optimize import optimize
+from tasks.spec import StudySpec
+optimize(StudySpec.model_validate_json(sys.argv[1]), runner="threads")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_resume_after_sigkill_reruns_no_finished_trial(
+    prefect_harness, flow_settings, tmp_path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.optimize import optimize
+    from tasks.study import add_progress_listener
+
+    spec = make_spec(
+        write_data(tmp_path / "d.csv", n=600),
+        name="crashy",
+        model={"family": "random_forest", "fixed": {"n_estimators": 20}},
+        budget={"max_trials": 10},
+    )
+    state = flow_settings.studies_dir / "crashy.json"
+    env = {**os.environ, "BANDITFLOW_HOME": str(flow_settings.home), "PYTHONPATH": str(ROOT)}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the harness's server, not ephemeral
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_FLOW, spec.model_dump_json()],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    finished_before: dict[str, dict] = {}
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.exists():
+                history = json.loads(state.read_text())["history"]
+                finished_before = {h["id"]: h for h in history if h["status"] != "pending"}
+                if len(finished_before) >= 3:
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    # What the state held at the kill (the file is replaced atomically after every tell).
+    saved = json.loads(state.read_text())["history"]
+    finished = {h["id"] for h in saved if h["status"] != "pending"}
+    assert 3 <= len(finished) < 10
+
+    told: list[str] = []
+    remove = add_progress_listener(lambda event: told.append(event["record"].trial_id))
+    try:
+        result = optimize(spec, runner="threads")
+    finally:
+        remove()
+    assert result.resumed and result.n_trials == 10
+    assert not finished & set(told), "a finished trial was evaluated again"
+    assert sorted(finished | set(told), key=int) == [str(i) for i in range(10)]
+    # Every trial has exactly one MLflow child run (the ones the crash kept from MLflow
+    # are logged from the saved state, not re-run).
+    _, _, children = child_runs(flow_settings, "crashy")
+    ids = sorted(int(c.data.tags["banditflow.trial_id"]) for c in children)
+    assert ids == list(range(10))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_flow_on_a_dask_local_cluster(prefect_harness, flow_settings, tmp_path) -> None:
+    pytest.importorskip("prefect_dask", reason="pip install 'banditflow[dask]'")
+    from flows.optimize import optimize
+
+    spec = make_spec(write_data(tmp_path / "d.csv"), name="dasky", budget={"max_trials": 4})
+    result = optimize(spec, runner="dask")
+    assert result.n_completed == 4
+    assert len(child_runs(flow_settings, "dasky")[2]) == 4
