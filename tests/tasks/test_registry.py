@@ -260,3 +260,43 @@ def test_a_failing_candidate_gets_no_alias_and_says_why(sqlite_settings, frames)
     history = read_history(client, spec.name)
     assert [(e.action, e.reason) for e in history] == [("rejected", "failed gates: size")]
     assert champion(client, spec.name) is None
+
+
+@pytest.mark.integration
+def test_cli_promotes_rolls_back_and_lists_versions(sqlite_settings, frames, monkeypatch):
+    from typer.testing import CliRunner
+
+    from banditflow.cli import app
+    from tasks.settings import get_settings
+
+    spec = SPEC.model_copy(update={"name": "cli-model"})
+    client, experiment_id = _store(sqlite_settings, "study-cli")
+    for trial in (Trial("1", {"C": 1.0}), Trial("2", {"C": 0.5})):
+        _register(client, spec, trial, frames, "study-cli", experiment_id)
+    monkeypatch.setenv("BANDITFLOW_HOME", str(sqlite_settings.home))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        first = runner.invoke(app, ["promote", "cli-model", "1", "--reason", "first pick"])
+        assert first.exit_code == 0, first.output
+        assert "version 1 is champion" in first.output
+        second = runner.invoke(app, ["promote", "cli-model", "2"])
+        assert second.exit_code == 0 and "was 1" in second.output
+        back = runner.invoke(app, ["rollback", "cli-model", "--reason", "bad day"])
+        assert back.exit_code == 0 and "version 1 is champion again" in back.output
+        assert aliases_of(client, "cli-model") == {CHAMPION: "1"}
+
+        nothing = runner.invoke(app, ["rollback", "cli-model"])
+        assert nothing.exit_code == 1 and "nothing to roll back" in nothing.output
+        missing = runner.invoke(app, ["promote", "cli-model", "9"])
+        assert missing.exit_code == 1 and "no version '9'" in missing.output
+
+        listing = runner.invoke(app, ["models", "cli-model"], env={"COLUMNS": "200"})
+        assert listing.exit_code == 0, listing.output
+        for text in ("cli-model: 2 version(s)", "champion", "study-cli / 1", "history"):
+            assert text in listing.output
+        assert "rolled_back" in listing.output and "bad day" in listing.output
+        unknown = runner.invoke(app, ["models", "no-such-model"])
+        assert unknown.exit_code == 1 and "no registered model" in unknown.output
+    finally:
+        get_settings.cache_clear()
