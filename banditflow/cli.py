@@ -21,6 +21,4 @@ app = typer.Typer(
 from banditflow.commands import data as _data  # noqa: E402,F401
 from banditflow.commands import ops as _ops  # noqa: E402,F401
 from banditflow.commands import serve as _serve  # noqa: E402,F401
-from banditflow.commands import optimize as _optimize  # noqa: E402,F401
 from banditflow.commands import registry as _registry  # noqa: E402,F401
-from banditflow.commands import loop as _loop  # noqa: E402,F401
