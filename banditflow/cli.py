@@ -22,3 +22,4 @@ from banditflow.commands import data as _data  # noqa: E402,F401
 from banditflow.commands import ops as _ops  # noqa: E402,F401
 from banditflow.commands import serve as _serve  # noqa: E402,F401
 from banditflow.commands import registry as _registry  # noqa: E402,F401
+from banditflow.commands import optimize as _optimize  # noqa: E402,F401
