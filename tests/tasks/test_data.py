@@ -110,3 +110,22 @@ def test_errors_say_what_to_fix(tmp_path: Path, settings) -> None:
     three.to_csv(path, index=False)
     with pytest.raises(DataError, match="exactly 2 classes"):
         load_study_data(_spec(path), settings)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_specs_parse(path: Path) -> None:
+    from tasks.models import get_family
+
+    spec = StudySpec.from_yaml(path)
+    get_family(spec.model.family)
+
+
+def test_breast_cancer_example_loads(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(EXAMPLES.parent)  # the example's path is relative to the project root
+    spec = StudySpec.from_yaml(EXAMPLES / "breast-cancer-file.yaml")
+    data = load_study_data(spec, settings)
+    assert len(data.X_train) + len(data.X_test) == 569
+    assert len(data.feature_columns) == 30 and not data.time_ordered
