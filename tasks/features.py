@@ -254,15 +254,19 @@ def build_training_set(
     entity = pd.DataFrame(
         {
             ENTITY_KEY: labels[ENTITY_KEY].to_numpy(np.int64),
-            TIMESTAMP: _as_utc(labels[TIMESTAMP]).reset_index(drop=True),
+            TIMESTAMP: _as_utc(labels[TIMESTAMP])
+            .astype("datetime64[ns, UTC]")
+            .reset_index(drop=True),
             target: labels[target].to_numpy(),
-            # Feast does not keep the row order; this column restores it.
-            "_label_row": np.arange(len(labels), dtype=np.int64),
         }
     )
+    # The features depend on (entity, time) only: join each pair once. The file (Dask)
+    # store also drops label rows that repeat a pair, so this keeps every label row.
+    keys = entity[[ENTITY_KEY, TIMESTAMP]].drop_duplicates(ignore_index=True)
+    names = feature_names(service)
     try:
         job = store.get_historical_features(
-            entity_df=entity, features=service, full_feature_names=False
+            entity_df=keys, features=service, full_feature_names=False
         )
         joined = job.to_df()
     except FeatureError:
@@ -271,9 +275,20 @@ def build_training_set(
         raise FeatureStoreError(
             f"Feast could not build the training set for {feature_service!r}: {exc}"
         ) from exc
-    joined = joined.sort_values("_label_row", kind="stable").reset_index(drop=True)
-    joined[TIMESTAMP] = _as_utc(joined[TIMESTAMP])
-    return joined[[ENTITY_KEY, TIMESTAMP, target, *feature_names(service)]]
+    if len(joined) != len(keys):
+        raise FeatureStoreError(
+            f"Feast returned {len(joined)} rows for {len(keys)} (entity, time) pairs: the "
+            f"{offline_store!r} offline store dropped label rows (the file store drops rows "
+            "lacking a view's values); use the 'duckdb' offline store"
+        )
+    joined[TIMESTAMP] = _as_utc(joined[TIMESTAMP]).astype("datetime64[ns, UTC]")
+    out = entity.merge(
+        joined[[ENTITY_KEY, TIMESTAMP, *names]],
+        on=[ENTITY_KEY, TIMESTAMP],
+        how="left",
+        validate="many_to_one",
+    )
+    return out[[ENTITY_KEY, TIMESTAMP, target, *names]]
 
 
 # --- online: materialize, push, look up ------------------------------------------------

@@ -18,6 +18,7 @@ from tasks.datagen import GeneratorConfig, conversion_probability, generate
 from tasks.features import (
     DataNotGeneratedError,
     FeatureError,
+    FeatureStoreError,
     LabelsError,
     NotMaterializedError,
     RepositoryNotAppliedError,
@@ -124,8 +125,11 @@ def test_point_in_time_join_never_leaks_and_respects_ttl(tiny: PipelineSettings)
         (2, "2026-01-20 12:00"),  # 4: the later-created correction
         (2, "2026-01-11"),  # 5: profile yes, no activity yet
         (1, "2027-01-05"),  # 6: profile over a year old: profile TTL
+        (1, "2026-01-11 12:00"),  # 7: the same pair as row 0 (two sessions in a second)
     )
     got = build_training_set(labels, settings=tiny)
+    assert len(got) == len(labels)
+    assert got.loc[7, "sessions_7d"] == 10
     assert list(got.columns[:3]) == ["customer_id", "event_timestamp", "converted"]
     assert "p_true" not in got.columns and "session_id" not in got.columns
     # Labels' order and values kept.
@@ -143,6 +147,19 @@ def test_point_in_time_join_never_leaks_and_respects_ttl(tiny: PipelineSettings)
     assert pd.isna(got.loc[6, "age_band"])
     # NaN features stay NaN (minutes were not tracked on Jan 12).
     assert pd.isna(got.loc[1, "minutes_7d"]) and got.loc[0, "minutes_7d"] == 5.5
+
+
+def test_file_store_agrees_where_it_works_and_refuses_to_drop_rows(
+    tiny: PipelineSettings,
+) -> None:
+    complete = _labels((1, "2026-01-11 12:00"), (1, "2026-01-12 06:00"), (2, "2026-01-20 12:00"))
+    via_file = build_training_set(complete, settings=tiny, offline_store="file")
+    pd.testing.assert_frame_equal(via_file, build_training_set(complete, settings=tiny))
+    # Feast 0.67's file (Dask) store drops label rows that lack a view's values; losing
+    # training rows silently is worse than failing, so the task refuses.
+    gaps = _labels((1, "2026-01-11 12:00"), (2, "2026-01-11"))
+    with pytest.raises(FeatureStoreError, match="returned 1 rows for 2"):
+        build_training_set(gaps, settings=tiny, offline_store="file")
 
 
 def test_training_set_matches_the_generators_truth(
