@@ -212,7 +212,12 @@ def register_candidate(
             tags=dict(existing.tags or {}),
         )
 
-    example = input_example.head(5)
+    example = input_example.head(5).copy()
+    # Integer columns declared as doubles: a request with a missing value (NaN) must still
+    # match the signature (MLflow's own advice); sklearn predicts the same on either.
+    for column in example.columns:
+        if pd.api.types.is_integer_dtype(example[column]):
+            example[column] = example[column].astype("float64")
     output = (
         candidate.model.predict(example)
         if task == "regression"
