@@ -265,7 +265,7 @@ def register(
     """Register the study's best trials (or Pareto set) behind the spec's gates.
 
     ``spec`` defaults to the one the optimize flow logged with the study; ``model_name``
-    (default: the spec's name) is the registered model, e.g. the model a retrain serves.
+    (default: ``registration.model_name``, else the spec's name) is the registered model.
     """
     from tasks.data import load_study_data
     from tasks.registry import select_trials
@@ -276,8 +276,11 @@ def register(
     spec = spec or load_study_spec(result.parent_run_id, settings)
     data = load_study_data(spec, settings)
     trials = select_trials(spec, result.best, result.pareto, result.top)
-    if model_name and model_name != spec.name:
-        spec = spec.model_copy(update={"name": model_name})
+    # The registered model: the argument, else the spec's registration.model_name, else
+    # the study's own name. The spec carries it as its name from here on.
+    target = model_name or spec.registration.model_name or spec.name
+    if target != spec.name:
+        spec = spec.model_copy(update={"name": target})
     summary = register_trials(spec, study, trials, data, settings, result.parent_run_id)
     logger = get_run_logger()
     for v in summary["versions"]:

@@ -21,7 +21,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,9 @@ class Holdout:
     X: pd.DataFrame
     y: np.ndarray
     sensitive: pd.Series | None = None
+    # The same rows with every column the data had (tasks.data's test_frame): a champion
+    # from another study may use features this study dropped.
+    raw: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if len(self.X) != len(self.y):
@@ -396,21 +399,24 @@ def run_gates(
             raise GateError(f"gates.performance.metric {perf.metric!r} is not defined for {task!r}")
         metric_name = perf.metric
         metric_value = score_metric(perf.metric, model, holdout.X, holdout.y, task)
-        champion_value = (
-            None
-            if champion is None
-            else score_metric(perf.metric, champion, holdout.X, holdout.y, task)
+        champion_value, unscored = None, ""
+        if champion is not None:
+            champion_X = champion_inputs(champion, holdout)
+            if champion_X is None:
+                unscored = "; the champion needs columns these rows lack, so the floor applies"
+            else:
+                champion_value = score_metric(perf.metric, champion, champion_X, holdout.y, task)
+        result = performance_gate(
+            metric=perf.metric,
+            direction=direction,
+            value=metric_value,
+            champion_value=champion_value,
+            max_regression=perf.max_regression,
+            floor=perf.floor,
         )
-        results.append(
-            performance_gate(
-                metric=perf.metric,
-                direction=direction,
-                value=metric_value,
-                champion_value=champion_value,
-                max_regression=perf.max_regression,
-                floor=perf.floor,
-            )
-        )
+        if unscored:
+            result = replace(result, note=result.note + unscored)
+        results.append(result)
     if gates.fairness is not None:
         fair, groups = fairness_gates(
             model,
@@ -435,6 +441,21 @@ def run_gates(
             )
         )
     return GateReport(results, groups, metric_name, metric_value)
+
+
+def champion_inputs(champion: Any, holdout: Holdout) -> pd.DataFrame | None:
+    """Return the hold-out rows in the champion's own input columns, or None if absent."""
+    names = getattr(champion, "feature_names_in_", None)
+    if names is None:
+        return holdout.X
+    names = [str(n) for n in names]
+    if all(n in holdout.X.columns for n in names):
+        return holdout.X[names]
+    if holdout.raw is not None and all(n in holdout.raw.columns for n in names):
+        from tasks.data import clean_features
+
+        return clean_features(holdout.raw[names].reset_index(drop=True))
+    return None
 
 
 # --- the registry side -------------------------------------------------------------------
@@ -496,7 +517,10 @@ def holdout_from(data: Any, gates: GatesSpec) -> Holdout:
                 f"gates.fairness.sensitive_attribute {attr!r} is not a column of the study's "
                 "hold-out rows: name one of its columns, or remove gates.fairness"
             )
-    return Holdout(data.X_test, np.asarray(data.y_test), sensitive)
+    raw = getattr(data, "test_frame", None)
+    if raw is not None and len(raw) != len(data.X_test):
+        raw = None
+    return Holdout(data.X_test, np.asarray(data.y_test), sensitive, raw)
 
 
 def recorded_verdict(

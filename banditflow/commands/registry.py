@@ -51,7 +51,10 @@ def register_command(
         typer.Option(help="Study spec YAML; default: the spec logged with the study."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Registered model name; default: the spec's name.")
+        str | None,
+        typer.Option(
+            help="Registered model; default: the spec's registration.model_name, or its name."
+        ),
     ] = None,
 ) -> None:
     """Register a study's best candidates behind its gates (register, gate, alias, ONNX)."""

@@ -243,3 +243,29 @@ def test_the_report_round_trips_and_renders(data):
     tags = report.version_tags()
     assert tags[TAG_GATE_PREFIX + DEMOGRAPHIC_PARITY].startswith("fail: value=")
     assert tags[TAG_GATE_PREFIX + SIZE].startswith("pass: value=")
+
+
+def test_the_champion_is_scored_on_the_same_rows_in_its_own_columns(data):
+    X, y, holdout = data
+    only_performance = GatesSpec.model_validate(
+        {
+            "performance": {"metric": "roc_auc", "max_regression": 0.02, "floor": 0.7},
+            "latency_p95_ms": None,
+            "max_model_bytes": None,
+        }
+    )
+    columns = ["x1", "x2", "channel", "group"]
+    candidate = build_candidate("good", X[columns], y)
+    champion = build_candidate("good", X, y)  # fit on all five columns, "noise" included
+    narrow = holdout.X[columns]
+    with_raw = Holdout(narrow, holdout.y, raw=holdout.X)
+    # Same model, same rows: the candidate ties the champion and passes by the margin.
+    perf = run_gates(only_performance, candidate, with_raw, task="binary", champion=champion)
+    (result,) = perf.results
+    assert result.passed and "champion" in result.note
+    assert result.threshold == pytest.approx(result.value - 0.02)
+    # Rows without the champion's columns: the floor decides, and the note says why.
+    without = run_gates(
+        only_performance, candidate, Holdout(narrow, holdout.y), task="binary", champion=champion
+    )
+    assert without.results[0].threshold == 0.7 and "floor applies" in without.results[0].note
