@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -196,25 +197,35 @@ def load_version(
     """Download and load one model version: ONNX when its tags say so, else sklearn."""
     import mlflow
     from mlflow import MlflowClient
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=cache_dir))
+    try:
+        with _MLFLOW_LOCK:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(registry_uri)
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+            mv = client.get_model_version(name, version)
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{version}", dst_path=str(target)
+                )
+            )
+            tags = dict(mv.tags or {})
+            onnx_path = None
+            if tags.get(TAG_SERVING_FLAVOUR) == "onnx" and tags.get(TAG_ONNX_URI):
+                onnx_path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=tags[TAG_ONNX_URI], dst_path=str(target / "onnx")
+                )
+        return _load_local(name, version, local, onnx_path)
+    finally:
+        # Loaded into memory: the downloaded files are not needed (hot reloads would pile up).
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _load_local(name: str, version: str, local: Path, onnx_path: str | None) -> ServingModel:
     from mlflow.models import Model
 
-    with _MLFLOW_LOCK:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(registry_uri)
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-        mv = client.get_model_version(name, version)
-        target = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=cache_dir))
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=str(target)
-            )
-        )
-        tags = dict(mv.tags or {})
-        onnx_path = None
-        if tags.get(TAG_SERVING_FLAVOUR) == "onnx" and tags.get(TAG_ONNX_URI):
-            onnx_path = mlflow.artifacts.download_artifacts(
-                artifact_uri=tags[TAG_ONNX_URI], dst_path=str(target / "onnx")
-            )
     info = Model.load(str(local))
     columns = _signature_columns(info)
     if onnx_path is not None:
@@ -335,7 +346,6 @@ class ModelPool:
         self.load_failures = 0
 
     def _load_from_registry(self, name: str, version: str) -> ServingModel:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         return load_version(self.tracking_uri, self.registry_uri, name, version, self.cache_dir)
 
     def read_aliases(self) -> dict[str, str]:
