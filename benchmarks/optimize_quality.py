@@ -257,6 +257,7 @@ def summarise(
     table: dict[str, Any] = {}
     for method, q in methods:
         row: dict[str, Any] = {"method": method, "q": q}
+        row["seeds"] = len({r["seed"] for r in runs if (r["method"], r["q"]) == (method, q)})
         for budget in budgets:
             scores = []
             raw = {}
@@ -291,15 +292,15 @@ def to_markdown(summary: dict[str, Any], budgets: list[int], meta: dict[str, Any
         f"3-fold CV; score = 100 x (mean best - random's mean best) / "
         f"(best found by any method - random's mean best), averaged over problems.",
         "",
-        "| method | q | " + " | ".join(f"score @{b}" for b in budgets) + " | ask s (mean) "
+        "| method | q | seeds | " + " | ".join(f"score @{b}" for b in budgets) + " | ask s (mean) "
         "| model ask s/round | model ask s/point |",
-        "|---|---|" + "---|" * len(budgets) + "---|---|---|",
+        "|---|---|---|" + "---|" * len(budgets) + "---|---|---|",
     ]
     for row in summary["rows"].values():
         model = row["model_ask_seconds_mean"]
         per_point = row["model_ask_seconds_per_point"]
         lines.append(
-            f"| {row['method']} | {row['q']} | "
+            f"| {row['method']} | {row['q']} | {row['seeds']} | "
             + " | ".join(f"{row[f'score@{b}']:.1f}" for b in budgets)
             + f" | {row['ask_seconds_mean']:.3f} | "
             + (f"{model:.2f}" if model is not None else "-")

@@ -11,6 +11,7 @@ from typing import Any
 
 from tasks.optimizers.base import (
     CapabilityError,
+    ConfigurationError,
     MultiObjectiveError,
     Optimizer,
     OptimizerError,
@@ -40,7 +41,7 @@ def get_optimizer(
 ) -> Optimizer:
     """Build the optimizer ``name`` (``hyperopt``, ``ax`` or ``random``) over ``space``."""
     if name not in BACKENDS:
-        raise OptimizerError(f"unknown optimizer {name!r}; choose from {sorted(BACKENDS)}")
+        raise ConfigurationError(f"unknown optimizer {name!r}; choose from {sorted(BACKENDS)}")
     module_name, _, class_name = BACKENDS[name].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -56,6 +57,7 @@ def get_optimizer(
 __all__ = [
     "BACKENDS",
     "CapabilityError",
+    "ConfigurationError",
     "MultiObjectiveError",
     "Optimizer",
     "OptimizerError",

@@ -24,6 +24,10 @@ class OptimizerError(Exception):
     """Base class of the optimizers' errors."""
 
 
+class ConfigurationError(OptimizerError, ValueError):
+    """A bad argument: unknown backend or status, bad direction, ``n < 1``."""
+
+
 class CapabilityError(OptimizerError, ValueError):
     """A backend cannot do what was asked (e.g. hyperopt with several objectives)."""
 
@@ -71,13 +75,13 @@ class TrialResult:
 
 def _check_objectives(objectives: Mapping[str, str]) -> dict[str, str]:
     if not objectives:
-        raise OptimizerError(
+        raise ConfigurationError(
             "objectives is empty: name at least one metric, e.g. {'roc_auc': 'maximize'}"
         )
     out: dict[str, str] = {}
     for name, direction in objectives.items():
         if direction not in DIRECTIONS:
-            raise OptimizerError(
+            raise ConfigurationError(
                 f"objective {name!r}: direction must be 'minimize' or 'maximize', got {direction!r}"
             )
         out[str(name)] = str(direction)
@@ -128,7 +132,7 @@ class Optimizer(ABC):
         A backend may return fewer than asked (Ax waits for data); never blocks.
         """
         if n < 1:
-            raise OptimizerError(f"ask(n): n must be at least 1, got {n=}")
+            raise ConfigurationError(f"ask(n): n must be at least 1, got {n=}")
         trials: list[Trial] = []
         while self._queue and len(trials) < n:
             params = self._queue.pop(0)
@@ -154,7 +158,7 @@ class Optimizer(ABC):
         """Record a trial's outcome; NaN or a missing objective makes it a failed trial."""
         trial_id = str(trial_id)
         if status not in STATUSES:
-            raise OptimizerError(f"tell: status must be one of {STATUSES}, got {status!r}")
+            raise ConfigurationError(f"tell: status must be one of {STATUSES}, got {status!r}")
         if trial_id not in self._history:
             raise UnknownTrialError(
                 f"tell: unknown trial id {trial_id!r}; this study handed out "

@@ -1,0 +1,378 @@
+"""Contract tests for every optimizer backend (a new backend is one line in BACKENDS)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tasks.optimizers import (
+    CapabilityError,
+    MultiObjectiveError,
+    Optimizer,
+    PointError,
+    SpaceError,
+    TrialAlreadyToldError,
+    UnknownTrialError,
+    get_optimizer,
+    load_optimizer,
+)
+from tasks.optimizers.base import dominates
+from tasks.spec import ParamSpec
+
+# Options that keep each backend cheap in tests; the contract holds with the defaults too.
+BACKENDS: dict[str, dict[str, Any]] = {
+    "random": {},
+    "hyperopt": {"n_startup_jobs": 4},
+    "ax": {},  # 8 Sobol points first: the contract tests stay in that cheap phase
+}
+MULTI_OBJECTIVE = {"random", "ax"}
+
+SPACE: dict[str, Any] = {
+    "lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+    "depth": {"type": "int", "low": 1, "high": 12},
+    "leaves": {"type": "int", "low": 2, "high": 256, "log": True},
+    "act": {"type": "categorical", "choices": ["relu", "tanh"]},
+    "weight": {"type": "categorical", "choices": [None, "balanced"]},
+    "penalty": {"type": "categorical", "choices": ["l2", "elasticnet"]},
+    "l1_ratio": {
+        "type": "float",
+        "low": 0.0,
+        "high": 1.0,
+        "condition": {"penalty": ["elasticnet"]},
+    },
+}
+
+
+def check_point(params: dict[str, Any]) -> None:
+    """Assert ``params`` is a valid point of SPACE: types, bounds, choices, conditions."""
+    active = set(SPACE) - ({"l1_ratio"} if params["penalty"] != "elasticnet" else set())
+    assert set(params) == active, params
+    assert isinstance(params["lr"], float) and 1e-4 <= params["lr"] <= 0.1
+    assert type(params["depth"]) is int and 1 <= params["depth"] <= 12
+    assert type(params["leaves"]) is int and 2 <= params["leaves"] <= 256
+    assert params["act"] in ("relu", "tanh")
+    assert params["weight"] in (None, "balanced")
+    if "l1_ratio" in params:
+        assert isinstance(params["l1_ratio"], float) and 0 <= params["l1_ratio"] <= 1
+
+
+def loss(params: dict[str, Any]) -> float:
+    return (math.log10(params["lr"]) + 2) ** 2 + abs(params["depth"] - 4) / 4
+
+
+def make(backend: str, objectives: dict[str, str] | None = None, seed: int = 0) -> Optimizer:
+    return get_optimizer(
+        backend, SPACE, objectives or {"loss": "minimize"}, seed=seed, **BACKENDS[backend]
+    )
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class TestOptimizerContract:
+    """What the optimize flow relies on, for every backend."""
+
+    def test_ask_returns_distinct_points_inside_the_space(self, backend: str) -> None:
+        optimizer = make(backend)
+        trials = optimizer.ask(6)
+        assert len(trials) == 6
+        assert len({t.id for t in trials}) == 6
+        assert len({repr(sorted(t.params.items())) for t in trials}) == 6
+        for trial in trials:
+            check_point(trial.params)
+        assert {t.id for t in optimizer.pending()} == {t.id for t in trials}
+
+    def test_failures_nan_and_pruned_are_recorded_and_the_study_goes_on(self, backend: str) -> None:
+        optimizer = make(backend)
+        a, b, c, d, e = optimizer.ask(5)
+        optimizer.tell(a.id, {"loss": float("nan")})
+        optimizer.tell(b.id, {"other": 1.0})  # the objective is missing
+        optimizer.tell(c.id, None, status="failed", reason="ValueError: solver diverged")
+        optimizer.tell(d.id, {"loss": 3.0}, status="pruned", reason="below the median")
+        optimizer.tell(e.id, {"loss": 2.0})
+        by_id = {r.id: r for r in optimizer.trials()}
+        assert by_id[a.id].status == "failed" and "nan" in (by_id[a.id].reason or "")
+        assert by_id[b.id].status == "failed" and "missing" in (by_id[b.id].reason or "")
+        assert (
+            by_id[c.id].status == "failed" and by_id[c.id].reason == "ValueError: solver diverged"
+        )
+        assert by_id[d.id].status == "pruned" and by_id[d.id].values == {"loss": 3.0}
+        assert by_id[e.id].status == "completed"
+        best = optimizer.best()
+        assert best is not None and best.id == e.id  # pruned and failed never count as best
+        more = optimizer.ask(2)
+        assert len(more) == 2 and not {t.id for t in more} & set(by_id)
+        for trial in more:
+            check_point(trial.params)
+
+    def test_tell_unknown_or_twice_raises(self, backend: str) -> None:
+        optimizer = make(backend)
+        (trial,) = optimizer.ask(1)
+        with pytest.raises(UnknownTrialError, match="unknown trial id '99'"):
+            optimizer.tell("99", {"loss": 1.0})
+        optimizer.tell(trial.id, {"loss": 1.0})
+        with pytest.raises(TrialAlreadyToldError, match="already told"):
+            optimizer.tell(trial.id, {"loss": 0.5})
+        with pytest.raises(ValueError, match="status must be one of"):
+            optimizer.tell(optimizer.ask(1)[0].id, {"loss": 1.0}, status="done")
+
+    def test_save_and_load_resume_the_study(self, backend: str, tmp_path: Path) -> None:
+        optimizer = make(backend, seed=3)
+        trials = optimizer.ask(6)
+        for trial in trials[:4]:
+            optimizer.tell(trial.id, {"loss": loss(trial.params)})
+        optimizer.enqueue({"lr": 0.01, "depth": 4, "leaves": 8, "act": "relu", "weight": None,
+                           "penalty": "l2"})  # fmt: skip
+        path = tmp_path / "state" / "optimizer.json"
+        optimizer.save(path)
+        assert not list(path.parent.glob(".*"))  # the temp file was renamed, not left over
+        resumed = load_optimizer(path)
+        assert type(resumed) is type(optimizer)
+        assert resumed.trials() == optimizer.trials()
+        assert [t.id for t in resumed.pending()] == [trials[4].id, trials[5].id]
+        assert resumed.best() == optimizer.best()
+        # The pending trials can still be told, and asking continues with new ids.
+        resumed.tell(trials[4].id, {"loss": 1.0})
+        optimizer.tell(trials[4].id, {"loss": 1.0})
+        next_resumed, next_original = resumed.ask(3), optimizer.ask(3)
+        assert [t.id for t in next_resumed] == ["6", "7", "8"]
+        assert next_resumed[0].params == {"lr": 0.01, "depth": 4, "leaves": 8, "act": "relu",
+                                          "weight": None, "penalty": "l2"}  # fmt: skip
+        if resumed.deterministic_resume:
+            assert next_resumed == next_original
+        for trial in next_resumed:
+            check_point(trial.params)
+
+    def test_enqueued_points_are_served_first(self, backend: str) -> None:
+        optimizer = make(backend)
+        first = {"lr": 0.001, "depth": 3.0, "leaves": 16, "act": "tanh", "weight": "balanced",
+                 "penalty": "elasticnet", "l1_ratio": 0.5}  # fmt: skip
+        second = {
+            "lr": 0.05,
+            "depth": 7,
+            "leaves": 2,
+            "act": "relu",
+            "weight": None,
+            "penalty": "l2",
+            "l1_ratio": 0.9,
+        }  # fmt: skip  (inactive: dropped)
+        optimizer.enqueue(first)
+        optimizer.enqueue(second)
+        a, b, c = optimizer.ask(3)
+        assert a.params == {**first, "depth": 3} and type(a.params["depth"]) is int
+        assert b.params == {k: v for k, v in second.items() if k != "l1_ratio"}
+        check_point(c.params)
+        for trial in (a, b, c):
+            optimizer.tell(trial.id, {"loss": loss(trial.params)})
+        assert optimizer.best() is not None
+
+    def test_enqueue_rejects_points_outside_the_space(self, backend: str) -> None:
+        optimizer = make(backend)
+        point = {"lr": 0.5, "depth": 3, "leaves": 16, "act": "relu", "weight": None,
+                 "penalty": "l2"}  # fmt: skip
+        with pytest.raises(PointError, match=r"lr=0.5 is outside"):
+            optimizer.enqueue(point)
+        with pytest.raises(PointError, match="'swish' is not one of"):
+            optimizer.enqueue({**point, "lr": 0.01, "act": "swish"})
+        with pytest.raises(PointError, match="missing"):
+            optimizer.enqueue({"lr": 0.01})
+
+    def test_best_and_pareto_respect_directions(self, backend: str) -> None:
+        if backend not in MULTI_OBJECTIVE:
+            with pytest.raises(CapabilityError, match="single objective"):
+                make(backend, {"auc": "maximize", "latency_ms": "minimize"})
+            return
+        optimizer = make(backend, {"auc": "maximize", "latency_ms": "minimize"})
+        values = [(0.9, 5.0), (0.8, 1.0), (0.85, 6.0), (0.7, 0.5), (0.9, 4.0)]
+        trials = optimizer.ask(len(values))
+        for trial, (auc, latency) in zip(trials, values, strict=True):
+            optimizer.tell(trial.id, {"auc": auc, "latency_ms": latency})
+        front = {r.id for r in optimizer.pareto()}
+        assert front == {trials[1].id, trials[3].id, trials[4].id}
+        with pytest.raises(MultiObjectiveError, match="pareto"):
+            optimizer.best()
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({}, "empty"),
+        ({"lr": {"type": "double", "low": 0, "high": 1}}, "parameter 'lr': type must be one of"),
+        ({"lr": {"type": "float", "low": 1, "high": 1}}, "parameter 'lr': 'low' must be below"),
+        ({"n": {"type": "int", "low": 5}}, "parameter 'n': a int parameter needs 'low' and 'high'"),
+        ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, "'lr': a log-scale"),
+        ({"act": {"type": "categorical", "choices": []}}, "'act': a categorical needs"),
+        (
+            {"x": {"type": "float", "low": 0, "high": 1, "condition": {"nope": ["a"]}}},
+            "'x': its condition names 'nope'",
+        ),
+    ],
+)
+def test_bad_space_raises_naming_the_parameter(space: dict[str, Any], message: str) -> None:
+    for name in BACKENDS if space == {} else ["random", "hyperopt"]:
+        with pytest.raises(SpaceError, match=message):
+            get_optimizer(name, space, {"loss": "minimize"})
+
+
+def test_param_spec_objects_and_unknown_backend() -> None:
+    space = {
+        "C": ParamSpec(type="float", low=1e-3, high=10, log=True),
+        "penalty": ParamSpec(type="categorical", choices=["l1", "l2"]),
+    }
+    trials = get_optimizer("hyperopt", space, {"auc": "maximize"}).ask(3)
+    assert all(set(t.params) == {"C", "penalty"} for t in trials)
+    with pytest.raises(ValueError, match="unknown optimizer 'smac'"):
+        get_optimizer("smac", space, {"auc": "maximize"})
+    with pytest.raises(ValueError, match="direction must be"):
+        get_optimizer("random", space, {"auc": "up"})
+
+
+def test_importing_the_package_loads_neither_ax_nor_hyperopt() -> None:
+    code = "import sys, tasks.optimizers; print('ax' in sys.modules, 'hyperopt' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_hyperopt_batch_is_distinct_after_the_startup_phase() -> None:
+    """tpe.suggest asked for 4 ids at once returns 4 copies; the adapter must not."""
+    optimizer = make("hyperopt")
+    for trial in optimizer.ask(4):  # the 4 random start-up points
+        optimizer.tell(trial.id, {"loss": loss(trial.params)})
+    for _ in range(3):  # TPE rounds
+        batch = optimizer.ask(4)
+        assert len({repr(sorted(t.params.items())) for t in batch}) == 4
+        for trial in batch:
+            optimizer.tell(trial.id, {"loss": loss(trial.params)})
+
+
+def test_hyperopt_nests_conditional_parameters() -> None:
+    optimizer = make("hyperopt", seed=1)
+    trials = optimizer.ask(30)
+    with_ratio = [t for t in trials if "l1_ratio" in t.params]
+    assert with_ratio and len(with_ratio) < len(trials)
+    assert all(t.params["penalty"] == "elasticnet" for t in with_ratio)
+
+
+# -- quality: each backend beats random at equal budget ----------------------------------
+_A = np.array(
+    [[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8],
+     [17, 8, 0.05, 10, 0.1, 14]]
+)  # fmt: skip
+_P = 1e-4 * np.array(
+    [[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+     [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]]
+)  # fmt: skip
+_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+HARTMANN6_SPACE = {f"x{i}": {"type": "float", "low": 0.0, "high": 1.0} for i in range(6)}
+BRANIN_SPACE = {
+    "x1": {"type": "float", "low": -5.0, "high": 10.0},
+    "x2": {"type": "float", "low": 0.0, "high": 15.0},
+}
+
+
+def hartmann6(params: dict[str, Any]) -> float:
+    """Return Hartmann6 (minimum -3.32237)."""
+    x = np.array([params[f"x{i}"] for i in range(6)])
+    return float(-np.sum(_ALPHA * np.exp(-np.sum(_A * (x - _P) ** 2, axis=1))))
+
+
+def branin(params: dict[str, Any]) -> float:
+    """Return Branin (minimum 0.397887)."""
+    x1, x2 = params["x1"], params["x2"]
+    b, c = 5.1 / (4 * math.pi**2), 5 / math.pi
+    return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10
+
+
+def best_after(backend: str, space: dict[str, Any], fn: Any, seed: int, budget: int, q: int,
+               **options: Any) -> float:  # fmt: skip
+    optimizer = get_optimizer(backend, space, {"y": "minimize"}, seed=seed, **options)
+    told = 0
+    while told < budget:
+        batch = optimizer.ask(min(q, budget - told))
+        assert batch, "a backend returned no trial with nothing pending"
+        for trial in batch:
+            optimizer.tell(trial.id, {"y": fn(trial.params)})
+            told += 1
+    best = optimizer.best()
+    assert best is not None
+    return best.values["y"]
+
+
+@pytest.mark.slow
+def test_hyperopt_beats_random_on_hartmann6() -> None:
+    """Mean best of 5 seeds after 40 trials.
+
+    Measured over 20 seeds: hyperopt -2.15, random -1.62 (per-seed sd about 0.55 each);
+    seeds 0-4 give -2.50 against -1.89. The margin 0.25 is about half the expected gap.
+    """
+    seeds = range(5)
+    tpe = np.mean([best_after("hyperopt", HARTMANN6_SPACE, hartmann6, s, 40, 1) for s in seeds])
+    rnd = np.mean([best_after("random", HARTMANN6_SPACE, hartmann6, s, 40, 1) for s in seeds])
+    assert tpe < rnd - 0.25, (tpe, rnd)
+
+
+@pytest.mark.slow
+def test_ax_beats_random_on_branin() -> None:
+    """Mean best of 3 seeds after 16 trials (5 Sobol, then 11 model-based, one at a time).
+
+    Measured (seeds 0-2): Ax 0.46, 0.58, 1.97 (mean 1.00; the optimum is 0.398); random
+    search 10.9, 1.92, 0.84 (mean 4.54). Asserted: Ax's mean is below random's by 1.0 and
+    within 1.2 of the optimum, margins several times the spread seen across machines.
+    """
+    seeds = range(3)
+    ax = [best_after("ax", BRANIN_SPACE, branin, s, 16, 1, initialization_budget=5) for s in seeds]
+    rnd = [best_after("random", BRANIN_SPACE, branin, s, 16, 1) for s in seeds]
+    assert np.mean(ax) < np.mean(rnd) - 1.0, (ax, rnd)
+    assert np.mean(ax) < 0.398 + 1.2, ax
+
+
+def quadratic_pair(params: dict[str, Any]) -> dict[str, float]:
+    """Two objectives whose Pareto front is y=0, x in [0, 2]: f2 = (2 - sqrt(f1))^2."""
+    x, y = params["x"], params["y"]
+    return {"f1": x**2 + y**2, "f2": (x - 2) ** 2 + y**2}
+
+
+def distance_to_front(f1: float, f2: float) -> float:
+    t = np.linspace(0.0, 2.0, 2001)
+    return float(np.min(np.hypot(f1 - t**2, f2 - (2 - t) ** 2)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", sorted(MULTI_OBJECTIVE))
+def test_pareto_is_non_dominated_and_approaches_the_true_front(backend: str) -> None:
+    space = {
+        "x": {"type": "float", "low": -1.0, "high": 3.0},
+        "y": {"type": "float", "low": -2.0, "high": 2.0},
+    }
+    options = {"initialization_budget": 6} if backend == "ax" else {}
+    objectives = {"f1": "minimize", "f2": "minimize"}
+    optimizer = get_optimizer(backend, space, objectives, seed=0, **options)
+    for batch in (6, 4):  # 6 initial points, then one model-based batch of 4
+        for trial in optimizer.ask(batch):
+            optimizer.tell(trial.id, quadratic_pair(trial.params))
+    front = optimizer.pareto()
+    everything = [r for r in optimizer.trials() if r.status == "completed"]
+    vec = {r.id: [r.values["f1"], r.values["f2"]] for r in everything}
+    for member in front:
+        assert not any(dominates(vec[o.id], vec[member.id]) for o in everything)
+    for other in everything:  # every completed trial off the front is dominated by one on it
+        if other.id not in {m.id for m in front}:
+            assert any(dominates(vec[m.id], vec[other.id]) for m in front)
+    gd = np.mean([distance_to_front(*vec[m.id]) for m in front])
+    print(f"{backend}: {len(front)} points on the front, mean distance to the true front {gd:.3f}")
+    assert gd < THRESHOLD_GD[backend], gd
+
+
+# Mean distance of the reported front to the true one after 10 trials (seed 0); measured:
+# random 1.06, ax 0.105 (one model-based batch brings it 10x closer).
+THRESHOLD_GD = {"random": 1.5, "ax": 0.3}
