@@ -261,6 +261,27 @@ def _run_cli(cmd: list[str], *, env: dict[str, str], cwd: Path, what: str) -> st
     return done.stdout
 
 
+def deploy_all(project: Path, work_pool: str, *, env: dict[str, str], run_dir: Path) -> None:
+    """Run ``prefect deploy --all`` for the project's prefect.yaml, on ``work_pool``.
+
+    Prefect checks the pool before any build step runs, and ignores ``--pool`` when it
+    deploys several deployments, so another pool than the file's is set in a copy.
+    """
+    import yaml
+
+    source = project / "prefect.yaml"
+    config = yaml.safe_load(source.read_text())
+    cmd = [_bin("prefect"), "--no-prompt", "deploy", "--all"]
+    if any(d.get("work_pool", {}).get("name") != work_pool for d in config["deployments"]):
+        for deployment in config["deployments"]:
+            deployment["work_pool"] = {**deployment.get("work_pool", {}), "name": work_pool}
+        copy = run_dir / "prefect.yaml"
+        copy.write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd += ["--prefect-file", str(copy)]
+    # The build step records the folder deploy runs in: the checkout, where flows/ is.
+    _run_cli(cmd, env=env, cwd=project, what="prefect deploy --all")
+
+
 def bring_up(
     *,
     home: Path,
@@ -270,6 +291,7 @@ def bring_up(
     tracking_uri: str,
     artifact_root: str,
     with_rollout: bool = True,
+    with_mlflow: bool = True,
     deploy: bool = True,
     worker_poll_seconds: float | None = None,
     echo: Any = print,
@@ -278,8 +300,9 @@ def bring_up(
     recorded = read_stack(home)
     if any(is_alive(c) for c in recorded.values()):
         raise StackError(f"the stack already runs (see {stack_file(home)}): run `make down` first")
+    wanted = {"prefect": True, "mlflow": with_mlflow, "rollout": with_rollout}
     for name, port in ports.items():
-        if (name != "rollout" or with_rollout) and port_in_use(port):
+        if wanted.get(name, True) and port_in_use(port):
             raise StackError(f"port {port} for {name} is taken on {HOST}: free it or pick another")
     rdir = run_dir(home)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -315,36 +338,15 @@ def bring_up(
             f"http://{HOST}:{p}",
             f"http://{HOST}:{p}/api/health",
         )
-        m = ports["mlflow"]
-        # Job execution off: 2 processes and 0.5 GB instead of 10 and 2.5 GB (STACK.md).
-        mlflow_env = env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        mlflow = started(
-            spawn(
-                "mlflow",
-                [
-                    _bin("mlflow"),
-                    "server",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(m),
-                    "--backend-store-uri",
-                    tracking_uri,
-                    "--default-artifact-root",
-                    artifact_root,
-                    "--workers",
-                    "1",
-                ],
-                env=mlflow_env,
-                run_dir=rdir,
-                cwd=project,
-            )
-        )
-        mlflow.port, mlflow.url, mlflow.health = (
-            m,
-            f"http://{HOST}:{m}",
-            f"http://{HOST}:{m}/health",
-        )
+        if with_mlflow:
+            m = ports["mlflow"]
+            # Job execution off: 2 processes and 0.5 GB instead of 10 and 2.5 GB (STACK.md).
+            mlflow_env = env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            cmd = [_bin("mlflow"), "server", "--host", HOST, "--port", str(m)]
+            cmd += ["--backend-store-uri", tracking_uri, "--default-artifact-root", artifact_root]
+            mlflow = started(spawn("mlflow", cmd, env=mlflow_env, run_dir=rdir, cwd=project))
+            mlflow.port, mlflow.url = m, f"http://{HOST}:{m}"
+            mlflow.health = f"{mlflow.url}/health"
         if with_rollout:
             r = ports["rollout"]
             rollout = started(
@@ -369,12 +371,7 @@ def bring_up(
         )
         if deploy:
             echo("deploying prefect.yaml ...")
-            _run_cli(
-                [_bin("prefect"), "--no-prompt", "deploy", "--all"],
-                env=env,
-                cwd=project,
-                what="prefect deploy --all",
-            )
+            deploy_all(project, work_pool, env=env, run_dir=rdir)
         started(
             spawn(
                 "worker",
@@ -394,11 +391,13 @@ def bring_up(
                 cwd=project,
             )
         )
-        echo("waiting for MLflow and the rollout service ...")
-        wait_healthy(mlflow, timeout=120)
-        # Feast's MLflow plugin imports all of Feast (~10 s) on the server's first request;
-        # pay it now rather than on the user's first click.
-        healthy(f"{mlflow.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=60)
+        if with_mlflow:
+            echo("waiting for MLflow ...")
+            mlflow = components["mlflow"]
+            wait_healthy(mlflow, timeout=120)
+            # Feast's MLflow plugin imports all of Feast (~10 s) on the server's first
+            # request; pay it now rather than on the user's first click.
+            healthy(f"{mlflow.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=60)
         if with_rollout:
             wait_healthy(components["rollout"], timeout=120)
         for name, component in components.items():

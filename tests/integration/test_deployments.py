@@ -1,0 +1,223 @@
+"""End to end: a feature update starts the retrain deployment on a real server, pool and worker.
+
+A Prefect server on a free port, a process work pool and a worker (polling every second),
+``prefect deploy --all`` of this repository's prefect.yaml; a champion made by the
+``optimize`` and ``register`` flows; then ``push_activity`` (the feature
+task) emits ``banditflow.features.updated`` and the trigger runs ``retrain``. A second
+update while it runs is cancelled by the deployment's concurrency limit.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from banditflow.commands.ops import bring_down, bring_up, free_port
+from tasks.settings import PROJECT_ROOT, PipelineSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DRIFT_AT = START + timedelta(days=45)
+DAYS = 60
+MODEL = "e2e-conversion"
+RETRAIN = "retrain/retrain-on-feature-update"
+
+
+def joined_sessions(folder: Path) -> pd.DataFrame:
+    """Join each labelled session to its customer's features as of the session."""
+    customers = pd.read_parquet(folder / "customers.parquet")
+    activity = pd.read_parquet(folder / "activity.parquet").sort_values("event_timestamp")
+    sessions = pd.read_parquet(folder / "sessions.parquet").sort_values("event_timestamp")
+    joined = pd.merge_asof(
+        sessions,
+        activity.drop(columns="created_timestamp"),
+        on="event_timestamp",
+        by="customer_id",
+        direction="backward",
+    )
+    profile = customers.drop(columns=["event_timestamp", "created_timestamp"])
+    return joined.merge(profile, on="customer_id", how="left")
+
+
+def champion_spec(path: Path) -> dict[str, Any]:
+    return {
+        "name": MODEL,
+        "data": {
+            "source": "file",
+            "path": str(path),
+            "start": START.isoformat(),
+            "end": DRIFT_AT.isoformat(),
+        },
+        "model": {
+            "family": "logistic_regression",
+            "space": {"C": {"type": "float", "low": 0.001, "high": 100.0, "log": True}},
+        },
+        "budget": {"max_trials": 4},
+        "q": 2,
+        "evaluation": {"folds": 2, "latency_calls": 10},
+        "gates": {"performance": {"floor": 0.5}, "latency_p95_ms": 500},
+        "registration": {"max_candidates": 1, "convert_onnx": False},
+    }
+
+
+def _runs(client: Any, deployment_id: Any) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    )
+    # Runs made by the trigger carry the templated feature view; the cron's do not.
+    return [r for r in runs if r.parameters.get("feature_view")]
+
+
+def _wait(predicate: Any, timeout: float, what: str, poll: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_feature_update_runs_one_retrain_with_a_drift_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.datagen import GeneratorConfig, generate
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("BANDITFLOW_HOME", str(home))
+    settings = PipelineSettings(home=home).ensure_dirs()
+    config = GeneratorConfig(
+        seed=0, n_customers=600, rows=9_000, start=START, days=DAYS, drift_at=DRIFT_AT
+    )
+    generate(config, settings.data_dir)
+    table = settings.data_dir / "training.parquet"
+    joined_sessions(settings.data_dir).to_parquet(table, index=False)
+
+    pool = "bf-e2e"
+    started = time.monotonic()
+    # Feast takes ~10 s to import and apply: do it while the server starts.
+    applied = ThreadPoolExecutor(1).submit(_apply_feature_repository, settings)
+    ports = {"prefect": free_port(), "mlflow": 0, "rollout": 0}
+    components = bring_up(
+        home=home,
+        project=PROJECT_ROOT,
+        ports=ports,
+        work_pool=pool,
+        tracking_uri=settings.tracking_uri,
+        artifact_root=settings.artifact_root,
+        with_rollout=False,
+        with_mlflow=False,
+        deploy=True,
+        worker_poll_seconds=1,
+        echo=lambda *_: None,
+    )
+    print(f"[e2e] stack up in {time.monotonic() - started:.1f} s")
+    try:
+        applied.result(timeout=300)
+        _scenario(f"{components['prefect'].url}/api", settings, table)
+    finally:
+        bring_down(home, echo=lambda *_: None)
+
+
+def _apply_feature_repository(settings: PipelineSettings) -> None:
+    from tasks.features import apply_repository
+
+    apply_repository(settings)
+
+
+def _scenario(api: str, settings: PipelineSettings, table: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from banditflow.contract import CHAMPION, TAG_STUDY, aliases_of
+    from flows.optimize import optimize
+    from flows.register import register
+    from tasks.drift import artifact_key
+    from tasks.features import flush_events, push_activity
+    from tasks.spec import StudySpec
+    from tasks.tracking import configure_mlflow
+
+    t0 = time.monotonic()
+
+    def mark(what: str) -> None:
+        print(f"[e2e] {time.monotonic() - t0:6.1f} s  {what}")
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        checker = client.read_deployment_by_name("promote-check/promote-check")
+        client.pause_deployment(checker.id)  # no rollout service in this test
+        deployment = client.read_deployment_by_name(RETRAIN)
+        assert deployment.global_concurrency_limit is not None
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.concurrency_options is not None
+        assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
+
+        # A champion: the optimize and register flows, in this process (the deployments'
+        # subprocesses would add ~20 s of imports each).
+        spec = StudySpec.parse(champion_spec(table))
+        optimize(spec)
+        register(MODEL, spec)
+        mark("champion registered")
+        mlflow = configure_mlflow(settings)
+        assert CHAMPION in aliases_of(mlflow, MODEL)
+
+        # The feature task pushes the drifted days' activity and emits the event. An events
+        # worker left by an earlier test would send to its own server: start a fresh one.
+        EventsWorker.drain_all(timeout=10)
+        activity = pd.read_parquet(settings.data_dir / "activity.parquet")
+        recent = activity[activity["event_timestamp"] >= pd.Timestamp(DRIFT_AT)]
+        push_activity(recent.drop(columns="created_timestamp"), settings=settings)
+        flush_events()
+        mark("first update pushed")
+
+        def running() -> Any:
+            runs = _runs(client, deployment.id)
+            return next((r for r in runs if r.state and r.state.is_running()), None)
+
+        first = _wait(running, 120, "the retrain flow run to start")
+        mark("retrain running")
+        assert first.parameters["feature_view"] == "banditflow.feature_view.customer_activity"
+
+        # A second update while the first retrain runs: its run is cancelled unstarted.
+        push_activity(recent.tail(500).drop(columns="created_timestamp"), settings=settings)
+        flush_events()
+
+        def second_cancelled() -> Any:
+            runs = [r for r in _runs(client, deployment.id) if r.id != first.id]
+            return next((r for r in runs if r.state and r.state.is_cancelled()), None)
+
+        second = _wait(second_cancelled, 90, "the second retrain to be cancelled")
+        mark("second retrain cancelled")
+        # It never ran: no RUNNING state in its history (run_count counts those).
+        states = client.read_flow_run_states(second.id)
+        assert second.run_count == 0 and not any(st.is_running() for st in states), states
+
+        def finished() -> Any:
+            run = client.read_flow_run(first.id)
+            return run if run.state and run.state.is_final() else None
+
+        done = _wait(finished, 240, "the retrain flow run to finish", poll=1.0)
+        mark("retrain finished")
+        assert done.state.is_completed(), done.state
+        runs = _runs(client, deployment.id)
+        assert sum(1 for r in runs if r.run_count > 0) == 1, [(r.name, r.state) for r in runs]
+
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.id]))
+        )
+        keys = {a.key for a in artifacts}
+        assert artifact_key(MODEL) in keys, keys
+
+    versions = mlflow.search_model_versions(f"name='{MODEL}'")
+    studies = {(v.tags or {}).get(TAG_STUDY, "") for v in versions}
+    assert any(s.startswith(f"{MODEL}--retrain-") for s in studies), studies
