@@ -247,6 +247,7 @@ class RolloutService:
         self.feast: Any = None
         self.started = False
         self.store_error: str | None = None
+        self.rule: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -267,6 +268,7 @@ class RolloutService:
         self.started = True
 
     def _start_blocking(self) -> None:
+        self.rule = self.decision_rule()  # invalid decision_params fail here, at start-up
         self.store.create_schema()
         secret = self.settings.token_secret or self.store.get_or_create_secret()
         self.tokens = RequestTokens(secret)
@@ -453,7 +455,7 @@ class RolloutService:
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.model_latency.labels(model.arm).observe(elapsed)
-            self._guard(model.arm, elapsed / max(len(rows), 1), ok)
+            self._guard(model.arm, elapsed / max(len(rows), 1), ok, max(len(rows), 1))
 
     def _no_model_reason(self, snap: PoolSnapshot) -> str:
         if snap.champion is None:
@@ -584,14 +586,15 @@ class RolloutService:
             self.metrics.shadow.labels(arm).inc(len(rows))
 
     # --- guardrails --------------------------------------------------------------------------
-    def _guard(self, arm: str, latency_s: float, ok: bool) -> None:
+    def _guard(self, arm: str, latency_s: float, ok: bool, rows: int = 1) -> None:
+        """Record ``rows`` predictions of one arm; pull it when it breaks a limit."""
         g = self._guards[arm]
-        g.latencies.append(latency_s)
-        g.failures.append(not ok)
+        g.latencies.extend([latency_s] * min(rows, 500))
+        g.failures.extend([not ok] * min(rows, 500))
         if not ok:
             self.errors_by_arm[arm] += 1
             self.metrics.errors.labels("predict", arm).inc()
-        g.since_check += 1
+        g.since_check += rows
         s = self.settings
         if g.since_check < 25 or len(g.latencies) < s.guardrail_min_requests:
             return
@@ -843,7 +846,7 @@ class RolloutService:
         decisions = decide(
             stats[snap.champion],
             [stats[a] for a in challengers],
-            self.decision_rule(),
+            self.rule,
             np.random.default_rng(self.settings.seed),
             reward_kind=self.policy.reward_kind,
         )
