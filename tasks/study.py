@@ -40,6 +40,7 @@ TAG_PARAMS_JSON = "banditflow.params_json"  # exact types: MLflow params are str
 RESULT_ARTIFACT = "study_result.json"
 PRUNE_SCORE = "prune_score"  # running score at the pruning fold, kept for resume
 COMPUTE_SAVED = "compute_saved_seconds"
+SUGGEST_SECONDS = "suggest_seconds"
 
 
 class StudyStateError(RuntimeError):
@@ -232,6 +233,7 @@ class Study:
         self._in_flight: set[str] = set()
         self._replay: list[Trial] = []
         self._running: dict[str, list[float]] = {}
+        self._suggest_seconds: dict[str, float] = {}
         self.optimizer = self._open_optimizer()
         self.client, self.experiment_id, self.parent_run_id = self._open_parent_run()
         self.writer = MlflowWriter(self.client, self.experiment_id, self.parent_run_id)
@@ -380,8 +382,15 @@ class Study:
             trials.append(self._replay.pop(0))
         room = self.spec.budget.max_trials - len(self.optimizer.trials())
         if len(trials) < n and room > 0:
-            trials += self.optimizer.ask(min(n - len(trials), room))
+            t0 = time.perf_counter()
+            new = self.optimizer.ask(min(n - len(trials), room))
+            # The optimizer's own time, per trial: Ax can take seconds (STACK.md).
+            for trial in new:
+                self._suggest_seconds[trial.id] = (time.perf_counter() - t0) / max(len(new), 1)
+            trials += new
             self.optimizer.save(self.state_path)  # pending trials survive a crash
+        if not trials and not self._in_flight:
+            self.stop_reason = "the optimizer has no more points to suggest"
         self._in_flight.update(t.id for t in trials)
         return trials
 
@@ -415,6 +424,8 @@ class Study:
             self._running[trial.id] = outcome.running_scores
         if outcome.status == "pruned":
             values[COMPUTE_SAVED] = outcome.compute_saved_seconds
+        if trial.id in self._suggest_seconds:
+            values[SUGGEST_SECONDS] = self._suggest_seconds.pop(trial.id)
         result = self.optimizer.tell(trial.id, values, status=outcome.status, reason=outcome.reason)
         self.optimizer.save(self.state_path)
         record = TrialRecord(

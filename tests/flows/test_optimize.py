@@ -165,12 +165,14 @@ def test_resume_after_sigkill_reruns_no_finished_trial(
     state = flow_settings.studies_dir / "crashy.json"
     env = {**os.environ, "BANDITFLOW_HOME": str(flow_settings.home), "PYTHONPATH": str(ROOT)}
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the harness's server, not ephemeral
+    log_path = tmp_path / "flow.log"
+    log = log_path.open("wb")  # a file, not a pipe: a full pipe would block the flow
     proc = subprocess.Popen(
         [sys.executable, "-c", RUN_FLOW, spec.model_dump_json()],
         env=env,
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     finished_before: dict[str, dict] = {}
@@ -183,12 +185,13 @@ def test_resume_after_sigkill_reruns_no_finished_trial(
                 if len(finished_before) >= 3:
                     break
             time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert proc.poll() is None, log_path.read_text()[-3000:]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+        log.close()
     # What the state held at the kill (the file is replaced atomically after every tell).
     saved = json.loads(state.read_text())["history"]
     finished = {h["id"] for h in saved if h["status"] != "pending"}

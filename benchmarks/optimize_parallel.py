@@ -1,0 +1,223 @@
+"""Parallel trials: wall time of q=2 against q=1 for each task runner, 32 CPU-bound trials.
+
+Each trial cross-validates a random forest sized to take about a second. The same study
+runs with q=1 and q=2 on each runner (threads; Prefect's ProcessPoolTaskRunner; Dask via
+prefect-dask; and ``processes``: Prefect tasks on threads handing the work to a warm process
+pool). Target: q=2 at most 0.6x the wall time of q=1 with the best runner.
+
+Needs a real Prefect server (the ephemeral API starts one per worker process): the script
+starts ``prefect server start`` on a free port unless PREFECT_API_URL is already set.
+
+    .venv/bin/python benchmarks/optimize_parallel.py [--trials 32] [--runners threads,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``prefect server start`` in its own session; return it and its API URL."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError("prefect server did not become healthy within 180 s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its children
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def write_data(path: Path, n: int = 3000, features: int = 20, seed: int = 0) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features))
+    logit = X[:, :5] @ rng.normal(size=5) + 0.5 * X[:, 5] * X[:, 6]
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(features)])
+    frame["y"] = (logit + rng.logistic(size=n) > 0).astype(int)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def make_spec(data: Path, name: str, *, trials: int, q: int, n_estimators: int):
+    from tasks.spec import StudySpec
+
+    return StudySpec.parse(
+        {
+            "name": name,
+            "data": {"source": "file", "path": str(data), "target": "y", "timestamp_column": None},
+            "model": {
+                "family": "random_forest",
+                "space": {"max_depth": {"type": "int", "low": 10, "high": 12}},
+                "fixed": {"n_estimators": n_estimators, "max_features": "sqrt"},
+            },
+            "optimizer": "random",
+            "objectives": {"roc_auc": "maximize"},
+            "budget": {"max_trials": trials, "trial_timeout_seconds": 600},
+            "q": q,
+            "evaluation": {"folds": 3, "latency_calls": 20},
+            "gates": {"performance": None},
+        }
+    )
+
+
+def calibrate(data_path: Path, target_seconds: float) -> tuple[int, float]:
+    """Return the forest size that makes one trial take about ``target_seconds``."""
+    from tasks.data import load_study_data
+    from tasks.evaluate import evaluate_trial
+
+    spec = make_spec(data_path, "calibrate", trials=1, q=1, n_estimators=40)
+    data = load_study_data(spec)
+    evaluate_trial(spec, {"max_depth": 11}, data)  # warm-up
+    t0 = time.perf_counter()
+    evaluate_trial(spec, {"max_depth": 11}, data)
+    per_tree = (time.perf_counter() - t0) / 40
+    n = max(5, round(target_seconds / per_tree))
+    spec = make_spec(data_path, "calibrate", trials=1, q=1, n_estimators=n)
+    t0 = time.perf_counter()
+    evaluate_trial(spec, {"max_depth": 11}, data)
+    return n, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--runners", default="threads,prefect-processes,dask,processes")
+    parser.add_argument("--target-seconds", type=float, default=1.0)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bf-parallel-"))
+    os.environ["BANDITFLOW_HOME"] = str(work / "home")
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        server, url = start_prefect_server(work)
+        os.environ["PREFECT_API_URL"] = url
+    try:
+        from flows.optimize import optimize
+
+        data_path = write_data(work / "data.csv")
+        n_estimators, trial_seconds = calibrate(data_path, args.target_seconds)
+        print(f"one trial: {trial_seconds:.2f} s with {n_estimators} trees (3-fold CV)")
+        # One-time costs (MLflow store creation, Prefect client) out of every measurement.
+        optimize(make_spec(data_path, "warm-up", trials=1, q=1, n_estimators=5), runner="threads")
+        rows = []
+        for runner in args.runners.split(","):
+            walls = {}
+            for q in (1, 2):
+                spec = make_spec(
+                    data_path,
+                    f"par-{runner}-q{q}",
+                    trials=args.trials,
+                    q=q,
+                    n_estimators=n_estimators,
+                )
+                t0 = time.perf_counter()
+                result = optimize(spec, runner=runner)
+                walls[q] = time.perf_counter() - t0
+                assert result.n_completed == args.trials, result
+                print(f"{runner:18s} q={q}: {walls[q]:6.1f} s")
+            rows.append(
+                {
+                    "runner": runner,
+                    "q1_seconds": round(walls[1], 2),
+                    "q2_seconds": round(walls[2], 2),
+                    "ratio": round(walls[2] / walls[1], 3),
+                }
+            )
+    finally:
+        if server is not None:
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()  # send the last logs before the server goes
+            stop(server)
+    best = min(rows, key=lambda r: r["ratio"])
+    report = {
+        "trials": args.trials,
+        "trial_seconds": round(trial_seconds, 3),
+        "n_estimators": n_estimators,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "rows": rows,
+        "best_runner": best["runner"],
+        "target_ratio": 0.6,
+        "target_met": best["ratio"] <= 0.6,
+    }
+    lines = [
+        f"{args.trials} trials of ~{trial_seconds:.2f} s (random forest, {n_estimators} trees, "
+        f"3-fold CV); load average at the end {report['load_average'][0]:.1f} on "
+        f"{report['cpus']} cores",
+        "",
+        "| runner | q=1 wall (s) | q=2 wall (s) | q=2 / q=1 |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['runner']} | {r['q1_seconds']:.1f} | {r['q2_seconds']:.1f} | {r['ratio']:.2f} |"
+        for r in rows
+    ]
+    lines += ["", f"Best: {best['runner']} at {best['ratio']:.2f}x (target <= 0.60x)."]
+    table = "\n".join(lines)
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "optimize_parallel.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "optimize_parallel.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
