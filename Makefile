@@ -42,7 +42,7 @@ format: install
 
 # The local stack on 127.0.0.1: Prefect server + worker, MLflow UI, rollout service.
 up: install
-	$(BIN)/banditflow up
+	$(BIN)/banditflow up $(UP_ARGS)
 
 down:
 	$(BIN)/banditflow down

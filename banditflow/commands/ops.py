@@ -261,6 +261,13 @@ def _run_cli(cmd: list[str], *, env: dict[str, str], cwd: Path, what: str) -> st
     return done.stdout
 
 
+def init_mlflow_store(tracking_uri: str) -> None:
+    """Create the MLflow tracking/registry tables of a database store if they are missing."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri, tracking_uri).search_experiments(max_results=1)
+
+
 def deploy_all(project: Path, work_pool: str, *, env: dict[str, str], run_dir: Path) -> None:
     """Run ``prefect deploy --all`` for the project's prefect.yaml, on ``work_pool``.
 
@@ -322,7 +329,14 @@ def bring_up(
         write_stack(home, components, extra)  # recorded at once: `down` finds partial stacks
         return component
 
+    remote_mlflow = tracking_uri.startswith(("http://", "https://"))
+    with_mlflow = with_mlflow and not remote_mlflow  # a tracking server is its own UI
     try:
+        if not remote_mlflow:
+            # Create (migrate) the store once, here: the MLflow server and the rollout
+            # service starting together on a fresh SQLite file race on its migrations.
+            echo("preparing the MLflow store ...")
+            init_mlflow_store(tracking_uri)
         p = ports["prefect"]
         server = started(
             spawn(
