@@ -307,3 +307,16 @@ def test_materialize_and_push_emit_features_updated(
     payload = events[0].payload
     assert payload["feature_view"] == "customer_activity" and payload["rows"] == 1
     assert set(payload) >= {"feature_view", "start", "end", "rows"}
+
+
+@pytest.mark.integration
+def test_training_set_task_runs_in_a_flow(prefect_harness: None, tiny: PipelineSettings) -> None:
+    from prefect import flow
+
+    from tasks.features import build_training_set_task
+
+    @flow
+    def training_flow() -> pd.DataFrame:
+        return build_training_set_task(_labels((1, "2026-01-11 12:00")), settings=tiny)
+
+    assert training_flow()["sessions_7d"].tolist() == [10]
