@@ -129,6 +129,7 @@ def test_optimize_then_register_crowns_a_champion_and_gates_a_challenger(
     mv = client.get_model_version(spec.name, champion["version"])
     assert mv.tags[TAG_GATES] == "passed" and TAG_SERVING_FLAVOUR in mv.tags
     assert mv.tags[TAG_GATE_PREFIX + "performance"].startswith("pass: value=")
+    assert mv.run_id is not None
     reports = {a.path for a in client.list_artifacts(mv.run_id, "gates")}
     assert "gates/gate_report.html" in reports
     # The candidate run hangs under the study's parent run, next to the trials.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from tasks.gates import (
 )
 from tasks.spec import GatesSpec
 
-FEATURES = {"x1": "numeric", "x2": "numeric", "channel": "categorical"}
+FEATURES: dict[str, Any] = {"x1": "numeric", "x2": "numeric", "channel": "categorical"}
 # Thresholds sit far from both sides' measured values (fair model: DPD 0.05, EOD 0.12;
 # unfair: 0.53, 0.76; hold-out AUC 0.85 against 0.55 for the noise model).
 GATES = GatesSpec.model_validate(
@@ -79,7 +80,7 @@ def build_candidate(kind: str, X: pd.DataFrame, y: np.ndarray):
 
     from tasks.models import build_model
 
-    features = dict(FEATURES)
+    features: dict[str, Any] = dict(FEATURES)
     labels = y
     if kind == "worse":
         features = {"noise": "numeric"}

@@ -19,7 +19,7 @@ from tasks.onnx import (
     session_predict,
 )
 
-FEATURES = {
+FEATURES: dict[str, Any] = {
     "x1": "numeric",
     "x2": "numeric",
     "visits": "numeric",
@@ -28,7 +28,7 @@ FEATURES = {
     "region": "categorical",
 }
 # Small but real: each family's default preprocessing (imputer, scaler or ordinal/one-hot).
-FAMILY_PARAMS = {
+FAMILY_PARAMS: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 0.5},
     "random_forest": {"n_estimators": 40, "max_depth": 8},
     "hist_gradient_boosting": {"max_iter": 40, "learning_rate": 0.1},
@@ -60,7 +60,7 @@ def frames():
     return X, y, Xh, yh
 
 
-def _fit(family: str, X: pd.DataFrame, y: np.ndarray, task: str = "binary"):
+def _fit(family: str, X: pd.DataFrame, y: np.ndarray, task: Any = "binary") -> Any:
     from tasks.models import build_model
 
     params = FAMILY_PARAMS[family]
@@ -92,7 +92,9 @@ def test_every_shipped_family_converts_and_agrees_with_sklearn(frames, family):
     assert outcome.max_probability_diff <= DEFAULT_ATOL
     assert outcome.label_mismatches == 0 and outcome.rows_checked == len(Xh)
     if outcome.flavour == "onnx":
-        assert onnx_bytes is not None and outcome.onnx_ms_p50 < outcome.sklearn_ms_p50
+        assert onnx_bytes is not None
+        assert outcome.onnx_ms_p50 is not None and outcome.sklearn_ms_p50 is not None
+        assert outcome.onnx_ms_p50 < outcome.sklearn_ms_p50
         session = load_session(onnx_bytes)
         assert [o.name for o in session.get_outputs()] == ["label", "probabilities"]
         assert [i.name for i in session.get_inputs()] == list(X.columns)
@@ -166,7 +168,7 @@ def test_the_flavour_is_tagged_and_the_onnx_uri_downloads(tmp_path, frames):
     client = configure_mlflow(settings)
     experiment_id = ensure_experiment("onnx-study", settings)
     spec = StudySpec.parse({"name": "served", "model": {"family": "random_forest"}})
-    fast, model = register_trial(
+    fast, fitted = register_trial(
         client,
         spec,
         Trial("1", FAMILY_PARAMS["random_forest"]),
@@ -176,6 +178,8 @@ def test_the_flavour_is_tagged_and_the_onnx_uri_downloads(tmp_path, frames):
         experiment_id=experiment_id,
         feature_types=FEATURES,
     )
+    assert fitted is not None
+    model: Any = fitted
     outcome, onnx_bytes = convert_and_check(model, Xh, task="binary", timing_calls=30)
     tags = record_serving_flavour(client, spec.name, fast.version, fast.run_id, outcome, onnx_bytes)
     stored = client.get_model_version(spec.name, fast.version).tags

@@ -184,7 +184,7 @@ def _lifecycle(settings: PipelineSettings, frames) -> None:
         assert artifacts == {"gate_report.json", "gate_report.md", "gate_report.html"}
         assert client.get_model_version(spec.name, registered.version).tags[TAG_GATES] == "passed"
     weak_v, strong_v = gated[0].version, gated[1].version
-    assert gated[1].score > gated[0].score
+    assert (gated[1].score or 0.0) > (gated[0].score or 1.0)
 
     # No champion yet: the best passer is crowned, the other becomes challenger-1.
     aliases = assign_aliases(client, spec.name, gated, study="study-life")
@@ -192,7 +192,8 @@ def _lifecycle(settings: PipelineSettings, frames) -> None:
     # Running the step again changes nothing.
     assert assign_aliases(client, spec.name, gated, study="study-life") == aliases
     assert aliases_of(client, spec.name) == {CHAMPION: strong_v, "challenger-1": weak_v}
-    assert champion(client, spec.name)[0] == strong_v
+    crowned = champion(client, spec.name)
+    assert crowned is not None and crowned[0] == strong_v
 
     promote(client, spec.name, weak_v, "challenger won the bandit rollout")
     assert aliases_of(client, spec.name) == {CHAMPION: weak_v, PREVIOUS_CHAMPION: strong_v}
