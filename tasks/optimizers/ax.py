@@ -18,7 +18,7 @@ import torch
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
 from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
 from ax.api.utils.structs import GenerationStrategyDispatchStruct
-from ax.exceptions.core import AxError, DataRequiredError
+from ax.exceptions.core import DataRequiredError
 from ax.exceptions.generation_strategy import AxGenerationException
 
 from tasks.optimizers.base import Optimizer, Trial, TrialResult
@@ -52,7 +52,8 @@ class AxOptimizer(Optimizer):
     pending-aware, and may be smaller than asked while initial points await data.
     The acquisition optimizer is trimmed so a suggestion costs about a second on one
     core instead of 3-4 s: ``num_restarts`` (default 4, Ax 20), ``raw_samples`` (128,
-    Ax 1024), ``maxiter`` (50 L-BFGS-B steps, 200) and ``torch_threads`` (1).
+    Ax 1024), ``maxiter`` (50 L-BFGS-B steps instead of 200; all-float spaces only) and
+    ``torch_threads`` (1). If generation fails, that batch is random points (logged).
     Conditional parameters are sampled flat and dropped when inactive.
     """
 
@@ -115,15 +116,15 @@ class AxOptimizer(Optimizer):
                 allow_exceeding_initialization_budget=True,
             )
         )
-        gen_options = {
-            "model_gen_options": {
-                "optimizer_kwargs": {
-                    "num_restarts": num_restarts,
-                    "raw_samples": raw_samples,
-                    "options": {"maxiter": maxiter},
-                }
-            }
+        optimizer_kwargs: dict[str, Any] = {
+            "num_restarts": num_restarts,
+            "raw_samples": raw_samples,
         }
+        if all(p.type == "float" for p in self.space):
+            # Only BoTorch's continuous optimizer takes "maxiter"; with int or choice
+            # parameters Ax picks the mixed (alternating) optimizer, which rejects it.
+            optimizer_kwargs["options"] = {"maxiter": maxiter}
+        gen_options = {"model_gen_options": {"optimizer_kwargs": optimizer_kwargs}}
         for node in strategy._nodes:
             for spec in node.generator_specs:
                 if "surrogate_spec" in spec.generator_kwargs:  # the BoTorch node
@@ -132,6 +133,7 @@ class AxOptimizer(Optimizer):
         self._index: dict[str, int] = {}  # our trial id -> Ax trial index
         self._fallback_rng = np.random.default_rng(self.seed + 1)
         self.ask_seconds: list[float] = []  # wall time of each ``_suggest`` (the benchmark's)
+        self.fallback_batches = 0  # batches of random points after a generation failure
 
     # -- backend hooks -------------------------------------------------------------------
     def _suggest(self, n: int) -> list[dict[str, Any]]:
@@ -145,9 +147,10 @@ class AxOptimizer(Optimizer):
             # there is, and never block; the flow asks again after its next tell.
             log.info("Ax generated no trial now (%s); returning fewer", exc)
             generated = {}
-        except (AxError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any Ax/BoTorch/torch failure
             # A model that fails to fit must not end the study: fall back to random points.
             log.warning("Ax generation failed (%s); using random points for this batch", exc)
+            self.fallback_batches += 1
             generated = {}
             for _ in range(n):
                 params = self.space.sample(self._fallback_rng)

@@ -376,3 +376,18 @@ def test_pareto_is_non_dominated_and_approaches_the_true_front(backend: str) -> 
 # Mean distance of the reported front to the true one after 10 trials (seed 0); measured:
 # random 1.06, ax 0.105 (one model-based batch brings it 10x closer).
 THRESHOLD_GD = {"random": 1.5, "ax": 0.3}
+
+
+def test_ax_model_phase_on_a_mixed_space() -> None:
+    """Ints and choices send Ax to BoTorch's mixed optimizer: our options must suit it."""
+    optimizer = get_optimizer("ax", SPACE, {"loss": "minimize"}, seed=2, initialization_budget=3)
+    for trial in optimizer.ask(3):
+        optimizer.tell(trial.id, {"loss": loss(trial.params)})
+    batch = optimizer.ask(2)  # model-based: one fit, two pending-aware suggestions
+    assert len(batch) == 2
+    for trial in batch:
+        check_point(trial.params)
+    from tasks.optimizers.ax import AxOptimizer
+
+    assert isinstance(optimizer, AxOptimizer)
+    assert optimizer.fallback_batches == 0  # the model generated them, not the fallback
