@@ -19,7 +19,8 @@ app = typer.Typer(
 
 # Each import below registers a group of commands on `app` (kept in this order in --help).
 from banditflow.commands import data as _data  # noqa: E402,F401
+from banditflow.commands import loop as _loop  # noqa: E402,F401
 from banditflow.commands import ops as _ops  # noqa: E402,F401
-from banditflow.commands import serve as _serve  # noqa: E402,F401
-from banditflow.commands import registry as _registry  # noqa: E402,F401
 from banditflow.commands import optimize as _optimize  # noqa: E402,F401
+from banditflow.commands import registry as _registry  # noqa: E402,F401
+from banditflow.commands import serve as _serve  # noqa: E402,F401

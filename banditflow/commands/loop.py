@@ -1,0 +1,72 @@
+"""``banditflow demo`` and ``banditflow simulate``: the closed loop, shown."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import typer
+
+from banditflow.cli import app
+
+
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, help="Small data, few trials, short traffic (CI's size)."),
+    fresh: bool = typer.Option(
+        False, help="Empty the data folder first (an earlier demo's studies would resume)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the data, the studies and the traffic."),
+) -> None:
+    """Run the whole loop with embedded defaults and write a report."""
+    from banditflow.demo import DemoError, DemoPlan, run_demo
+
+    plan = DemoPlan.quick() if quick else DemoPlan()
+    try:
+        run_demo(plan, fresh=fresh, seed=seed)
+    except DemoError as exc:
+        typer.secho(f"demo failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def simulate(
+    url: str = typer.Option("http://127.0.0.1:8000", help="The rollout service."),
+    visits: int = typer.Option(10_000, min=1, help="Customer visits to send."),
+    start: datetime = typer.Option(..., help="Simulated time of the first visit (UTC)."),
+    end: datetime = typer.Option(..., help="Simulated time of the last visit (UTC)."),
+    offer_cost: float = typer.Option(0.08, help="Offer shown when score >= cost."),
+    rate: float = typer.Option(0.0, help="Requests per second (0: as fast as served)."),
+    concurrency: int = typer.Option(8, min=1),
+    batch: int = typer.Option(1, min=1, help="Rows per /predict call."),
+    delay: float = typer.Option(0.2, help="Mean feedback delay in seconds (exponential)."),
+    loss: float = typer.Option(0.05, help="Share of outcomes never reported."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("simulation.parquet"), help="Where to write what was sent."),
+) -> None:
+    """Send simulated customers to /predict and their true outcomes to /feedback."""
+    import asyncio
+
+    from banditflow.simulate import TrafficOptions, build_stream, run_traffic, served_stream
+    from tasks.settings import get_settings
+
+    options = TrafficOptions(
+        offer_cost=offer_cost,
+        feedback_delay_mean_s=delay,
+        feedback_loss=loss,
+        concurrency=concurrency,
+        batch=batch,
+        rate=rate or None,
+    )
+    stream = build_stream(
+        get_settings().data_dir, n=visits, start=start, end=end, seed=seed, options=options
+    )
+    records, watcher = asyncio.run(run_traffic(url, stream, options=options))
+    served = served_stream(stream, records)
+    served.to_parquet(out, index=False)
+    shares = served["version"].value_counts(normalize=True).sort_index()
+    typer.echo(
+        f"{len(served):,} visits, reward/visit {served['reward'].mean():.4f}, traffic "
+        + ", ".join(f"v{v} {s:.0%}" for v, s in shares.items())
+        + f"; champion {' -> '.join(v for _, v in watcher.champions)}; wrote {out}"
+    )
