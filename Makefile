@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
+# The whole loop with embedded defaults, from an empty data folder (DEMO_ARGS=--quick: CI's size).
 demo: install
-	$(BIN)/banditflow demo
+	$(BIN)/banditflow demo --fresh $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest
