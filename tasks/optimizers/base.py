@@ -194,7 +194,7 @@ class Optimizer(ABC):
         record.values = clean
         record.reason = reason
         self._observe(record)
-        return record
+        return TrialResult(record.id, dict(record.params), status, dict(clean), reason)
 
     def trials(self) -> list[TrialResult]:
         """Return every trial handed out, in order, with status, values and reason."""

@@ -203,7 +203,7 @@ class HyperoptOptimizer(Optimizer):
             if name not in vals:  # active by its own condition, but not in hyperopt's tree
                 continue
             if param.type == "categorical":
-                value = next(i for i, c in enumerate(param.choices) if c == value)
+                value = param.index(value)
             idxs[name] = [tid]
             vals[name] = [value]
         return idxs, vals

@@ -42,6 +42,13 @@ class Param:
             out["condition"] = {parent: list(values) for parent, values in self.condition}
         return out
 
+    def index(self, value: Any) -> int:
+        """Return the position of ``value`` among a categorical's choices."""
+        for i, choice in enumerate(self.choices):
+            if _same(choice, value):
+                return i
+        raise PointError(f"{self.name}={value!r} is not one of the choices {list(self.choices)}")
+
     def coerce(self, value: Any, *, clip: bool) -> Any:
         """Return ``value`` as this parameter's type; raise PointError when it does not fit."""
         if self.type == "categorical":
