@@ -84,18 +84,25 @@ def demo_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 class Timing:
     p50_ms: float
     p99_ms: float
+    cpu_p50_ms: float  # this thread's CPU time: what the call costs, without waiting to run
 
 
 def time_calls(predict: Callable[[Rows], Any], batches: list[Rows], warmup: int = 20) -> Timing:
-    """Time each call in milliseconds, after a warm-up."""
+    """Time each call (wall clock and thread CPU time) in milliseconds, after a warm-up."""
     for batch in batches[:warmup]:
         predict(batch)
-    times = np.empty(len(batches))
+    wall = np.empty(len(batches))
+    cpu = np.empty(len(batches))
     for i, batch in enumerate(batches):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         predict(batch)
-        times[i] = time.perf_counter() - start
-    return Timing(float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3))
+        wall[i] = time.perf_counter() - start
+        cpu[i] = time.thread_time() - start_cpu
+    return Timing(
+        float(np.percentile(wall, 50) * 1e3),
+        float(np.percentile(wall, 99) * 1e3),
+        float(np.percentile(cpu, 50) * 1e3),
+    )
 
 
 def sklearn_rows(model: Any, names: list[str]) -> Callable[[Rows], tuple[Any, Any]]:
@@ -218,6 +225,7 @@ def run(calls: int, batch_calls: int, train_rows: int) -> dict[str, Any]:
                 entry[f"{flavour}|{batch_name}"] = {
                     "p50_ms": timing.p50_ms,
                     "p99_ms": timing.p99_ms,
+                    "cpu_p50_ms": timing.cpu_p50_ms,
                 }
         rows.append(entry)
         print(f"{family}: done ({entry['serving_flavour']})", flush=True)
@@ -237,8 +245,9 @@ def run(calls: int, batch_calls: int, train_rows: int) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| family | rows | sklearn p50 ms | sklearn p99 ms | onnx p50 ms | onnx p99 ms "
-        "| sklearn/onnx p50 | sklearn/onnx p99 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| sklearn/onnx p50 | sklearn/onnx p99 | sklearn CPU p50 ms | onnx CPU p50 ms "
+        "| CPU ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for entry in result["rows"]:
         for batch in ("1 row", "100 rows"):
@@ -247,13 +256,16 @@ def markdown(result: dict[str, Any]) -> str:
             if ox is None:
                 lines.append(
                     f"| {entry['family']} | {batch} | {sk['p50_ms']:.3f} | {sk['p99_ms']:.3f} "
-                    f"| - | - | - (fallback: {entry['fallback_reason']}) | - |"
+                    f"| - | - | - | - | {sk['cpu_p50_ms']:.3f} | - "
+                    f"| fallback: {entry['fallback_reason']} |"
                 )
                 continue
             lines.append(
                 f"| {entry['family']} | {batch} | {sk['p50_ms']:.3f} | {sk['p99_ms']:.3f} "
                 f"| {ox['p50_ms']:.3f} | {ox['p99_ms']:.3f} "
-                f"| {sk['p50_ms'] / ox['p50_ms']:.1f}x | {sk['p99_ms'] / ox['p99_ms']:.1f}x |"
+                f"| {sk['p50_ms'] / ox['p50_ms']:.1f}x | {sk['p99_ms'] / ox['p99_ms']:.1f}x "
+                f"| {sk['cpu_p50_ms']:.3f} | {ox['cpu_p50_ms']:.3f} "
+                f"| {sk['cpu_p50_ms'] / max(ox['cpu_p50_ms'], 1e-6):.1f}x |"
             )
     lines += [
         "",
