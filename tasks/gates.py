@@ -472,7 +472,17 @@ def record_gate_report(
     tags = report.version_tags()
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
-    # The run carries the verdict too, so the experiment view shows it next to the metrics.
+    # The run carries the verdict and the measured values too, so the experiment's runs
+    # table shows them next to the trial metrics.
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    values = [
+        Metric(f"gate.{r.name}", float(r.value), stamp, 0)
+        for r in report.results
+        if math.isfinite(r.value)
+    ]
+    client.log_batch(run_id, metrics=values, tags=[])
     client.set_tag(run_id, TAG_GATES, tags[TAG_GATES])
     return tags
 

@@ -183,6 +183,9 @@ def _lifecycle(settings: PipelineSettings, frames) -> None:
         artifacts = {Path(a.path).name for a in client.list_artifacts(registered.run_id, "gates")}
         assert artifacts == {"gate_report.json", "gate_report.md", "gate_report.html"}
         assert client.get_model_version(spec.name, registered.version).tags[TAG_GATES] == "passed"
+        run = client.get_run(registered.run_id)
+        assert run.data.tags[TAG_GATES] == "passed"
+        assert run.data.metrics["gate.performance"] == pytest.approx(report.metric_value)
     weak_v, strong_v = gated[0].version, gated[1].version
     assert (gated[1].score or 0.0) > (gated[0].score or 1.0)
 
