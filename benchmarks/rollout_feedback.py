@@ -84,7 +84,13 @@ def stored_outcomes(state_url: str) -> int:
 
 
 def measure(
-    name: str, home: Path, state_url: str, workers: int, seconds: float, ids_needed: int
+    name: str,
+    home: Path,
+    state_url: str,
+    workers: int,
+    seconds: float,
+    ids_needed: int,
+    batch: int = 1,
 ) -> dict[str, Any]:
     env = server_env(home, BANDITFLOW_STATE_URL=state_url)
     if workers > 1:
@@ -108,16 +114,17 @@ def measure(
     finally:
         server.stop()
     stored = stored_outcomes(state_url) - before
-    distinct = min(result["ok"], len(ids))
+    distinct = min(result["ok"] * batch, len(ids))
     return {
         "config": name,
         "workers": workers,
-        "acked_per_s": result["rps"],
+        "batch": batch,
+        "acked_per_s": result["rps"] * batch,
         "ceiling_per_s": ceiling["rps"],
         "ratio": result["rps"] / ceiling["rps"],
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
-        "acked": result["ok"],
+        "acked": result["ok"] * batch,
         "stored": stored,
         "lost": max(distinct - stored, 0),
         "non_200": result["requests"] - result["ok"],
@@ -135,28 +142,34 @@ def main() -> None:
     try:
         print("building a registry with 3 arms ...", flush=True)
         build_registry(work)
-        configs: list[tuple[str, str, int, str | None]] = [
-            ("SQLite WAL, synchronous=FULL", f"sqlite:///{work / 'state-1.db'}", 1, None),
-            ("SQLite WAL, synchronous=FULL", f"sqlite:///{work / 'state-2.db'}", 2, None),
+        sqlite = "SQLite WAL, synchronous=FULL"
+        configs: list[tuple[str, str, int, str | None, int]] = [
+            (sqlite, f"sqlite:///{work / 'state-1.db'}", 1, None, 1),
+            (sqlite, f"sqlite:///{work / 'state-2.db'}", 2, None, 1),
+            (sqlite, f"sqlite:///{work / 'state-3.db'}", 1, None, 50),
         ]
         for workers in (1, 2):
             pg = postgres_database()
             if pg is not None:
-                configs.append(("PostgreSQL", pg[0], workers, pg[1]))
-        for name, url, workers, db in configs:
+                configs.append(("PostgreSQL", pg[0], workers, pg[1], 1))
+        for name, url, workers, db, batch in configs:
             try:
-                row = measure(name, work, url, workers, args.seconds, args.ids)
+                row = measure(name, work, url, workers, args.seconds, args.ids, batch)
             finally:
                 if db is not None:
                     drop_database(db)
             rows.append(row)
-            print(f"{name}, {workers} worker(s): {row['acked_per_s']:.0f} acked/s", flush=True)
+            print(
+                f"{name}, {workers} worker(s), batch {batch}: {row['acked_per_s']:.0f}/s",
+                flush=True,
+            )
         columns = [
             ("config", "store", ""),
             ("workers", "uvicorn workers", "d"),
+            ("batch", "feedbacks per call", "d"),
             ("acked_per_s", "acked feedback/s", ".0f"),
             ("ceiling_per_s", "GET /healthz/s (ceiling)", ".0f"),
-            ("ratio", "× ceiling", ".2f"),
+            ("ratio", "acked/s ÷ ceiling", ".2f"),
             ("p50_ms", "p50 ms", ".1f"),
             ("p99_ms", "p99 ms", ".1f"),
             ("acked", "acked", "d"),
