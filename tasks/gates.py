@@ -515,6 +515,12 @@ def gate_and_record(
 def holdout_from(data: Any, gates: GatesSpec) -> Holdout:
     """Build the gates' hold-out from ``tasks.data.StudyData`` (sensitive attribute included)."""
     sensitive = None
+    task = getattr(data, "task", "binary")
+    if gates.fairness is not None and task != "binary":  # before anything is registered
+        raise GateError(
+            f"the fairness gate needs a binary task, the study's task is {task!r}: "
+            "remove gates.fairness from the spec"
+        )
     if gates.fairness is not None:
         attr = gates.fairness.sensitive_attribute
         frame = getattr(data, "test_frame", None)

@@ -270,3 +270,32 @@ def test_the_champion_is_scored_on_the_same_rows_in_its_own_columns(data):
         only_performance, candidate, Holdout(narrow, holdout.y), task="binary", champion=champion
     )
     assert without.results[0].threshold == 0.7 and "floor applies" in without.results[0].note
+
+
+def test_holdout_from_study_data_takes_the_attribute_from_the_raw_rows(data):
+    from tasks.data import StudyData
+    from tasks.gates import holdout_from
+
+    X, y, holdout = data
+    features = holdout.X.drop(columns=["group"])
+    study = StudyData(
+        X_train=X.drop(columns=["group"]),
+        y_train=pd.Series(y),
+        X_test=features,
+        y_test=pd.Series(holdout.y),
+        feature_types=dict(FEATURES),
+        task="binary",
+        target="y",
+        test_frame=holdout.X,
+    )
+    built = holdout_from(study, GATES)
+    assert built.sensitive is not None and built.sensitive.tolist() == holdout.X.group.tolist()
+    assert built.raw is not None and "group" not in built.X.columns
+    assert GATES.fairness is not None
+    fairness = GATES.fairness.model_copy(update={"sensitive_attribute": "age"})
+    renamed = GATES.model_copy(update={"fairness": fairness})
+    with pytest.raises(GateError, match="'age' is not a column"):
+        holdout_from(study, renamed)
+    study.task = "regression"
+    with pytest.raises(GateError, match="binary task"):
+        holdout_from(study, GATES)
