@@ -309,8 +309,13 @@ def fairness_gates(
     max_demographic_parity_difference: float,
     max_equalized_odds_difference: float,
     task: TaskType,
+    decision_threshold: float = 0.5,
 ) -> tuple[list[GateResult], dict[str, dict[str, float]]]:
-    """Return the two fairness checks (fairlearn) and the per-group report (MetricFrame)."""
+    """Return the two fairness checks (fairlearn) and the per-group report (MetricFrame).
+
+    The model's decision is P(positive) >= ``decision_threshold``: the cut the application
+    acts on, which is what treats groups alike or not.
+    """
     from fairlearn.metrics import (
         MetricFrame,
         count,
@@ -331,7 +336,7 @@ def fairness_gates(
         raise GateError("the fairness gate needs the sensitive attribute's hold-out values")
     classes = np.asarray(model.classes_)
     y_true = (np.asarray(holdout.y) == classes[-1]).astype(int)
-    y_pred = (np.asarray(model.predict(holdout.X)) == classes[-1]).astype(int)
+    y_pred = (predict_scores(model, holdout.X, task)[:, -1] >= decision_threshold).astype(int)
     sensitive = holdout.sensitive.astype(str).to_numpy()
     dpd = float(demographic_parity_difference(y_true, y_pred, sensitive_features=sensitive))
     eod = float(equalized_odds_difference(y_true, y_pred, sensitive_features=sensitive))
@@ -359,7 +364,7 @@ def fairness_gates(
             dpd,
             max_demographic_parity_difference,
             "<=",
-            f"across {attr}",
+            f"across {attr}, acting at P >= {decision_threshold:g}",
         ),
         GateResult(
             EQUALIZED_ODDS,
@@ -367,7 +372,7 @@ def fairness_gates(
             eod,
             max_equalized_odds_difference,
             "<=",
-            f"across {attr}",
+            f"across {attr}, acting at P >= {decision_threshold:g}",
         ),
     ]
     return results, groups
@@ -424,6 +429,7 @@ def run_gates(
             max_demographic_parity_difference=gates.fairness.max_demographic_parity_difference,
             max_equalized_odds_difference=gates.fairness.max_equalized_odds_difference,
             task=task,
+            decision_threshold=gates.fairness.decision_threshold,
         )
         results += fair
     if gates.latency_p95_ms is not None:

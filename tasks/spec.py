@@ -149,6 +149,10 @@ class PerformanceGate(_Strict):
 
 class FairnessGate(_Strict):
     sensitive_attribute: str = "age_band"
+    # The score at and above which the application acts (shows the offer): fairness is
+    # judged on that decision. With rare positives a 0.5 cut predicts no one positive and
+    # every parity difference is trivially 0.
+    decision_threshold: float = Field(default=0.5, gt=0, lt=1)
     max_demographic_parity_difference: float = Field(default=0.1, ge=0, le=1)
     max_equalized_odds_difference: float = Field(default=0.1, ge=0, le=1)
 

@@ -299,3 +299,30 @@ def test_holdout_from_study_data_takes_the_attribute_from_the_raw_rows(data):
     study.task = "regression"
     with pytest.raises(GateError, match="binary task"):
         holdout_from(study, GATES)
+
+
+def test_fairness_is_judged_at_the_decision_threshold_the_application_acts_on():
+    """With rare positives a 0.5 cut selects no one and hides unfairness; the real cut shows it."""
+    from tasks.gates import fairness_gates
+    from tasks.models import build_model
+
+    rng = np.random.default_rng(5)
+    X, _ = make_frame(3000, seed=6)
+    # About 8 % positives, and group A converts more often in the training labels.
+    logit = 0.6 * X.x1 - 3.3 + 1.2 * (X.group == "A")
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-logit))).astype(int).to_numpy()
+    features: dict[str, Any] = dict(FEATURES) | {"group": "categorical"}
+    model = build_model("logistic_regression", {"C": 1.0}, task="binary", feature_types=features)
+    model.fit(X, y)
+    holdout = Holdout(X, y, X["group"])
+    kwargs: dict[str, Any] = dict(
+        max_demographic_parity_difference=0.1, max_equalized_odds_difference=0.1, task="binary"
+    )
+    at_half, groups_half = fairness_gates(model, holdout, decision_threshold=0.5, **kwargs)
+    at_cut, groups_cut = fairness_gates(model, holdout, decision_threshold=0.08, **kwargs)
+    assert max(g["selection_rate"] for g in groups_half.values()) < 0.05
+    assert all(r.passed for r in at_half)  # trivially: hardly anyone is selected
+    dpd = next(r for r in at_cut if r.name == DEMOGRAPHIC_PARITY)
+    assert not dpd.passed and dpd.value > 0.2, dpd
+    assert "P >= 0.08" in dpd.note
+    assert groups_cut["A"]["selection_rate"] > groups_cut["B"]["selection_rate"] + 0.2
