@@ -117,14 +117,22 @@ def bare_app() -> Any:
 
 # --- load generator ----------------------------------------------------------------------------
 async def _connection(
-    host: str, port: int, requests: list[bytes], until: float, latencies: list[float]
+    host: str,
+    port: int,
+    requests: list[bytes],
+    until: float,
+    latencies: list[float],
+    once: bool = False,
 ) -> int:
-    """Send requests round-robin on one keep-alive connection until ``until``; count 200s."""
+    """Send requests round-robin on one keep-alive connection until ``until``; count 200s.
+
+    ``once``: send each request at most once (distinct feedback must not repeat).
+    """
     reader, writer = await asyncio.open_connection(host, port)
     ok = 0
     i = 0
     try:
-        while time.perf_counter() < until:
+        while time.perf_counter() < until and not (once and i >= len(requests)):
             start = time.perf_counter()
             writer.write(requests[i % len(requests)])
             i += 1
@@ -151,7 +159,12 @@ def http_post(path: str, body: Any, host: str = "127.0.0.1") -> bytes:
 
 
 async def _load(
-    url: str, requests: list[bytes], seconds: float, concurrency: int, warmup: float
+    url: str,
+    requests: list[bytes],
+    seconds: float,
+    concurrency: int,
+    warmup: float,
+    once: bool = False,
 ) -> dict[str, Any]:
     host, port = url.split("//")[1].split(":")
     if warmup > 0:
@@ -164,7 +177,9 @@ async def _load(
     until = start + seconds
     oks = await asyncio.gather(
         *[
-            _connection(host, int(port), requests[i::concurrency] or requests, until, latencies)
+            _connection(
+                host, int(port), requests[i::concurrency] or requests, until, latencies, once
+            )
             for i in range(concurrency)
         ]
     )
@@ -182,7 +197,12 @@ async def _load(
 
 
 def run_load(
-    url: str, requests_file: Path, seconds: float, concurrency: int, warmup: float = 1.0
+    url: str,
+    requests_file: Path,
+    seconds: float,
+    concurrency: int,
+    warmup: float = 1.0,
+    once: bool = False,
 ) -> dict[str, Any]:
     """Run the load generator in a separate process (so it never shares the server's GIL)."""
     out = subprocess.run(
@@ -199,6 +219,7 @@ def run_load(
             str(concurrency),
             "--warmup",
             str(warmup),
+            *(["--once"] if once else []),
         ],
         check=True,
         capture_output=True,
@@ -263,7 +284,7 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
     env.update(
         {
             "BANDITFLOW_HOME": str(home),
-            "BANDITFLOW_MODEL_NAME": MODEL,
+            "BANDITFLOW_MODEL_NAME": os.environ.get("BENCH_MODEL", MODEL),
             "PYTHONPATH": str(ROOT),
         }
     )
@@ -292,11 +313,12 @@ def main() -> None:
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--requests-file", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:  # the load-generator process
         payloads = [r.encode() for r in json.loads(Path(args.requests_file).read_text())]
         result = asyncio.run(
-            _load(args.load, payloads, args.seconds, args.concurrency, args.warmup)
+            _load(args.load, payloads, args.seconds, args.concurrency, args.warmup, args.once)
         )
         print(json.dumps(result))
         return
