@@ -338,11 +338,16 @@ def combine(paths: list[Path], out: Path) -> int:
     """Merge runs saved by several invocations (e.g. problems split over two processes)."""
     runs: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"problems": [], "seconds": 0.0, "eval_seconds": 0.0}
+    seen: set[tuple[str, int, str, int]] = set()
     for path in paths:
         saved = json.loads(path.read_text())
-        runs += saved["runs"]
-        for key in ("budgets", "qs"):
-            meta[key] = saved["meta"][key]
+        for run in saved["runs"]:  # the random baseline may be in several files
+            key = (run["problem"], run["seed"], run["method"], run["q"])
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+        for field in ("budgets", "qs"):
+            meta[field] = saved["meta"][field]
         meta["problems"] += [p for p in saved["meta"]["problems"] if p not in meta["problems"]]
         meta["seconds"] += saved["meta"]["seconds"]
         meta["eval_seconds"] += saved["meta"]["eval_seconds"]
