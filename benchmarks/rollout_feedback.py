@@ -169,7 +169,7 @@ def main() -> None:
             ("batch", "feedbacks per call", "d"),
             ("acked_per_s", "acked feedback/s", ".0f"),
             ("ceiling_per_s", "GET /healthz/s (ceiling)", ".0f"),
-            ("ratio", "acked/s ÷ ceiling", ".2f"),
+            ("ratio", "calls/s ÷ ceiling", ".2f"),
             ("p50_ms", "p50 ms", ".1f"),
             ("p99_ms", "p99 ms", ".1f"),
             ("acked", "acked", "d"),

@@ -98,7 +98,7 @@ class GroupCommitWriter:
         *,
         discount: Any,
         max_batch: int,
-        linger_s: float = 0.02,
+        linger_s: float = 0.05,
     ) -> None:
         self.store = store
         self._discount = discount  # a callable returning the policy's discount now

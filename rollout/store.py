@@ -210,11 +210,16 @@ class Store:
 
         return postgresql.insert(table)
 
-    def _write(self, work: Any) -> Any:
-        """Run ``work(conn)`` in one write transaction, retrying deadlocks and busy errors."""
+    def _write(self, work: Any, *, durable: bool = True) -> Any:
+        """Run ``work(conn)`` in one write transaction, retrying deadlocks and busy errors.
+
+        ``durable=False`` (SQLite): commit without the fsync (WAL + synchronous=NORMAL),
+        which survives a process crash but not a power cut; for rows that may be lost.
+        """
+        options = {} if durable else {"sqlite_synchronous": "NORMAL"}
         for attempt in range(8):
             try:
-                with self.engine.begin() as conn:
+                with self.engine.connect().execution_options(**options) as conn, conn.begin():
                     return work(conn)
             except OperationalError as exc:
                 retryable = "locked" in str(exc) or "deadlock" in str(exc).lower()
@@ -267,8 +272,10 @@ class Store:
         Returns, for each feedback row in order, ``(status, arm)``: whether it was counted,
         was a duplicate of one already stored, or names a request id with no decision.
         """
+        # Only feedback is acknowledged to a client; decisions alone need no fsync.
         return self._write(
-            lambda conn: self._apply(conn, new_decisions, new_feedback, shadows, discount)
+            lambda conn: self._apply(conn, new_decisions, new_feedback, shadows, discount),
+            durable=bool(new_feedback),
         )
 
     def _apply(
@@ -596,8 +603,12 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        options = conn.get_execution_options()
+        # The pragma applies to this connection's next commits; it is set on every begin
+        # so that a pooled connection never keeps another caller's setting.
+        level = options.get("sqlite_synchronous", synchronous)
+        conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+        conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'IMMEDIATE')}")
 
 
 def sum_feedback(
