@@ -6,7 +6,7 @@ champion is trained on the days before the generator's drift. Then ``push_activi
 feature task) pushes the drifted days, and the seconds of each step are read back from
 the server's state timestamps and the registry:
 
-  event delivery     push returned -> the trigger's flow run exists
+  event delivery     event queued (push returned) -> the trigger's flow run exists
   worker pick-up     flow run created -> PENDING (the worker's poll)
   process start      PENDING -> RUNNING (a fresh Python importing the flow)
   drift check        RUNNING -> check-drift task done (loads both windows, tests, report)
@@ -122,8 +122,8 @@ def one_loop(client: Any, settings: PipelineSettings, days: int, deployment_id: 
         & (stamps < pd.Timestamp(DRIFT_AT) + pd.Timedelta(days=days))
     ]
     push_activity(rows.drop(columns="created_timestamp"), settings=settings)
+    pushed = datetime.now(UTC)  # the event is queued as push_activity returns
     flush_events()
-    pushed = datetime.now(UTC)
 
     deadline = time.monotonic() + 600
     run = None
