@@ -263,8 +263,16 @@ def retrain_model(
     from tasks.tracking import configure_mlflow
 
     log = _logger()
+    from mlflow.exceptions import MlflowException
+
     client = configure_mlflow(settings)
-    aliases = dict(client.get_registered_model(model).aliases or {})
+    try:
+        aliases = dict(client.get_registered_model(model).aliases or {})
+    except MlflowException as exc:
+        raise RetrainError(
+            f"no registered model {model!r} at {settings.registry_uri}: run optimize and "
+            "register first, or leave `model` empty to check every model with a champion"
+        ) from exc
     version = aliases.get(CHAMPION)
     if version is None:
         return RetrainOutcome(model, "no-champion", detail="no champion alias: run optimize first")

@@ -163,3 +163,10 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     firsts = [t.params for t in by_id if t.trial_id in {"0", "1"}]
     assert [p["C"] for p in firsts] == pytest.approx([p["C"] for p in expected])
     assert outcome["registered"], "the retrain registered no candidate"
+
+
+def test_retrain_of_an_unknown_model_says_what_to_do(settings) -> None:
+    from flows.retrain import RetrainError, retrain_model
+
+    with pytest.raises(RetrainError, match="no registered model 'nope'"):
+        retrain_model("nope", None, None, settings=settings, warm_start_top=3)
