@@ -225,7 +225,8 @@ def test_shadow_arm_scores_off_the_response_path(rollout_home: Any) -> None:
         assert shadow.status_code == 200, shadow.text
         served = {predict(client)["arm"] for _ in range(30)}
         assert "v3" not in served  # a shadow arm never serves
-        client.portal.call(client.app.state.service.writer.flush)  # type: ignore[union-attr]
+        service = client.app.state.service  # type: ignore[attr-defined]
+        client.portal.call(service.writer.flush)  # type: ignore[union-attr]
         arms = {a["arm"]: a for a in client.get("/arms").json()["arms"]}
         assert arms["v3"]["role"] == "shadow" and not arms["v3"]["in_rotation"]
         comparison = arms["v3"]["shadow"]
@@ -238,7 +239,8 @@ def test_failing_challenger_is_pulled_and_champion_serves(client: Any, rollout_h
     mlflow_client(rollout_home).set_registered_model_alias(
         "conversion-test", "challenger-2", BROKEN
     )
-    client.portal.call(client.app.state.service.refresh_models)  # type: ignore[union-attr]
+    service = client.app.state.service
+    client.portal.call(service.refresh_models)
     ready = client.get("/readyz").json()
     assert ready["models"][f"v{BROKEN}"]["in_rotation"] is True
     arms = [predict(client)["arm"] for _ in range(60)]  # every request succeeds

@@ -86,7 +86,12 @@ def test_acknowledged_feedback_survives_sigkill(rollout_home: Path, tmp_path: Pa
     try:
         ids = issue_ids(server.url, 3000)
         stop = threading.Event()
-        killer = threading.Timer(1.5, lambda: (server.kill(), stop.set()))
+
+        def kill() -> None:
+            server.kill()
+            stop.set()
+
+        killer = threading.Timer(1.5, kill)
         killer.start()
         acked = send_feedback([server.url], ids, threads=8, stop=stop)
         killer.join()

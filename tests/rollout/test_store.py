@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_discount_matches_sequential_definition(store: Store) -> None:
 
 
 @pytest.mark.parametrize("mode", ["default", "drop"])
-def test_expiry_counts_only_closed_windows(store: Store, mode: str) -> None:
+def test_expiry_counts_only_closed_windows(store: Store, mode: Literal["default", "drop"]) -> None:
     now = time.time()
     store.apply_batch(
         [
