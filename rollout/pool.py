@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,20 @@ class Column:
     required: bool = True
 
 
-def check_features(features: Mapping[str, Any], columns: Sequence[Column]) -> None:
-    """Raise ``FeatureError`` naming every missing, unexpected or wrongly typed feature."""
+def check_features(
+    features: Mapping[str, Any],
+    columns: Sequence[Column],
+    *,
+    required: Sequence[Column] | None = None,
+) -> None:
+    """Raise ``FeatureError`` naming every missing, unexpected or wrongly typed feature.
+
+    ``columns`` are the features any arm reads; ``required`` (default: all of them) those
+    a row must carry.
+    """
     expected = {c.name for c in columns}
-    missing = [c.name for c in columns if c.required and c.name not in features]
+    needed = columns if required is None else required
+    missing = [c.name for c in needed if c.required and c.name not in features]
     extra = sorted(set(features) - expected)
     wrong = []
     for c in columns:
@@ -317,6 +328,24 @@ class PoolSnapshot:
     def champion_model(self) -> ServingModel | None:
         entry = self.arms.get(self.champion or "")
         return entry.model if entry is not None and entry.serving else None
+
+    @cached_property
+    def input_columns(self) -> list[Column]:
+        """Every feature an arm in rotation (or in shadow) reads: what a request may carry.
+
+        Arms may read different features (a challenger trained with one more, a baseline
+        with fewer); clients send one row with all of them and each model takes its own.
+        """
+        columns: dict[str, Column] = {}
+        for arm in (*self.rotation, *self.shadows):
+            model = self.arms[arm].model
+            for column in model.columns if model is not None else ():
+                columns.setdefault(column.name, column)
+        return list(columns.values())
+
+    def check_row(self, features: Mapping[str, Any], champion: ServingModel) -> None:
+        """Raise ``FeatureError`` for a row the champion cannot score or no arm knows."""
+        check_features(features, self.input_columns or champion.columns, required=champion.columns)
 
 
 Loader = Callable[[str, str], ServingModel]

@@ -401,7 +401,7 @@ class RolloutService:
         for i, req in enumerate(reqs):
             features = req.features if req.features is not None else await self._lookup(req.entity)
             try:
-                champion_model.check(features)
+                snap.check_row(features, champion_model)
             except BadInput as exc:
                 if len(reqs) > 1:
                     exc.message = f"row {i}: {exc.message}"
