@@ -171,7 +171,10 @@ def retrain_spec(
     """
     name = f"{model}--retrain-{end.strftime('%Y%m%dT%H%M%S')}"
     spec = windowed(previous, start, end)
-    return spec.model_copy(update={"name": name, "warm_start": warm_start})
+    registration = spec.registration.model_copy(update={"model_name": model})
+    return spec.model_copy(
+        update={"name": name, "warm_start": warm_start, "registration": registration}
+    )
 
 
 def frame_of(data: Any) -> tuple[pd.DataFrame, pd.Series]:
@@ -242,8 +245,9 @@ def optimize_and_register(
     from tasks.registry import select_trials
 
     result = optimize(spec)
+    # register_trials registers under the spec's name: the model's, not the study's.
     as_model = spec.model_copy(update={"name": model})
-    trials = select_trials(as_model, result.best, list(result.pareto))
+    trials = select_trials(as_model, result.best, result.pareto, result.top)
     summary = register_trials(as_model, spec.name, trials, data, settings, result.parent_run_id)
     return {str(v["version"]): v["alias"] for v in summary["versions"]}
 

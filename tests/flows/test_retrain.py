@@ -81,6 +81,7 @@ def test_retrain_spec_keeps_model_and_search_with_a_new_name_window_and_warm_sta
     assert (spec.data.start, spec.data.end) == (lo, hi)
     assert spec.warm_start == [{"learning_rate": 0.1}]
     assert spec.model == previous.model and spec.budget == previous.budget
+    assert spec.registration.model_name == "conversion"  # candidates join the model
     again = retrain_spec(spec, "conversion", lo, hi + timedelta(days=1), [])
     assert again.name == "conversion--retrain-20260309T000000"
     assert windowed(previous, None, None).data.start is None
