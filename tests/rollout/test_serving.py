@@ -51,10 +51,13 @@ def send_feedback(
                 if response.status_code == 200 and response.json()["status"] == "accepted":
                     with lock:
                         acked[rid] = reward
-                if i % 10 == 0:  # a duplicate, sent to another replica
-                    dup = clients[(i + 1) % len(clients)].post(
-                        "/feedback", json={"request_id": rid, "reward": 1.0 - reward}
-                    )
+                if i % 10 == 0 and rid in acked:  # a duplicate, sent to another replica
+                    try:
+                        dup = clients[(i + 1) % len(clients)].post(
+                            "/feedback", json={"request_id": rid, "reward": 1.0 - reward}
+                        )
+                    except httpx.HTTPError:
+                        return  # the server was killed
                     assert dup.status_code == 200 and dup.json()["status"] == "duplicate"
         finally:
             for c in clients:
