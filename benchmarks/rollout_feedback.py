@@ -176,8 +176,17 @@ def main() -> None:
             ("lost", "acked but not stored", "d"),
         ]
         table = markdown(rows, columns)
-        sqlite_best = max(r["acked_per_s"] for r in rows if r["config"].startswith("SQLite"))
-        verdict = f"Target: ≥ 2,000 acknowledged feedback/s on SQLite (best: {sqlite_best:.0f}/s)."
+        single = max(
+            r["acked_per_s"] for r in rows if r["config"].startswith("SQLite") and r["batch"] == 1
+        )
+        batched = max(
+            (r["acked_per_s"] for r in rows if r["config"].startswith("SQLite") and r["batch"] > 1),
+            default=float("nan"),
+        )
+        verdict = (
+            "Target: ≥ 2,000 acknowledged feedback/s on SQLite "
+            f"(one feedback per call: {single:.0f}/s; batch form: {batched:.0f}/s)."
+        )
         meta = (
             f"up to {args.seconds:.0f} s per run (less when the {args.ids} ids run out), "
             "64 keep-alive connections from a separate process, each request id sent once; "
