@@ -120,20 +120,25 @@ def make_spec(data: Path, name: str, *, trials: int, q: int, n_estimators: int):
 
 def calibrate(data_path: Path, target_seconds: float) -> tuple[int, float]:
     """Return the forest size that makes one trial take about ``target_seconds``."""
+    import statistics
+
     from tasks.data import load_study_data
     from tasks.evaluate import evaluate_trial
 
-    spec = make_spec(data_path, "calibrate", trials=1, q=1, n_estimators=40)
-    data = load_study_data(spec)
-    evaluate_trial(spec, {"max_depth": 11}, data)  # warm-up
-    t0 = time.perf_counter()
-    evaluate_trial(spec, {"max_depth": 11}, data)
-    per_tree = (time.perf_counter() - t0) / 40
-    n = max(5, round(target_seconds / per_tree))
-    spec = make_spec(data_path, "calibrate", trials=1, q=1, n_estimators=n)
-    t0 = time.perf_counter()
-    evaluate_trial(spec, {"max_depth": 11}, data)
-    return n, time.perf_counter() - t0
+    def median_seconds(n_estimators: int) -> float:
+        spec = make_spec(data_path, "calibrate", trials=1, q=1, n_estimators=n_estimators)
+        times = []
+        for _ in range(3):  # a median: the machine is shared, one run can be an outlier
+            t0 = time.perf_counter()
+            evaluate_trial(spec, {"max_depth": 11}, data)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    data = load_study_data(make_spec(data_path, "calibrate", trials=1, q=1, n_estimators=5))
+    base = median_seconds(5)  # fixed costs: latency calls, scoring, pickling
+    per_tree = (median_seconds(25) - base) / 20
+    n = max(5, round(5 + (target_seconds - base) / max(per_tree, 1e-4)))
+    return n, median_seconds(n)
 
 
 def main() -> None:
@@ -183,9 +188,7 @@ def main() -> None:
             )
     finally:
         if server is not None:
-            from prefect.logging.handlers import APILogHandler
-
-            APILogHandler().flush()  # send the last logs before the server goes
+            time.sleep(2.5)  # Prefect ships logs every 2 s: let the last batch reach the server
             stop(server)
     best = min(rows, key=lambda r: r["ratio"])
     report = {
