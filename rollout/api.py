@@ -43,14 +43,15 @@ router = APIRouter()
 _bearer = HTTPBearer(auto_error=False, description="The admin token from settings.")
 
 
-def get_service(request: Request) -> RolloutService:
+async def get_service(request: Request) -> RolloutService:
+    # async: a plain ``def`` dependency would run in the thread pool on every request.
     return request.app.state.service  # type: ignore[no-any-return]
 
 
 Service = Annotated[RolloutService, Depends(get_service)]
 
 
-def require_admin(
+async def require_admin(
     service: Service,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
