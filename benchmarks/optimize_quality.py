@@ -272,6 +272,23 @@ def summarise(
                 scores.append(score)
                 raw[problem] = {"mean_best": float(np.mean(values)), "score": score}
             row[f"score@{budget}"] = float(np.mean(scores)) if scores else float("nan")
+            # Standard error over seeds: each seed's score averaged over the problems.
+            per_seed: dict[int, list[float]] = {}
+            for run in runs:
+                if (run["method"], run["q"]) != (method, q) or run["problem"] not in raw:
+                    continue
+                baseline = by_key[("random", 1, run["problem"], budget)]
+                base, top = float(np.mean(baseline)), best_any[run["problem"]]
+                scale = top - base
+                value = run["trace"][budget - 1]
+                score = 100.0 * (value - base) / scale if scale > 0 else 0.0
+                per_seed.setdefault(run["seed"], []).append(score)
+            seed_scores = [float(np.mean(v)) for v in per_seed.values()]
+            row[f"se@{budget}"] = (
+                float(np.std(seed_scores, ddof=1) / np.sqrt(len(seed_scores)))
+                if len(seed_scores) > 1
+                else float("nan")
+            )
             row[f"problems@{budget}"] = raw
         asks = [s for r in runs if (r["method"], r["q"]) == (method, q) for s in r["ask_seconds"]]
         model = [
@@ -290,7 +307,8 @@ def to_markdown(summary: dict[str, Any], budgets: list[int], meta: dict[str, Any
         "",
         f"Problems: {', '.join(meta['problems'])}; seeds: {meta['seeds']}; "
         f"3-fold CV; score = 100 x (mean best - random's mean best) / "
-        f"(best found by any method - random's mean best), averaged over problems.",
+        f"(best found by any method - random's mean best), averaged over problems; "
+        "± one standard error over seeds.",
         "",
         "| method | q | seeds | " + " | ".join(f"score @{b}" for b in budgets) + " | ask s (mean) "
         "| model ask s/round | model ask s/point |",
@@ -301,7 +319,7 @@ def to_markdown(summary: dict[str, Any], budgets: list[int], meta: dict[str, Any
         per_point = row["model_ask_seconds_per_point"]
         lines.append(
             f"| {row['method']} | {row['q']} | {row['seeds']} | "
-            + " | ".join(f"{row[f'score@{b}']:.1f}" for b in budgets)
+            + " | ".join(f"{row[f'score@{b}']:.1f} ± {row[f'se@{b}']:.1f}" for b in budgets)
             + f" | {row['ask_seconds_mean']:.3f} | "
             + (f"{model:.2f}" if model is not None else "-")
             + " | "
