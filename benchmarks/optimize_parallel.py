@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--runners", default="threads,prefect-processes,dask,processes")
     parser.add_argument("--target-seconds", type=float, default=1.0)
+    parser.add_argument("--tag", default="", help="suffix of the result files (a partial run)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bf-parallel-"))
@@ -218,8 +219,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "optimize_parallel.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "optimize_parallel.md").write_text(table + "\n")
+    stem = "optimize_parallel" + (f"-{args.tag}" if args.tag else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":
