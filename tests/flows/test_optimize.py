@@ -223,3 +223,39 @@ def test_flow_on_a_dask_local_cluster(prefect_harness, flow_settings, tmp_path) 
     result = optimize(spec, runner="dask")
     assert result.n_completed == 4
     assert len(child_runs(flow_settings, "dasky")[2]) == 4
+
+
+def test_study_budget_patience_and_pruning_median(flow_settings, tmp_path) -> None:
+    from tasks.evaluate import TrialOutcome
+    from tasks.study import Study
+
+    spec = make_spec(
+        tmp_path / "unused.csv",
+        name="patience",
+        budget={"max_trials": 20, "patience": 3, "pruning": {"after_folds": 2, "min_trials": 3}},
+        warm_start=[{"C": 0.5, "penalty": "l2"}],
+    )
+    study = Study.open(spec, flow_settings)
+    try:
+        scores = [0.70, 0.80, 0.75, 0.79, 0.80]  # no improvement on the best after trial 1
+        for i, score in enumerate(scores):
+            assert not study.done
+            (trial,) = study.ask(1)
+            if i == 0:
+                assert trial.params == {"C": 0.5, "penalty": "l2"}  # the warm start first
+            outcome = TrialOutcome(
+                trial.params,
+                "completed",
+                values={"roc_auc": score},
+                running_scores=[score - 0.1, score - 0.05, score],
+            )
+            study.tell(trial, outcome)
+            if i == 2:  # median of the running scores after 2 folds: 0.65, 0.75, 0.70
+                assert study.prune_threshold() == pytest.approx(0.70)
+        assert study.done and "patience" in study.stop_reason
+        assert study.ask(1) == []
+        result = study.finish()
+    finally:
+        study.close()
+    assert result.n_completed == 5 and result.best.values["roc_auc"] == 0.80
+    assert result.best.trial_id == "1"
