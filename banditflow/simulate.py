@@ -11,6 +11,7 @@ Feedback goes back after a random delay, and some of it never arrives.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,10 +141,45 @@ class ArmsWatcher:
         return len(self.champions) > 1
 
 
-async def _send_feedback(client: Any, request_id: str, reward: float, delay_s: float) -> int:
-    await asyncio.sleep(delay_s)
-    response = await client.post("/feedback", json={"request_id": request_id, "reward": reward})
-    return int(response.status_code)
+class FeedbackSender:
+    """Report outcomes when their delay has passed, as the batch form of POST /feedback.
+
+    An application's outcome events arrive in bursts (a conversion pipeline, a queue);
+    sending what is due every ``interval_s`` keeps the load on the service realistic.
+    """
+
+    def __init__(self, client: Any, *, interval_s: float = 0.05, max_batch: int = 2_000) -> None:
+        self.client = client
+        self.interval_s = interval_s
+        self.max_batch = max_batch
+        self.due: list[tuple[float, str, float]] = []  # (monotonic due time, id, reward)
+        self.sent = 0
+        self.failed: list[int] = []
+
+    def add(self, request_id: str, reward: float, delay_s: float) -> None:
+        heapq.heappush(self.due, (time.monotonic() + delay_s, request_id, reward))
+
+    async def send_due(self, *, everything: bool = False) -> None:
+        now = time.monotonic()
+        batch: list[dict[str, Any]] = []
+        while self.due and (everything or self.due[0][0] <= now) and len(batch) < self.max_batch:
+            _, request_id, reward = heapq.heappop(self.due)
+            batch.append({"request_id": request_id, "reward": reward})
+        if batch:
+            response = await self.client.post("/feedback", json=batch)
+            if response.status_code >= 300:
+                self.failed.append(int(response.status_code))
+            self.sent += len(batch)
+
+    async def run(self, done: asyncio.Event) -> None:
+        """Send as outcomes fall due until ``done`` is set and nothing is left."""
+        while not (done.is_set() and not self.due):
+            if done.is_set() and self.due:
+                # The traffic is over: wait for the latest outcome's delay, not longer.
+                await asyncio.sleep(max(0.0, self.due[0][0] - time.monotonic()))
+            else:
+                await asyncio.sleep(self.interval_s)
+            await self.send_due()
 
 
 async def run_traffic(
@@ -169,12 +205,13 @@ async def run_traffic(
     converted = stream["u"].to_numpy() < stream["p_true"].to_numpy()
     delays, lost = stream["delay_s"].to_numpy(), stream["lost"].to_numpy()
     records: list[dict[str, Any]] = []
-    feedback: list[asyncio.Task[int]] = []
     next_index = 0
     stopped = False
     limits = httpx.Limits(max_connections=options.concurrency * 2)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         watcher = ArmsWatcher(client)
+        sender = FeedbackSender(client)
+        traffic_done = asyncio.Event()
         await watcher.poll_once(int(seqs[0]) if len(seqs) else 0)
         pace = options.concurrency * options.batch / options.rate if options.rate else 0.0
 
@@ -219,13 +256,7 @@ async def run_traffic(
                         }
                     )
                     if not lost[i]:
-                        feedback.append(
-                            asyncio.create_task(
-                                _send_feedback(
-                                    client, answer["request_id"], float(reward[0]), delays[i]
-                                )
-                            )
-                        )
+                        sender.add(answer["request_id"], float(reward[0]), delays[i])
                 if pace:
                     await asyncio.sleep(max(0.0, pace - (time.perf_counter() - began)))
 
@@ -241,14 +272,17 @@ async def run_traffic(
 
         workers = [asyncio.create_task(worker()) for _ in range(options.concurrency)]
         watch_task = asyncio.create_task(watch())
+        send_task = asyncio.create_task(sender.run(traffic_done))
         await asyncio.gather(*workers)
         stopped = True
+        traffic_done.set()
         await watch_task
-        codes = await asyncio.gather(*feedback)
+        await send_task
         await watcher.poll_once(int(seqs[min(next_index, len(seqs)) - 1]) if len(seqs) else 0)
-    bad = [c for c in codes if c >= 300]
-    if bad:
-        raise SimulationError(f"{len(bad)} feedback calls failed (status {sorted(set(bad))})")
+    if sender.failed:
+        raise SimulationError(
+            f"{len(sender.failed)} feedback batches failed (status {sorted(set(sender.failed))})"
+        )
     frame = pd.DataFrame.from_records(records).sort_values("seq", ignore_index=True)
     return frame, watcher
 

@@ -25,7 +25,12 @@ def demo(
     try:
         run_demo(plan, fresh=fresh, seed=seed)
     except DemoError as exc:
-        typer.secho(f"demo failed: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"demo failed: {exc}\n(everything the libraries printed is in the data folder's "
+            "demo.log)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(1) from exc
 
 
