@@ -247,9 +247,13 @@ def decide(
 ) -> list[Decision]:
     """Return one decision per challenger (in order); at most one is "promote".
 
-    At most one, because a promotion needs P(best) >= ``p_best_threshold`` > 0.5 among
-    the champion and all challengers. A challenger promoted replaces the champion; the
-    others are judged against the new champion on the next call.
+    A promotion needs P(the challenger beats the champion) >= ``p_best_threshold``, an
+    expected loss (against the best of all arms) within ``max_expected_loss``, and the
+    always-valid evidence. P(best) among *all* arms would block every promotion when two
+    good challengers are nearly equal (each near 0.5) while both clearly beat the
+    champion; the expected-loss bound still keeps a clearly worse one of them from being
+    chosen. When several qualify, the one with the highest P(best) is promoted; the others
+    are judged against the new champion on the next call.
 
     Pure: call it as often as you like (after every outcome if you wish); the
     always-valid test keeps the wrong-promotion rate at ``rule.false_promotion_rate``.
@@ -266,6 +270,9 @@ def decide(
     decisions: list[Decision] = []
     for ch in challengers:
         s = summary[ch.arm]
+        head_to_head = posterior_summary(
+            [champion, ch], reward_kind=reward_kind, rng=rng, draws=rule.draws
+        )[ch.arm].p_best
         if min(ch.pulls, champion.pulls) < rule.min_outcomes:
             decisions.append(
                 _keep(
@@ -295,14 +302,15 @@ def decide(
         counts = f"{ch.pulls:,.0f} vs {champion.pulls:,.0f} outcomes"
         if (
             log_up >= promote_bar
-            and s.p_best >= rule.p_best_threshold
+            and head_to_head >= rule.p_best_threshold
             and s.expected_loss <= rule.max_expected_loss
         ):
             decisions.append(
                 Decision(
                     "promote",
                     ch.arm,
-                    f"promote {ch.arm}: P(best)={s.p_best:.3f} >= {rule.p_best_threshold}, "
+                    f"promote {ch.arm}: P(beats {champion.arm})={head_to_head:.3f} >= "
+                    f"{rule.p_best_threshold}, P(best)={s.p_best:.3f}, "
                     f"expected loss {s.expected_loss:.3g} <= {rule.max_expected_loss:g}, "
                     f"sequential evidence it beats {champion.arm} e={e_up:.3g} >= "
                     f"{math.exp(promote_bar):.3g} (always valid, wrong-promotion rate "
@@ -331,13 +339,29 @@ def decide(
             decisions.append(
                 _keep(
                     ch.arm,
-                    f"keep {ch.arm}: P(best)={s.p_best:.3f}, expected loss "
+                    f"keep {ch.arm}: P(beats {champion.arm})={head_to_head:.3f}, "
+                    f"P(best)={s.p_best:.3f}, expected loss "
                     f"{s.expected_loss:.3g}, evidence it beats {champion.arm} e={e_up:.3g} "
                     f"(promote at {math.exp(promote_bar):.3g}); {means}; {counts}",
                     s,
                     e_up,
                 )
             )
+    promotions = [d for d in decisions if d.action == "promote"]
+    if len(promotions) > 1:
+        chosen = max(promotions, key=lambda d: summary[d.arm].p_best)
+        decisions = [
+            d
+            if d.action != "promote" or d is chosen
+            else _keep(
+                d.arm,
+                f"keep {d.arm}: qualifies too, but {chosen.arm} has the higher P(best) "
+                f"({summary[chosen.arm].p_best:.3f} against {summary[d.arm].p_best:.3f})",
+                summary[d.arm],
+                d.evidence,
+            )
+            for d in decisions
+        ]
     return decisions
 
 

@@ -396,7 +396,7 @@ def push_activity(
         raise LabelsError(f"activity rows to push lack the columns {missing}")
     if rows.empty:
         raise LabelsError("no activity rows to push")
-    frame = rows.copy()
+    frame = rows.reset_index(drop=True)  # a filtered frame's index is not a column to push
     frame[TIMESTAMP] = _as_utc(frame[TIMESTAMP])
     if "created_timestamp" not in frame.columns:
         frame["created_timestamp"] = pd.Timestamp.now(tz=UTC)

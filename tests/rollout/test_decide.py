@@ -165,7 +165,7 @@ def test_keeps_a_challenger_while_the_evidence_is_unclear() -> None:
         reward_kind="bernoulli",
     )
     assert d.action == "keep"
-    assert d.reason.startswith("keep v2: P(best)=") and "(promote at 20)" in d.reason
+    assert d.reason.startswith("keep v2: P(beats v1)=") and "(promote at 20)" in d.reason
 
 
 def test_promotes_the_best_of_several_challengers_and_splits_the_error_rate() -> None:
@@ -177,6 +177,26 @@ def test_promotes_the_best_of_several_challengers_and_splits_the_error_rate() ->
     assert decisions[0].p_best < 0.01
     # Two challengers: each is tested at 0.05 / 2, so the bar is 1 / 0.025 = 40.
     assert ">= 40 (always valid" in decisions[1].reason
+
+
+def test_two_nearly_equal_challengers_that_beat_the_champion_do_not_block_each_other() -> None:
+    # Each has P(best) near 0.5 among all arms, yet both clearly beat the champion.
+    champion = bernoulli("v1", 10_000, 0.05)
+    challengers = [bernoulli("v2", 10_000, 0.0700), bernoulli("v3", 10_000, 0.0702)]
+    decisions = decide(
+        champion,
+        challengers,
+        DecisionRule(max_expected_loss=0.002),
+        rng(),
+        reward_kind="bernoulli",
+    )
+    assert all(0.3 < d.p_best < 0.7 for d in decisions), decisions
+    assert sorted(d.action for d in decisions) == ["keep", "promote"]
+    promoted = next(d for d in decisions if d.action == "promote")
+    kept = next(d for d in decisions if d.action == "keep")
+    assert promoted.p_best >= kept.p_best
+    assert "P(beats v1)=1.000" in promoted.reason
+    assert f"{promoted.arm} has the higher P(best)" in kept.reason
 
 
 def test_decides_on_real_valued_rewards() -> None:
