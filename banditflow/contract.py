@@ -94,9 +94,7 @@ def read_history(client: MlflowClient, name: str) -> list[HistoryEntry]:
                 continue
             stamp = datetime.strptime(key[len(TAG_EVENT_PREFIX) :], "%Y%m%dT%H%M%S%fZ")
             action, _, reason = value.partition(": ")
-            entries.append(
-                HistoryEntry(stamp.replace(tzinfo=UTC), str(mv.version), action, reason)
-            )
+            entries.append(HistoryEntry(stamp.replace(tzinfo=UTC), str(mv.version), action, reason))
     return sorted(entries, key=lambda e: (e.at, e.version))
 
 

@@ -1,4 +1,4 @@
-"""MLflow set-up from settings: tracking and registry URIs, experiments with a known artifact root."""
+"""MLflow set-up from settings: tracking and registry URIs, experiments with an artifact root."""
 
 from __future__ import annotations
 
