@@ -358,7 +358,8 @@ class Demo:
             served = served_stream(stream, records)
             self.state.phases.append(served)
             for wall, version in watcher.champions[1:]:
-                seq = int(records.loc[records["wall"] <= wall, "seq"].max(initial=first))
+                before = records.loc[records["wall"] <= wall, "seq"]
+                seq = int(before.max()) if len(before) else first
                 self.state.events.append((seq, f"champion -> version {version}"))
             shares = served["version"].value_counts(normalize=True).sort_index()
             note(

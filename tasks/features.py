@@ -378,7 +378,10 @@ def push_activity(
 ) -> int:
     """Push fresh activity rows through ``activity_push`` (online store; optionally the file).
 
-    Pushing offline rewrites the whole activity parquet file, hence online by default.
+    ``online_and_offline`` also appends the rows to the view's parquet source, with its
+    column types, by rewriting the file (so online by default). Feast's own offline push
+    (``PushMode.ONLINE_AND_OFFLINE``) is not used: with the DuckDB offline store in Feast
+    0.67 it rewrote every timestamp in the file as a string, breaking later joins.
     Emits ``banditflow.features.updated`` for ``customer_activity``; returns the rows pushed.
     """
     from feast.data_source import PushMode
@@ -400,15 +403,34 @@ def push_activity(
     frame[TIMESTAMP] = _as_utc(frame[TIMESTAMP])
     if "created_timestamp" not in frame.columns:
         frame["created_timestamp"] = pd.Timestamp.now(tz=UTC)
-    mode = PushMode.ONLINE if to == "online" else PushMode.ONLINE_AND_OFFLINE
     try:
-        store.push(ACTIVITY_PUSH_SOURCE, frame, to=mode)
+        store.push(ACTIVITY_PUSH_SOURCE, frame, to=PushMode.ONLINE)
     except Exception as exc:
         raise FeatureStoreError(f"pushing to {ACTIVITY_PUSH_SOURCE!r} failed: {exc}") from exc
+    if to == "online_and_offline":
+        from feast import FileSource
+
+        source = view.batch_source
+        if not isinstance(source, FileSource):
+            raise FeatureError(f"view {ACTIVITY_VIEW!r} does not read a parquet FileSource")
+        _append_to_source(source.path, frame)
     emit_features_updated(
         ACTIVITY_VIEW, frame[TIMESTAMP].min(), frame[TIMESTAMP].max(), int(len(frame))
     )
     return int(len(frame))
+
+
+def _append_to_source(path: str, rows: pd.DataFrame) -> None:
+    """Append rows to a parquet source, cast to the file's own column types, atomically."""
+    existing = pd.read_parquet(path)
+    missing = [c for c in existing.columns if c not in rows.columns]
+    if missing:
+        raise LabelsError(f"rows to append to {path} lack its columns {missing}")
+    appended = rows[list(existing.columns)].astype(existing.dtypes.to_dict())
+    combined = pd.concat([existing, appended], ignore_index=True)
+    tmp = f"{path}.tmp"
+    combined.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def get_online_features(

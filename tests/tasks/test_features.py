@@ -204,6 +204,23 @@ def test_materialize_then_online_lookup_returns_latest_then_push_updates(
     online = get_online_features([{"customer_id": 1}, {"customer_id": 2}], settings=tiny)
     assert online["sessions_7d"].tolist() == [99, 21]
 
+    # Online and offline: the parquet source gains the row with its own column types, and
+    # a point-in-time join after it sees the pushed value.
+    source = tiny.data_dir / "activity.parquet"
+    before = pd.read_parquet(source)
+    later = pushed.assign(
+        event_timestamp=ts("2026-04-03"), created_timestamp=ts("2026-04-03"), sessions_7d=77
+    )
+    assert push_activity(later, settings=tiny, to="online_and_offline") == 1
+    after = pd.read_parquet(source)
+    assert len(after) == len(before) + 1
+    assert after.dtypes.to_dict() == before.dtypes.to_dict()
+    labels = pd.DataFrame(
+        {"customer_id": [1], "event_timestamp": [ts("2026-04-04")], "converted": [1]}
+    )
+    joined = build_training_set(labels, settings=tiny)
+    assert joined["sessions_7d"].tolist() == [77]
+
 
 def test_unknown_feature_service_lists_the_known_ones(tiny: PipelineSettings) -> None:
     with pytest.raises(UnknownFeatureServiceError, match="conversion_model_v1"):
