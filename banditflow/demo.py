@@ -31,6 +31,10 @@ from rich.console import Console
 from banditflow.simulate import ArmsWatcher, TrafficOptions
 
 MODEL = "conversion"
+# The application acts on calibrated probabilities (offer when P >= cost), and drift moves
+# calibration more than ranking: log loss, not ROC AUC, is what tells a retrained model
+# from a stale one here.
+METRIC = "log_loss"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -189,18 +193,19 @@ class Demo:
         raw: dict[str, Any] = {
             "name": name,
             "data": {"end": plan.drift_at.isoformat(), "max_rows": plan.max_rows},
-            "objectives": {"roc_auc": "maximize"},
+            "objectives": {METRIC: "minimize"},
             "budget": {"max_trials": 8},
             "q": plan.q,
             "seed": plan.seed,
             "evaluation": {"folds": plan.folds, "latency_calls": 50},
             "gates": {
-                "performance": {"metric": "roc_auc", "max_regression": 0.005, "floor": 0.55},
+                # No champion yet: at most the log loss of always predicting the base rate.
+                "performance": {"metric": METRIC, "max_regression": 0.002, "floor": 0.32},
                 "fairness": {
                     "sensitive_attribute": "age_band",
                     "decision_threshold": plan.offer_cost,  # the offer is what is fair or not
                     "max_demographic_parity_difference": 0.5,
-                    "max_equalized_odds_difference": 0.5,
+                    "max_equalized_odds_difference": 0.6,
                 },
                 "latency_p95_ms": 50.0,
                 "max_model_bytes": 20_000_000,
@@ -472,7 +477,7 @@ class Demo:
                 drift_seq=self.state.drift_seq,
                 events=sorted(self.state.events),
                 studies=self._study_histories(),
-                study_objectives={s: ("roc_auc", "maximize") for s in self.state.studies},
+                study_objectives={s: (METRIC, "minimize") for s in self.state.studies},
                 gates=gate_table(self._versions()),
                 steps=self.state.steps,
                 window=max(500, len(served) // 40),
@@ -493,9 +498,9 @@ class Demo:
             if not path.exists():
                 continue
             trials = [
-                {"trial": t.id, "value": t.values.get("roc_auc")}
+                {"trial": t.id, "value": t.values.get(METRIC)}
                 for t in load_optimizer(path).trials()
-                if t.status == "completed" and t.values.get("roc_auc") is not None
+                if t.status == "completed" and t.values.get(METRIC) is not None
             ]
             histories[name] = pd.DataFrame(trials, columns=["trial", "value"])
         return histories
