@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -62,6 +63,10 @@ class DemoPlan:
     visits_after_drift: int = 15_000  # the degraded period, before the retrain
     visits_after_retrain: int = 60_000
     offer_cost: float = 0.08
+    # Thompson's discount per outcome: after the drift, the arms' pre-drift rewards must fade
+    # or a stale champion keeps its traffic; 1 / (1 - discount) outcomes of memory leave the
+    # promotion rule enough evidence (it reads the same discounted statistics).
+    discount: float = 0.99996
     decision_interval_s: float = 2.0
     min_outcomes: int = 1_000
     concurrency: int = 8
@@ -81,6 +86,7 @@ class DemoPlan:
             visits_after_retrain=12_000,
             min_outcomes=500,
             decision_interval_s=1.0,
+            discount=0.9999,
         )
 
     @property
@@ -287,7 +293,9 @@ class Demo:
             "BANDITFLOW_POLICY": "thompson-gaussian",
             # A floor of traffic per arm keeps evidence flowing to the promotion rule
             # (benchmarks/rollout_regret.py: plain Thompson starves the champion).
-            "BANDITFLOW_POLICY_PARAMS": '{"min_share": 0.1}',
+            "BANDITFLOW_POLICY_PARAMS": json.dumps(
+                {"min_share": 0.1, "discount": self.plan.discount}
+            ),
             "BANDITFLOW_AUTO_DECISIONS": "true",
             "BANDITFLOW_DECISION_INTERVAL_S": str(self.plan.decision_interval_s),
             "BANDITFLOW_DECISION_PARAMS": f'{{"min_outcomes": {self.plan.min_outcomes}}}',
@@ -605,7 +613,8 @@ def run_demo(plan: DemoPlan | None = None, *, fresh: bool = False, **overrides: 
     plan = replace(plan or DemoPlan(), **overrides)
     home = get_settings().ensure_dirs().home
     with _library_output_to(home / "demo.log") as terminal:
-        return Demo(plan, console=Console(file=terminal)).run()
+        # soft_wrap: a step's line stays one line in a log or a pipe (the terminal wraps it).
+        return Demo(plan, console=Console(file=terminal, soft_wrap=True)).run()
 
 
 @contextlib.contextmanager

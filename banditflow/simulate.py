@@ -202,6 +202,11 @@ async def run_traffic(
     rows = feature_rows(stream)
     seqs = stream["seq"].to_numpy()
     customers = stream["customer_id"].to_numpy()
+    # Sticky per customer and simulated day (a session): the same customer sees one model
+    # within a day. Sticky per customer for good would freeze the split at each customer's
+    # first visit after an arm set changes, and the bandit could not move traffic.
+    days = stream["at"].dt.strftime("%Y-%m-%d").to_numpy()
+    units = [f"customer-{c}-{d}" for c, d in zip(customers, days, strict=True)]
     converted = stream["u"].to_numpy() < stream["p_true"].to_numpy()
     delays, lost = stream["delay_s"].to_numpy(), stream["lost"].to_numpy()
     records: list[dict[str, Any]] = []
@@ -222,7 +227,7 @@ async def run_traffic(
                 hi = min(lo + options.batch, len(rows))
                 next_index = hi
                 body = [
-                    {"features": rows[i], "unit_id": f"customer-{customers[i]}"}
+                    {"features": rows[i], "unit_id": units[i]}
                     for i in range(lo, hi)
                 ]
                 began = time.perf_counter()

@@ -7,7 +7,6 @@ workers, set ``PROMETHEUS_MULTIPROC_DIR`` (``banditflow serve --workers N`` does
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -27,6 +26,12 @@ class Metrics:
     """The service's counters and histograms, in their own registry."""
 
     def __init__(self) -> None:
+        from prometheus_client import values
+
+        # Whether our values live in per-process files is fixed when prometheus_client is
+        # imported, not by the environment now: importing Feast (entity lookups) sets
+        # PROMETHEUS_MULTIPROC_DIR later, and /metrics then read files ours were never in.
+        self.multiprocess = bool(getattr(values.ValueClass, "_multiprocess", False))
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -71,7 +76,7 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text (every worker's when multiprocess mode is on)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self.multiprocess:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()

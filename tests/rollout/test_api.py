@@ -297,3 +297,13 @@ def test_no_champion_is_503_with_reason(rollout_home: Any) -> None:
         assert ready.status_code == 503 and "champion" in ready.json()["reason"]
         response = client.post("/predict", json={"features": FEATURES})
         assert response.status_code == 503 and "champion" in response.json()["detail"]
+
+
+def test_metrics_survive_a_library_setting_the_multiprocess_dir_later(
+    client: Any, monkeypatch: Any, tmp_path: Any
+) -> None:
+    # Importing Feast (for entity lookups) sets PROMETHEUS_MULTIPROC_DIR in the process.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    predict(client)
+    text = client.get("/metrics").text
+    assert "rollout_arm_pulls_total" in text and "rollout_requests_total" in text
