@@ -226,10 +226,7 @@ async def run_traffic(
                 lo = next_index
                 hi = min(lo + options.batch, len(rows))
                 next_index = hi
-                body = [
-                    {"features": rows[i], "unit_id": units[i]}
-                    for i in range(lo, hi)
-                ]
+                body = [{"features": rows[i], "unit_id": units[i]} for i in range(lo, hi)]
                 began = time.perf_counter()
                 payload = body if options.batch > 1 else body[0]
                 response = await client.post("/predict", json=payload)
