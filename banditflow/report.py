@@ -159,6 +159,17 @@ def figures(data: ReportData) -> dict[str, bytes]:
     return out
 
 
+def _json_safe(value: Any) -> Any:
+    """Replace NaN with None, so summary.json is strict JSON."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _table_html(frame: pd.DataFrame) -> str:
     return frame.to_html(
         index=False, float_format=lambda v: f"{v:,.4f}", border=0, classes="table", na_rep=""
@@ -187,7 +198,7 @@ def write_report(data: ReportData, out_dir: str | Path) -> Path:
         "systems": summary.to_dict(orient="records"),
         "steps": [{"step": s, "seconds": round(t, 1)} for s, t in data.steps],
     }
-    (out / "summary.json").write_text(json.dumps(facts, indent=2, default=str) + "\n")
+    (out / "summary.json").write_text(json.dumps(_json_safe(facts), indent=2, default=str) + "\n")
     (out / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
 
     def img(name: str, alt: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -79,7 +80,9 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     index = write_report(_data(), tmp_path / "report")
     for name in ("cumulative_reward.png", "traffic_share.png", "study_conversion-hyperopt.png"):
         assert (tmp_path / "report" / name).stat().st_size > 5_000
-    assert (tmp_path / "report" / "summary.json").exists()
+    strict = (tmp_path / "report" / "summary.json").read_text()
+    facts = json.loads(strict, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert facts["drift_at_visit"] == 3_000
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
