@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -64,6 +65,6 @@ def test_make_demo_quick_closes_the_loop(tmp_path: Path) -> None:
     for name in ("oracle (ground truth)", "never retrains", "fixed 50/50 split", "drift"):
         assert name in page, name
     for promotion in promotions:
-        assert promotion["label"] in page
+        assert html.escape(promotion["label"]) in page
     for png in ("cumulative_reward.png", "traffic_share.png"):
         assert (home / "report" / png).stat().st_size > 5_000
