@@ -371,3 +371,24 @@ def features_at(
 
     out = ids.merge(latest(customers, PROFILE_FEATURES), on="customer_id", how="left")
     return out.merge(latest(activity, ACTIVITY_FEATURES), on="customer_id", how="left")
+
+
+def labelled_sessions(out_dir: str | Path) -> pd.DataFrame:
+    """Return each labelled session with its customer's features as of the session (pandas).
+
+    A plain point-in-time join (the latest activity at or before the session, no TTL), for
+    tests and offline checks that should not need Feast.
+    """
+    folder = Path(out_dir)
+    customers = pd.read_parquet(folder / FILES["customers"])
+    activity = pd.read_parquet(folder / FILES["activity"]).sort_values("event_timestamp")
+    sessions = pd.read_parquet(folder / FILES["sessions"]).sort_values("event_timestamp")
+    joined = pd.merge_asof(
+        sessions,
+        activity.drop(columns="created_timestamp"),
+        on="event_timestamp",
+        by="customer_id",
+        direction="backward",
+    )
+    profile = customers.drop(columns=["event_timestamp", "created_timestamp"])
+    return joined.merge(profile, on="customer_id", how="left")

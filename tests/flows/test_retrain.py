@@ -98,22 +98,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 DRIFT_AT = START + timedelta(days=45)
 
 
-def joined_sessions(folder: Path) -> pd.DataFrame:
-    """Join each labelled session to its customer's features as of the session."""
-    customers = pd.read_parquet(folder / "customers.parquet")
-    activity = pd.read_parquet(folder / "activity.parquet").sort_values("event_timestamp")
-    sessions = pd.read_parquet(folder / "sessions.parquet").sort_values("event_timestamp")
-    joined = pd.merge_asof(
-        sessions,
-        activity.drop(columns="created_timestamp"),
-        on="event_timestamp",
-        by="customer_id",
-        direction="backward",
-    )
-    profile = customers.drop(columns=["event_timestamp", "created_timestamp"])
-    return joined.merge(profile, on="customer_id", how="left")
-
-
 def small_spec(name: str, path: Path) -> StudySpec:
     return StudySpec.parse(
         {
@@ -139,7 +123,7 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     from flows.optimize import optimize
     from flows.register import register
     from flows.retrain import retrain
-    from tasks.datagen import GeneratorConfig, generate
+    from tasks.datagen import GeneratorConfig, generate, labelled_sessions
     from tasks.study import load_study_result
 
     config = GeneratorConfig(
@@ -147,7 +131,7 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     )
     generate(config, settings.data_dir)
     table = settings.data_dir / "training.parquet"
-    joined_sessions(settings.data_dir).to_parquet(table, index=False)
+    labelled_sessions(settings.data_dir).to_parquet(table, index=False)
 
     spec = small_spec("wsdemo", table)
     first = optimize(spec)

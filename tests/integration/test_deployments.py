@@ -30,22 +30,6 @@ MODEL = "e2e-conversion"
 RETRAIN = "retrain/retrain-on-feature-update"
 
 
-def joined_sessions(folder: Path) -> pd.DataFrame:
-    """Join each labelled session to its customer's features as of the session."""
-    customers = pd.read_parquet(folder / "customers.parquet")
-    activity = pd.read_parquet(folder / "activity.parquet").sort_values("event_timestamp")
-    sessions = pd.read_parquet(folder / "sessions.parquet").sort_values("event_timestamp")
-    joined = pd.merge_asof(
-        sessions,
-        activity.drop(columns="created_timestamp"),
-        on="event_timestamp",
-        by="customer_id",
-        direction="backward",
-    )
-    profile = customers.drop(columns=["event_timestamp", "created_timestamp"])
-    return joined.merge(profile, on="customer_id", how="left")
-
-
 def champion_spec(path: Path) -> dict[str, Any]:
     return {
         "name": MODEL,
@@ -90,7 +74,7 @@ def _wait(predicate: Any, timeout: float, what: str, poll: float = 0.5) -> Any:
 def test_feature_update_runs_one_retrain_with_a_drift_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.datagen import GeneratorConfig, generate
+    from tasks.datagen import GeneratorConfig, generate, labelled_sessions
 
     home = tmp_path / "home"
     monkeypatch.setenv("BANDITFLOW_HOME", str(home))
@@ -100,7 +84,7 @@ def test_feature_update_runs_one_retrain_with_a_drift_report(
     )
     generate(config, settings.data_dir)
     table = settings.data_dir / "training.parquet"
-    joined_sessions(settings.data_dir).to_parquet(table, index=False)
+    labelled_sessions(settings.data_dir).to_parquet(table, index=False)
 
     pool = "bf-e2e"
     started = time.monotonic()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.datagen import DRIFTED_FEATURES, FEATURES, GeneratorConfig, generate
+from tasks.datagen import DRIFTED_FEATURES, FEATURES, GeneratorConfig, generate, labelled_sessions
 from tasks.drift import (
     DriftError,
     artifact_key,
@@ -27,22 +27,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 DRIFT_AT = START + timedelta(days=60)
 
 
-def session_features(folder: Path) -> pd.DataFrame:
-    """Join each labelled session to its customer's features as of the session (point in time)."""
-    customers = pd.read_parquet(folder / "customers.parquet")
-    activity = pd.read_parquet(folder / "activity.parquet").sort_values("event_timestamp")
-    sessions = pd.read_parquet(folder / "sessions.parquet").sort_values("event_timestamp")
-    joined = pd.merge_asof(
-        sessions,
-        activity.drop(columns="created_timestamp"),
-        on="event_timestamp",
-        by="customer_id",
-        direction="backward",
-    )
-    profile = customers.drop(columns=["event_timestamp", "created_timestamp"])
-    return joined.merge(profile, on="customer_id", how="left")
-
-
 def windows(seed: int, tmp_path: Path, *, drift: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (reference: days 0-60, recent: days 75-90) of generated, joined sessions."""
     config = GeneratorConfig(
@@ -56,7 +40,7 @@ def windows(seed: int, tmp_path: Path, *, drift: bool) -> tuple[pd.DataFrame, pd
     )
     folder = tmp_path / f"seed{seed}-{drift}"
     generate(config, folder)
-    frame = session_features(folder)
+    frame = labelled_sessions(folder)
     stamp = frame["event_timestamp"]
     reference = frame[stamp < pd.Timestamp(DRIFT_AT)]
     recent = frame[stamp >= pd.Timestamp(DRIFT_AT + timedelta(days=15))]
