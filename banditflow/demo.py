@@ -298,7 +298,7 @@ class Demo:
             ),
             "BANDITFLOW_AUTO_DECISIONS": "true",
             "BANDITFLOW_DECISION_INTERVAL_S": str(self.plan.decision_interval_s),
-            "BANDITFLOW_DECISION_PARAMS": f'{{"min_outcomes": {self.plan.min_outcomes}}}',
+            "BANDITFLOW_DECISION_PARAMS": json.dumps({"min_outcomes": self.plan.min_outcomes}),
             "BANDITFLOW_ALIAS_POLL_S": "1",
             "BANDITFLOW_SHARE_WINDOW_S": "20",
             "BANDITFLOW_ADMIN_TOKEN": os.environ.get("BANDITFLOW_ADMIN_TOKEN")

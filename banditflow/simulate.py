@@ -237,8 +237,6 @@ async def run_traffic(
                     )
                 answers = response.json()
                 answers = answers if isinstance(answers, list) else [answers]
-                if isinstance(answers[0], dict) and "results" in answers[0]:
-                    answers = answers[0]["results"]
                 for i, answer in zip(range(lo, hi), answers, strict=True):
                     score = answer["score"] if answer["score"] is not None else answer["prediction"]
                     offered, reward = offer_reward([score], [converted[i]], options.offer_cost)
