@@ -131,18 +131,14 @@ def median_ms(rows: list[dict[str, float]], key: str) -> float:
 
 
 def main() -> None:
-    from optimize_parallel import start_prefect_server, stop
+    from optimize_parallel import prefect_api
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bf-overhead-"))
     os.environ["BANDITFLOW_HOME"] = str(work / "home")
-    server = None
-    if not os.environ.get("PREFECT_API_URL"):
-        server, url = start_prefect_server(work)
-        os.environ["PREFECT_API_URL"] = url
-    try:
+    with prefect_api(work):
         from flows.optimize import optimize
         from tasks.settings import get_settings
 
@@ -152,10 +148,6 @@ def main() -> None:
         piped, fixed = pipeline(make_spec("pipeline", args.trials))
         plain += plain_loop(make_spec("plain", args.trials))
         writer_ms = mlflow_writer_cost(get_settings())
-    finally:
-        if server is not None:
-            time.sleep(2.5)  # Prefect ships logs every 2 s: let the last batch reach the server
-            stop(server)
     for rows in (plain, piped):
         for r in rows:
             r["added"] = r["total"] - r["evaluate"] - r["suggest"]

@@ -15,6 +15,7 @@ starts ``prefect server start`` on a free port unless PREFECT_API_URL is already
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -73,6 +75,24 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.5)
     stop(proc)
     raise RuntimeError("prefect server did not become healthy within 180 s")
+
+
+@contextlib.contextmanager
+def prefect_api(work: Path) -> Iterator[None]:
+    """Use ``PREFECT_API_URL``, or a ``prefect server start`` of our own for the block.
+
+    Without a server, every process-runner or Dask worker would start an ephemeral API.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    server, url = start_prefect_server(work)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        time.sleep(2.5)  # Prefect ships logs every 2 s: let the last batch reach the server
+        stop(server)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -175,11 +195,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bf-parallel-"))
     os.environ["BANDITFLOW_HOME"] = str(work / "home")
-    server = None
-    if not os.environ.get("PREFECT_API_URL"):
-        server, url = start_prefect_server(work)
-        os.environ["PREFECT_API_URL"] = url
-    try:
+    with prefect_api(work):
         from flows.optimize import optimize
 
         data_path = write_data(work / "data.csv")
@@ -214,10 +230,6 @@ def main() -> None:
                     "ratio": round(walls[2] / walls[1], 3),
                 }
             )
-    finally:
-        if server is not None:
-            time.sleep(2.5)  # Prefect ships logs every 2 s: let the last batch reach the server
-            stop(server)
     best = min(rows, key=lambda r: r["ratio"])
     report = {
         "trials": args.trials,
