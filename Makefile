@@ -35,7 +35,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy banditflow flows tasks rollout benchmarks
+	$(BIN)/mypy contract banditflow flows tasks rollout benchmarks
 
 format: install
 	$(BIN)/ruff format .

@@ -529,7 +529,7 @@ class Demo:
         ]
 
     def _aliases(self) -> dict[str, str]:
-        from banditflow.contract import aliases_of
+        from contract import aliases_of
         from tasks.tracking import configure_mlflow
 
         return aliases_of(configure_mlflow(self.settings), MODEL)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contract import TAG_GATE_PREFIX, TAG_GATES, TAG_SERVING_FLAVOUR, TAG_STUDY
+
 RECOVERY_TOLERANCE = 0.02  # "within 2 % of the oracle's reward rate"
 
 
@@ -250,11 +252,11 @@ def gate_table(versions: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for v in versions:
         tags = v.get("tags", {})
         row = {"version": v["version"], "aliases": ", ".join(v.get("aliases", []))}
-        row["study"] = tags.get("banditflow.study", "")
-        row["gates"] = tags.get("banditflow.gates", "")
+        row["study"] = tags.get(TAG_STUDY, "")
+        row["gates"] = tags.get(TAG_GATES, "")
         for key, value in sorted(tags.items()):
-            if key.startswith("banditflow.gate.") and key != "banditflow.gates":
-                row[key.removeprefix("banditflow.gate.")] = value
-        row["flavour"] = tags.get("banditflow.serving_flavour", "")
+            if key.startswith(TAG_GATE_PREFIX) and key != TAG_GATES:
+                row[key.removeprefix(TAG_GATE_PREFIX)] = value
+        row["flavour"] = tags.get(TAG_SERVING_FLAVOUR, "")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -104,7 +104,7 @@ def one_loop(client: Any, settings: PipelineSettings, days: int, deployment_id: 
         TaskRunFilterFlowRunId,
     )
 
-    from banditflow.contract import TAG_STUDY
+    from contract import TAG_STUDY
     from tasks.features import flush_events, push_activity
     from tasks.tracking import configure_mlflow
 

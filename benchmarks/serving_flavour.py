@@ -141,7 +141,7 @@ def run(calls: int, batch_calls: int, train_rows: int) -> dict[str, Any]:
     import mlflow
     import onnxruntime as ort
 
-    from banditflow.contract import TAG_ONNX_FALLBACK, TAG_ONNX_URI, TAG_SERVING_FLAVOUR
+    from contract import TAG_ONNX_FALLBACK, TAG_ONNX_URI, TAG_SERVING_FLAVOUR
     from tasks.onnx import convert_and_check, record_serving_flavour
     from tasks.registry import register_trial
     from tasks.settings import PipelineSettings

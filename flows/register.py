@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from banditflow.contract import (
+from contract import (
     EVENT_CANDIDATES_REGISTERED,
     TAG_GATE_PREFIX,
     TAG_ONNX_FALLBACK,

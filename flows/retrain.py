@@ -28,7 +28,13 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from banditflow.contract import CHAMPION, TAG_METRIC_PREFIX, TAG_STUDY
+from contract import (
+    CHAMPION,
+    TAG_HOLDOUT_PREFIX,
+    TAG_METRIC_PREFIX,
+    TAG_STUDY,
+    feature_view_of,
+)
 from tasks.drift import (
     DriftError,
     MetricDrift,
@@ -42,9 +48,6 @@ from tasks.spec import StudySpec
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-FEATURE_VIEW_PREFIX = "banditflow.feature_view."
-TAG_HOLDOUT_PREFIX = "banditflow.holdout."  # tasks/registry.py writes the gate's score here
 
 
 class RetrainError(RuntimeError):
@@ -73,7 +76,7 @@ def feature_view_name(value: str | None) -> str | None:
     """Return the view name from a trigger's ``{{ event.resource.id }}`` or a plain name."""
     if not value:
         return None
-    return value[len(FEATURE_VIEW_PREFIX) :] if value.startswith(FEATURE_VIEW_PREFIX) else value
+    return feature_view_of(value)
 
 
 def models_with_champion(client: MlflowClient) -> list[str]:

@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from banditflow.contract import (
+from contract import (
     CHAMPION,
     TAG_ONNX_URI,
     TAG_SERVING_FLAVOUR,

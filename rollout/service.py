@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from banditflow import contract
+import contract
 from rollout.errors import (
     BadInput,
     Conflict,

@@ -26,7 +26,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from scipy import stats
 
-from banditflow.contract import EVENT_DRIFT_DETECTED, model_resource_id
+from contract import (
+    EVENT_DRIFT_DETECTED,
+    TAG_DRIFTED,
+    TAG_KIND,
+    TAG_MODEL_VERSION,
+    TAG_STUDY,
+    model_resource_id,
+)
 from tasks.spec import DriftSpec
 
 if TYPE_CHECKING:
@@ -352,7 +359,7 @@ def log_report_to_mlflow(
     run = client.create_run(
         experiment_id,
         run_name="drift-check",
-        tags={"banditflow.study": study, "banditflow.kind": "drift", **(tags or {})},
+        tags={TAG_STUDY: study, TAG_KIND: "drift", **(tags or {})},
     )
     run_id = run.info.run_id
     from mlflow.entities import Metric, Param
@@ -370,7 +377,7 @@ def log_report_to_mlflow(
         Param("window_end", str(report.window.get("end"))),
     ]
     client.log_batch(run_id, metrics=metrics, params=params)
-    client.set_tag(run_id, "banditflow.drifted", str(report.drifted).lower())
+    client.set_tag(run_id, TAG_DRIFTED, str(report.drifted).lower())
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "drift_report.json").write_text(json.dumps(report.to_dict(), indent=2))
@@ -440,7 +447,7 @@ def check_drift_task(
         current,
         study=study,
         settings=settings,
-        tags={"banditflow.model_version": str(model_version)},
+        tags={TAG_MODEL_VERSION: str(model_version)},
     )
     publish_report(report, study=study, mlflow_run_id=run_id)
     if report.drifted:

@@ -22,7 +22,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from banditflow.contract import EVENT_FEATURES_UPDATED
+from contract import EVENT_FEATURES_UPDATED, feature_view_resource_id
 from tasks.settings import PipelineSettings, get_settings
 
 if TYPE_CHECKING:
@@ -482,7 +482,7 @@ def emit_features_updated(view: str, start: Any, end: Any, rows: int) -> Event |
     try:
         return emit_event(
             event=EVENT_FEATURES_UPDATED,
-            resource={"prefect.resource.id": f"banditflow.feature_view.{view}"},
+            resource={"prefect.resource.id": feature_view_resource_id(view)},
             payload={
                 "feature_view": view,
                 "start": pd.Timestamp(start).isoformat(),

@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from banditflow.contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES
+from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES, TAG_HOLDOUT_PREFIX
 from tasks.spec import GatesSpec, TaskType, metrics_for
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 GATE_ARTIFACT_DIR = "gates"
-TAG_HOLDOUT_PREFIX = "banditflow.holdout."  # + metric name: the candidate's hold-out score
 PERFORMANCE = "performance"
 DEMOGRAPHIC_PARITY = "fairness.demographic_parity"
 EQUALIZED_ODDS = "fairness.equalized_odds"

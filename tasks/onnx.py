@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from banditflow.contract import TAG_ONNX_FALLBACK, TAG_ONNX_URI, TAG_SERVING_FLAVOUR
+from contract import TAG_ONNX_FALLBACK, TAG_ONNX_URI, TAG_SERVING_FLAVOUR
 from tasks.spec import TaskType
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ on the full training part and logged as an MLflow model (signature, input exampl
 cloudpickle), registered under the spec's name and tagged with its study, trial, parameters'
 hash and metrics. The same trial registered again finds its version by those tags instead
 of creating a second one. Aliases and the champion's history go through
-:mod:`banditflow.contract`, the same helpers the rollout service uses.
+:mod:`contract`, the same helpers the rollout service uses.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from banditflow.contract import (
+from contract import (
     CHAMPION,
+    TAG_FAMILY,
     TAG_GATE_FAILURES,
     TAG_GATES,
     TAG_METRIC_PREFIX,
@@ -33,6 +34,7 @@ from banditflow.contract import (
     aliases_of,
     promote,
     record_event,
+    was_rejected,
 )
 from tasks.spec import StudySpec, TaskType
 
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 MODEL_ARTIFACT = "model"
-TAG_FAMILY = "banditflow.family"
 
 
 class RegistryError(RuntimeError):
@@ -388,9 +389,7 @@ def assign_aliases(
             continue
         result[g.version] = None
         tags = client.get_model_version(name, g.version).tags or {}
-        if tags.get(TAG_GATES) == "failed" and not any(
-            k.startswith("banditflow.event.") and v.startswith("rejected:") for k, v in tags.items()
-        ):
+        if tags.get(TAG_GATES) == "failed" and not was_rejected(tags):
             failures = tags.get(TAG_GATE_FAILURES) or ",".join(g.failures)
             record_event(client, name, g.version, "rejected", f"failed gates: {failures}")
     return result

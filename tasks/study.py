@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from banditflow.contract import TAG_ROLE, TAG_STUDY, TAG_TRIAL
+from contract import (
+    TAG_PARAMS_JSON,
+    TAG_REASON,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_STOP_REASON,
+    TAG_STUDY,
+    TAG_TRIAL,
+)
 from tasks.settings import PipelineSettings, get_settings
 
 if TYPE_CHECKING:
@@ -34,9 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_STATUS = "banditflow.status"
-TAG_REASON = "banditflow.reason"
-TAG_PARAMS_JSON = "banditflow.params_json"  # exact types: MLflow params are strings
 RESULT_ARTIFACT = "study_result.json"
 PRUNE_SCORE = "prune_score"  # running score at the pruning fold, kept for resume
 COMPUTE_SAVED = "compute_saved_seconds"
@@ -515,7 +520,7 @@ class Study:
             self.parent_run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
         )
-        self.client.set_tag(self.parent_run_id, "banditflow.stop_reason", result.stop_reason)
+        self.client.set_tag(self.parent_run_id, TAG_STOP_REASON, result.stop_reason)
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
         self.writer.close()
         self._table_artifact(result)

@@ -30,7 +30,7 @@ def _emit(event: str, name: str, version: str, payload: dict[str, Any]) -> None:
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
-    from banditflow.contract import model_resource_id
+    from contract import model_resource_id
 
     emit_event(
         event=event,
@@ -83,8 +83,8 @@ def promote(
     """Make VERSION the champion; the old champion becomes previous-champion."""
     from mlflow.exceptions import MlflowException
 
-    from banditflow.contract import EVENT_ROLLOUT_PROMOTED
-    from banditflow.contract import promote as promote_version
+    from contract import EVENT_ROLLOUT_PROMOTED
+    from contract import promote as promote_version
 
     client = _client()
     try:
@@ -112,8 +112,8 @@ def rollback(
     """Give champion back to the previous champion."""
     from mlflow.exceptions import MlflowException
 
-    from banditflow.contract import EVENT_ROLLOUT_ROLLED_BACK, NoChampionToRestore
-    from banditflow.contract import rollback as rollback_model
+    from contract import EVENT_ROLLOUT_ROLLED_BACK, NoChampionToRestore
+    from contract import rollback as rollback_model
 
     try:
         result = rollback_model(_client(), name, reason)
@@ -149,7 +149,7 @@ def model_tables(client: Any, name: str, *, history: bool = True) -> list[Any]:
     """Return rich tables of a model's versions and (optionally) its history."""
     from rich.table import Table
 
-    from banditflow.contract import (
+    from contract import (
         TAG_GATE_FAILURES,
         TAG_GATE_PREFIX,
         TAG_GATES,

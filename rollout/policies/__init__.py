@@ -9,6 +9,7 @@ import logging
 from importlib.metadata import entry_points
 from typing import Any
 
+from contract import POLICY_ENTRY_POINT_GROUP
 from rollout.policies.base import (
     REWARD_KINDS,
     ArmStats,
@@ -34,7 +35,7 @@ __all__ = [
     "get_policy",
 ]
 
-ENTRY_POINT_GROUP = "banditflow.policies"
+ENTRY_POINT_GROUP = POLICY_ENTRY_POINT_GROUP
 _log = logging.getLogger(__name__)
 
 # The same table as pyproject.toml's entry points: a source tree whose install is stale

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from banditflow.contract import (
+from contract import (
     CHAMPION,
     EVENT_CANDIDATES_REGISTERED,
     TAG_GATE_PREFIX,

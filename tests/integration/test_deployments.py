@@ -124,7 +124,7 @@ def _scenario(api: str, settings: PipelineSettings, table: Path) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from banditflow.contract import CHAMPION, TAG_STUDY, aliases_of
+    from contract import CHAMPION, TAG_STUDY, aliases_of
     from flows.optimize import optimize
     from flows.register import register
     from tasks.drift import artifact_key

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from rollout_helpers import ADMIN, FEATURES, MODEL, make_settings, mlflow_client
 
-from banditflow import contract
+import contract
 from rollout.app import create_app
 from rollout.store import FeedbackRow
 

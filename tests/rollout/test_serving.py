@@ -157,7 +157,7 @@ def test_alias_moves_during_traffic_without_a_failed_request(rollout_home: Path)
     from fastapi.testclient import TestClient
     from rollout_helpers import make_settings, mlflow_client
 
-    from banditflow import contract
+    import contract
     from rollout.app import create_app
 
     settings = make_settings(rollout_home, background=True, alias_poll_s=0.2)

@@ -294,7 +294,7 @@ def test_materialize_and_push_emit_features_updated(
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    from banditflow.contract import EVENT_FEATURES_UPDATED
+    from contract import EVENT_FEATURES_UPDATED
     from tasks.features import flush_events
 
     resource = "banditflow.feature_view.customer_activity"

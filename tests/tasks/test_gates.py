@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from banditflow.contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES
+from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES
 from tasks.gates import (
     DEMOGRAPHIC_PARITY,
     EQUALIZED_ODDS,

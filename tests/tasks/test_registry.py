@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from banditflow.contract import (
+from contract import (
     CHAMPION,
     PREVIOUS_CHAMPION,
     TAG_GATE_FAILURES,

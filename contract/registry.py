@@ -1,66 +1,27 @@
-"""The contract between the pipeline and the rollout service: registry names, tags, events.
+"""The registry writes both halves make: promote, roll back, add or retire a challenger, history.
 
-Both halves import this module (it imports nothing heavy at import time), so the names
-that the registry and Prefect's event bus carry are written once. DESIGN.md: "The two
-halves meet only through contracts: the MLflow registry (names, aliases, tags), Prefect
-events, and the rollout service's HTTP API."
+Every move of an alias goes through here, and each is recorded as a timestamped version tag,
+so the MLflow registry is the audit log (mlflow#2169: MLflow keeps no alias history itself).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from contract.names import (
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    TAG_EVENT_PREFIX,
+    TAG_ROLE,
+    challenger_alias,
+    challenger_number,
+    is_challenger_alias,
+)
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-# --- aliases ---------------------------------------------------------------------------
-CHAMPION = "champion"
-PREVIOUS_CHAMPION = "previous-champion"
-CHALLENGER_PREFIX = "challenger-"
-_CHALLENGER_RE = re.compile(r"^challenger-(\d+)$")
-
-
-def challenger_alias(n: int) -> str:
-    """Return the alias of the n-th challenger (1-based)."""
-    if n < 1:
-        raise ValueError(f"challenger numbers start at 1, got {n=}")
-    return f"{CHALLENGER_PREFIX}{n}"
-
-
-def is_challenger_alias(alias: str) -> bool:
-    return bool(_CHALLENGER_RE.match(alias))
-
-
-# --- version tags ----------------------------------------------------------------------
-TAG_PREFIX = "banditflow."
-TAG_STUDY = "banditflow.study"
-TAG_TRIAL = "banditflow.trial_id"
-TAG_PARAMS_HASH = "banditflow.params_hash"
-TAG_METRIC_PREFIX = "banditflow.metric."  # + metric name
-TAG_GATE_PREFIX = "banditflow.gate."  # + gate name: "pass: value=... threshold=..."
-TAG_GATES = "banditflow.gates"  # "passed" | "failed"
-TAG_GATE_FAILURES = "banditflow.gate_failures"  # comma-separated gate names
-TAG_SERVING_FLAVOUR = "banditflow.serving_flavour"  # "onnx" | "sklearn"
-TAG_ONNX_URI = "banditflow.onnx_uri"  # artifact URI of the ONNX file
-TAG_ONNX_FALLBACK = "banditflow.onnx_fallback_reason"
-TAG_ROLE = "banditflow.role"  # the alias a version holds, written at each move
-TAG_EVENT_PREFIX = "banditflow.event."  # + UTC timestamp: "<action>: <reason>"
-
-# --- Prefect events --------------------------------------------------------------------
-EVENT_FEATURES_UPDATED = "banditflow.features.updated"
-EVENT_DRIFT_DETECTED = "banditflow.drift.detected"
-EVENT_CANDIDATES_REGISTERED = "banditflow.candidates.registered"
-EVENT_ROLLOUT_PROMOTED = "banditflow.rollout.promoted"
-EVENT_ROLLOUT_ROLLED_BACK = "banditflow.rollout.rolled_back"
-
-
-def model_resource_id(name: str, version: str | int | None = None) -> str:
-    """Return the Prefect event resource id of a registered model (and version)."""
-    rid = f"banditflow.model.{name}"
-    return rid if version is None else f"{rid}.v{version}"
 
 
 # --- history ---------------------------------------------------------------------------
@@ -154,7 +115,7 @@ def rollback(client: MlflowClient, name: str, reason: str) -> dict[str, Any]:
 
 def next_challenger_alias(aliases: dict[str, str]) -> str:
     """Return the lowest ``challenger-N`` alias no version holds."""
-    taken = {int(m.group(1)) for a in aliases if (m := _CHALLENGER_RE.match(a))}
+    taken = {n for a in aliases if (n := challenger_number(a)) is not None}
     n = 1
     while n in taken:
         n += 1
@@ -173,3 +134,26 @@ def add_challenger(client: MlflowClient, name: str, version: str | int, reason: 
     client.set_model_version_tag(name, version, TAG_ROLE, alias)
     record_event(client, name, version, "challenger", f"{alias}: {reason}")
     return alias
+
+
+def retire_challenger(client: MlflowClient, name: str, version: str | int, reason: str) -> bool:
+    """Take every challenger alias ``version`` holds away from it; record why.
+
+    Returns whether the version held a challenger alias.
+    """
+    version = str(version)
+    held = False
+    for alias, held_by in aliases_of(client, name).items():
+        if held_by == version and is_challenger_alias(alias):
+            client.delete_registered_model_alias(name, alias)
+            held = True
+    client.set_model_version_tag(name, version, TAG_ROLE, "retired")
+    record_event(client, name, version, "retired", reason)
+    return held
+
+
+def was_rejected(tags: dict[str, str]) -> bool:
+    """Return whether a version's history holds a ``rejected`` entry."""
+    return any(
+        k.startswith(TAG_EVENT_PREFIX) and v.startswith("rejected:") for k, v in tags.items()
+    )
