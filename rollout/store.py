@@ -37,6 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from rollout.policies.base import ArmStats
+
 metadata = MetaData()
 
 meta = Table(
@@ -79,7 +81,21 @@ arm_stats = Table(
     Column("reward_sq_sum", Float, nullable=False, default=0.0),
     Column("served", Integer, nullable=False, default=0),  # decisions made (never discounted)
     Column("outcomes", Integer, nullable=False, default=0),  # outcomes counted (never discounted)
+    # Plain sums since the arm joined, beside the discounted ones the policy reads: the
+    # decision rule reads these, so its stated error rates hold whatever the policy.
+    Column("total_reward_sum", Float, nullable=False, default=0.0, server_default="0"),
+    Column("total_reward_sq_sum", Float, nullable=False, default=0.0, server_default="0"),
 )
+_COUNTERS = (
+    "pulls",
+    "reward_sum",
+    "reward_sq_sum",
+    "served",
+    "outcomes",
+    "total_reward_sum",
+    "total_reward_sq_sum",
+)
+Increment = tuple[float, float, float, int, int, float, float]
 
 units = Table(
     "rollout_units",
@@ -152,6 +168,23 @@ class StoredStats:
     reward_sq_sum: float
     served: int
     outcomes: int
+    total_reward_sum: float = 0.0
+    total_reward_sq_sum: float = 0.0
+
+    def policy_stats(self) -> ArmStats:
+        """Return the (possibly discounted) statistics the policy routes on."""
+        return ArmStats(
+            self.arm, max(self.pulls, 0.0), self.reward_sum, max(self.reward_sq_sum, 0.0)
+        )
+
+    def plain_stats(self) -> ArmStats:
+        """Return the undiscounted statistics since the arm joined, for the decision rule."""
+        return ArmStats(
+            self.arm,
+            float(self.outcomes),
+            self.total_reward_sum,
+            max(self.total_reward_sq_sum, 0.0),
+        )
 
 
 def normalize_url(url: str) -> str:
@@ -184,11 +217,33 @@ class Store:
         for attempt in range(5):
             try:
                 metadata.create_all(self.engine)
+                self._add_missing_columns()
                 return
             except (OperationalError, IntegrityError, DBAPIError):
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+
+    def _add_missing_columns(self) -> None:
+        """Add columns a newer release declares to a table an older one created."""
+        from sqlalchemy import inspect
+
+        inspector = inspect(self.engine)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or column.server_default is None:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                default = column.server_default.arg  # type: ignore[attr-defined]
+                ddl = (
+                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} "
+                    f"NOT NULL DEFAULT {default}"
+                    if not column.nullable
+                    else f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                )
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -303,7 +358,9 @@ class Store:
             served: dict[str, int] = defaultdict(int)
             for d in new_decisions:
                 served[d.arm] += 1
-            self._increment(conn, {arm: (0.0, 0.0, 0.0, n, 0) for arm, n in served.items()})
+            self._increment(
+                conn, {arm: (0.0, 0.0, 0.0, n, 0, 0.0, 0.0) for arm, n in served.items()}
+            )
         if shadows:
             conn.execute(
                 shadow_log.insert(),
@@ -379,7 +436,7 @@ class Store:
         if not rewards:
             return
         k = len(rewards)
-        increments: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0])
+        increments: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0, 0.0, 0.0])
         for i, (arm, reward) in enumerate(rewards):
             # After rewards 1..k, reward i has been decayed (k - i) more times (i from 0 here).
             weight = 1.0 if discount is None else discount ** (k - 1 - i)
@@ -388,6 +445,8 @@ class Store:
             inc[1] += weight * reward
             inc[2] += weight * reward * reward
             inc[4] += 1
+            inc[5] += reward
+            inc[6] += reward * reward
         if discount is not None and discount != 1.0:
             if not self.is_sqlite:
                 # Lock every row in one order so concurrent batches cannot deadlock.
@@ -402,19 +461,10 @@ class Store:
             )
         self._increment(conn, {arm: tuple(v) for arm, v in increments.items()})  # type: ignore[misc]
 
-    def _increment(
-        self, conn: Connection, by_arm: dict[str, tuple[float, float, float, int, int]]
-    ) -> None:
-        """Atomically add ``(pulls, reward_sum, reward_sq_sum, served, outcomes)`` per arm."""
+    def _increment(self, conn: Connection, by_arm: dict[str, Increment]) -> None:
+        """Atomically add each counter of ``_COUNTERS`` per arm (one SQL upsert)."""
         rows = [
-            {
-                "arm": arm,
-                "pulls": v[0],
-                "reward_sum": v[1],
-                "reward_sq_sum": v[2],
-                "served": v[3],
-                "outcomes": v[4],
-            }
+            {"arm": arm, **dict(zip(_COUNTERS, v, strict=True))}
             for arm, v in sorted(by_arm.items())  # sorted: one lock order for every writer
         ]
         stmt = self._insert(arm_stats)
@@ -422,7 +472,7 @@ class Store:
             index_elements=[arm_stats.c.arm],
             set_={
                 name: getattr(arm_stats.c, name) + getattr(stmt.excluded, name)
-                for name in ("pulls", "reward_sum", "reward_sq_sum", "served", "outcomes")
+                for name in _COUNTERS
             },
         )
         conn.execute(stmt, rows)

@@ -140,3 +140,36 @@ def test_config_and_secret_are_shared(store: Store) -> None:
 def test_bad_state_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="sqlite:/// or postgresql://"):
         Store("mysql://nope")
+
+
+def test_plain_sums_since_the_arm_joined_ignore_the_discount(store: Store) -> None:
+    rewards = [("v1", 1.0), ("v2", 0.0), ("v1", 0.0), ("v2", 1.0), ("v1", 1.0), ("v1", 0.5)]
+    now = time.time()
+    store.apply_batch(
+        [], [FeedbackRow(f"r{i}", r, a, now) for i, (a, r) in enumerate(rewards)], discount=0.5
+    )
+    store.expire(now + 1, mode="default", default_reward=0.0, discount=0.5)
+    stats = store.read_stats()
+    v1 = stats["v1"].plain_stats()
+    assert (v1.pulls, v1.reward_sum, v1.reward_sq_sum) == (4.0, 2.5, 2.25)
+    # The discounted sums the policy reads are much smaller, and differ.
+    assert stats["v1"].policy_stats().pulls < 2.0
+    assert stats["v2"].plain_stats().reward_sum == 1.0
+
+
+def test_an_older_database_gains_the_plain_sum_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE rollout_arm_stats (arm VARCHAR(200) PRIMARY KEY, pulls FLOAT NOT NULL,"
+            " reward_sum FLOAT NOT NULL, reward_sq_sum FLOAT NOT NULL, served INTEGER NOT NULL,"
+            " outcomes INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO rollout_arm_stats VALUES ('v1', 3, 2, 2, 5, 3)")
+    old = Store(f"sqlite:///{path}")
+    old.create_schema()
+    old.apply_batch([], [FeedbackRow("a", 1.0, "v1", time.time())])
+    v1 = old.read_stats()["v1"]
+    assert (v1.outcomes, v1.pulls, v1.total_reward_sum) == (4, 4.0, 1.0)
