@@ -32,8 +32,15 @@ from typing import Literal
 import numpy as np
 from scipy.special import log_ndtr
 
-from rollout.policies.base import REWARD_KINDS, ArmStats, PolicyError, RewardKind, stats_arrays
-from rollout.policies.thompson import normal_inverse_gamma_posterior
+from rollout.policies.base import (
+    REWARD_KINDS,
+    ArmStats,
+    Policy,
+    PolicyError,
+    RewardKind,
+    flat_prior_draws,
+    stats_arrays,
+)
 
 Action = Literal["promote", "retire", "keep"]
 DEFAULT_DRAWS = 20_000
@@ -76,31 +83,39 @@ def _check_kind(reward_kind: str) -> None:
 
 
 def posterior_draws(
-    arms: Sequence[ArmStats], *, reward_kind: RewardKind, rng: np.random.Generator, draws: int
+    arms: Sequence[ArmStats],
+    *,
+    rng: np.random.Generator,
+    draws: int,
+    policy: Policy | None = None,
+    reward_kind: RewardKind | None = None,
 ) -> np.ndarray:
     """Return ``draws`` joint samples (draws, arms) of the arms' mean rewards.
 
-    Bernoulli: Beta(1 + successes, 1 + failures). Gaussian: the Student t marginal of a
-    normal-inverse-gamma posterior (ThompsonGaussian's default prior).
+    From the configured policy's own posterior (its prior: ``Policy.posterior_draws``);
+    without a policy, from the flat prior of ``reward_kind``.
     """
-    _check_kind(reward_kind)
-    pulls, sums, sq = stats_arrays(arms)
-    if reward_kind == "bernoulli":
-        successes = np.clip(sums, 0.0, pulls)
-        return rng.beta(1.0 + successes, 1.0 + pulls - successes, size=(draws, len(arms)))
-    mean, kappa, shape, rate = normal_inverse_gamma_posterior(
-        pulls, sums, sq, prior_mean=0.0, prior_pulls=0.01, prior_shape=1.0, prior_rate=1.0
-    )
-    scale = np.sqrt(rate / (shape * kappa))
-    return mean + scale * rng.standard_t(2.0 * shape, size=(draws, len(arms)))
+    if policy is not None:
+        return np.asarray(policy.posterior_draws(arms, rng, draws), dtype=float)
+    kind = _kind(policy, reward_kind)
+    return flat_prior_draws(arms, kind, rng, draws)
+
+
+def _kind(policy: Policy | None, reward_kind: str | None) -> RewardKind:
+    kind = policy.reward_kind if policy is not None else reward_kind
+    if kind is None:
+        raise InvalidDecisionRuleError("pass the policy (or a reward_kind) to decide from")
+    _check_kind(kind)
+    return kind  # type: ignore[return-value]
 
 
 def posterior_summary(
     arms: Sequence[ArmStats],
     *,
-    reward_kind: RewardKind,
     rng: np.random.Generator,
     draws: int = DEFAULT_DRAWS,
+    policy: Policy | None = None,
+    reward_kind: RewardKind | None = None,
 ) -> dict[str, ArmSummary]:
     """Return each arm's posterior mean, P(best), expected loss and 95 % interval.
 
@@ -109,7 +124,7 @@ def posterior_summary(
     """
     if draws < 1:
         raise InvalidDecisionRuleError(f"draws must be >= 1, got {draws=}")
-    samples = posterior_draws(arms, reward_kind=reward_kind, rng=rng, draws=draws)
+    samples = posterior_draws(arms, rng=rng, draws=draws, policy=policy, reward_kind=reward_kind)
     best = np.bincount(samples.argmax(axis=1), minlength=len(arms)) / draws
     loss = (samples.max(axis=1, keepdims=True) - samples).mean(axis=0)
     low, high = np.quantile(samples, [0.025, 0.975], axis=0)
@@ -243,7 +258,8 @@ def decide(
     rule: DecisionRule,
     rng: np.random.Generator,
     *,
-    reward_kind: RewardKind,
+    policy: Policy | None = None,
+    reward_kind: RewardKind | None = None,
 ) -> list[Decision]:
     """Return one decision per challenger (in order); at most one is "promote".
 
@@ -257,195 +273,115 @@ def decide(
 
     Pure: call it as often as you like (after every outcome if you wish); the
     always-valid test keeps the wrong-promotion rate at ``rule.false_promotion_rate``.
+    Pass the *plain* (undiscounted) statistics (``StoredStats.plain_stats``) and the
+    configured policy, whose posterior gives P(best) and expected loss.
     """
-    _check_kind(reward_kind)
+    reward_kind = _kind(policy, reward_kind)
     if not challengers:
         return []
     arms = [champion, *challengers]
     stats_arrays(arms)  # unique names, valid counts
-    summary = posterior_summary(arms, reward_kind=reward_kind, rng=rng, draws=rule.draws)
-    k = len(challengers)
-    promote_bar = math.log(k / rule.false_promotion_rate)
-    retire_bar = math.log(k / rule.false_retirement_rate)
-    decisions: list[Decision] = []
+    summary = posterior_summary(
+        arms, rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
+    )
+    bars = _Bars(
+        math.log(len(challengers) / rule.false_promotion_rate),
+        math.log(len(challengers) / rule.false_retirement_rate),
+    )
+    decisions = []
     for ch in challengers:
-        s = summary[ch.arm]
         head_to_head = posterior_summary(
-            [champion, ch], reward_kind=reward_kind, rng=rng, draws=rule.draws
+            [champion, ch], rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
         )[ch.arm].p_best
-        if min(ch.pulls, champion.pulls) < rule.min_outcomes:
-            decisions.append(
-                _keep(
-                    ch.arm,
-                    f"waiting for outcomes: {ch.pulls:,.0f} on {ch.arm}, {champion.pulls:,.0f} "
-                    f"on the champion {champion.arm}, {rule.min_outcomes:,} needed on each",
-                    s,
-                )
-            )
-            continue
-        log_up = float(
-            log_superiority_evidence(
-                champion,
-                ch,
-                reward_kind=reward_kind,
-                mixture_scale=rule.mixture_scale,
-                margin=rule.min_improvement,
-            )
+        decisions.append(
+            _judge(champion, ch, summary[ch.arm], head_to_head, rule, reward_kind, bars)
         )
-        log_down = float(
-            log_superiority_evidence(
-                ch, champion, reward_kind=reward_kind, mixture_scale=rule.mixture_scale
-            )
-        )
-        e_up = math.exp(min(log_up, 700.0))
-        means = f"mean {ch.mean:.4g} vs {champion.mean:.4g} on {champion.arm}"
-        counts = f"{ch.pulls:,.0f} vs {champion.pulls:,.0f} outcomes"
-        if (
-            log_up >= promote_bar
-            and head_to_head >= rule.p_best_threshold
-            and s.expected_loss <= rule.max_expected_loss
-        ):
-            decisions.append(
-                Decision(
-                    "promote",
-                    ch.arm,
-                    f"promote {ch.arm}: P(beats {champion.arm})={head_to_head:.3f} >= "
-                    f"{rule.p_best_threshold}, P(best)={s.p_best:.3f}, "
-                    f"expected loss {s.expected_loss:.3g} <= {rule.max_expected_loss:g}, "
-                    f"sequential evidence it beats {champion.arm} e={e_up:.3g} >= "
-                    f"{math.exp(promote_bar):.3g} (always valid, wrong-promotion rate "
-                    f"<= {rule.false_promotion_rate:g}); {means}; {counts}",
-                    s.p_best,
-                    s.expected_loss,
-                    e_up,
-                )
-            )
-        elif log_down >= retire_bar and s.p_best <= rule.retire_p_best:
-            decisions.append(
-                Decision(
-                    "retire",
-                    ch.arm,
-                    f"retire {ch.arm}: P(best)={s.p_best:.3f} <= {rule.retire_p_best}, "
-                    f"sequential evidence it is worse than {champion.arm} "
-                    f"e={math.exp(min(log_down, 700.0)):.3g} >= {math.exp(retire_bar):.3g} "
-                    f"(wrong-retirement rate <= {rule.false_retirement_rate:g}); "
-                    f"{means}; {counts}",
-                    s.p_best,
-                    s.expected_loss,
-                    e_up,
-                )
-            )
-        else:
-            decisions.append(
-                _keep(
-                    ch.arm,
-                    f"keep {ch.arm}: P(beats {champion.arm})={head_to_head:.3f}, "
-                    f"P(best)={s.p_best:.3f}, expected loss "
-                    f"{s.expected_loss:.3g}, evidence it beats {champion.arm} e={e_up:.3g} "
-                    f"(promote at {math.exp(promote_bar):.3g}); {means}; {counts}",
-                    s,
-                    e_up,
-                )
-            )
-    promotions = [d for d in decisions if d.action == "promote"]
-    if len(promotions) > 1:
-        chosen = max(promotions, key=lambda d: summary[d.arm].p_best)
-        decisions = [
-            d
-            if d.action != "promote" or d is chosen
-            else _keep(
-                d.arm,
-                f"keep {d.arm}: qualifies too, but {chosen.arm} has the higher P(best) "
-                f"({summary[chosen.arm].p_best:.3f} against {summary[d.arm].p_best:.3f})",
-                summary[d.arm],
-                d.evidence,
-            )
-            for d in decisions
-        ]
-    return decisions
-
-
-# --- guardrails -------------------------------------------------------------------------
+    return _one_promotion(decisions, summary)
 
 
 @dataclass(frozen=True)
-class Guardrail:
-    """Operational limits that pull an arm at once, whatever its rewards.
+class _Bars:
+    """Log e-value thresholds, the error rates already split between the challengers."""
 
-    An arm breaches the error limit when the lower end of a Wilson interval (at
-    ``confidence``) on its error rate is above ``max_error_rate``, so that a few unlucky
-    errors in the first requests do not pull it; the latency limit is on the p99 as
-    measured by the service, after ``min_requests``.
-    """
-
-    max_error_rate: float = 0.05
-    max_p99_latency_ms: float | None = 500.0
-    min_requests: int = 50
-    confidence: float = 0.99
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.max_error_rate < 1.0:
-            raise InvalidDecisionRuleError(
-                f"max_error_rate must be in [0, 1), got {self.max_error_rate!r}"
-            )
-        if self.max_p99_latency_ms is not None and not self.max_p99_latency_ms > 0:
-            raise InvalidDecisionRuleError(
-                f"max_p99_latency_ms must be > 0 or None, got {self.max_p99_latency_ms!r}"
-            )
-        if self.min_requests < 1:
-            raise InvalidDecisionRuleError(f"min_requests must be >= 1, got {self.min_requests!r}")
-        if not 0.5 <= self.confidence < 1.0:
-            raise InvalidDecisionRuleError(
-                f"confidence must be in [0.5, 1), got {self.confidence!r}"
-            )
+    promote: float
+    retire: float
 
 
-def wilson_lower_bound(errors: float, requests: float, confidence: float) -> float:
-    """Return the lower end of the one-sided Wilson score interval on a rate."""
-    if requests <= 0:
-        return 0.0
-    from scipy.special import ndtri
-
-    z = float(ndtri(confidence))
-    p = errors / requests
-    centre = p + z * z / (2 * requests)
-    spread = z * math.sqrt(p * (1 - p) / requests + z * z / (4 * requests * requests))
-    return max((centre - spread) / (1 + z * z / requests), 0.0)
-
-
-def check_guardrail(
-    arm: str,
-    *,
-    requests: int,
-    errors: int,
-    p99_latency_ms: float | None,
-    guardrail: Guardrail,
-) -> Decision | None:
-    """Return a "retire" decision when ``arm`` breaches a guardrail, else None.
-
-    For the champion the service rolls back instead (the champion cannot be retired).
-    """
-    if errors < 0 or requests < 0 or errors > requests:
-        raise InvalidDecisionRuleError(
-            f"need 0 <= errors <= requests, got {errors=} and {requests=}"
+def _judge(
+    champion: ArmStats,
+    ch: ArmStats,
+    s: ArmSummary,
+    head_to_head: float,
+    rule: DecisionRule,
+    reward_kind: RewardKind,
+    bars: _Bars,
+) -> Decision:
+    """Return the decision on one challenger against the champion."""
+    if min(ch.pulls, champion.pulls) < rule.min_outcomes:
+        return _keep(
+            ch.arm,
+            f"waiting for outcomes: {ch.pulls:,.0f} on {ch.arm}, {champion.pulls:,.0f} "
+            f"on the champion {champion.arm}, {rule.min_outcomes:,} needed on each",
+            s,
         )
-    if requests < guardrail.min_requests:
-        return None
-    low = wilson_lower_bound(errors, requests, guardrail.confidence)
-    if low > guardrail.max_error_rate:
-        return Decision(
-            "retire",
-            arm,
-            f"guardrail: error rate {errors / requests:.3f} ({errors}/{requests}; lower "
-            f"{guardrail.confidence:.0%} bound {low:.3f}) over the limit "
-            f"{guardrail.max_error_rate:g}",
+    scale = rule.mixture_scale
+    log_up = float(
+        log_superiority_evidence(
+            champion, ch, reward_kind=reward_kind, mixture_scale=scale, margin=rule.min_improvement
         )
-    limit = guardrail.max_p99_latency_ms
-    if limit is not None and p99_latency_ms is not None and p99_latency_ms > limit:
-        return Decision(
-            "retire",
-            arm,
-            f"guardrail: p99 latency {p99_latency_ms:.1f} ms over the limit {limit:g} ms "
-            f"({requests} requests)",
+    )
+    log_down = float(
+        log_superiority_evidence(ch, champion, reward_kind=reward_kind, mixture_scale=scale)
+    )
+    e_up = math.exp(min(log_up, 700.0))
+    means = f"mean {ch.mean:.4g} vs {champion.mean:.4g} on {champion.arm}"
+    counts = f"{ch.pulls:,.0f} vs {champion.pulls:,.0f} outcomes"
+    if (
+        log_up >= bars.promote
+        and head_to_head >= rule.p_best_threshold
+        and s.expected_loss <= rule.max_expected_loss
+    ):
+        reason = (
+            f"promote {ch.arm}: P(beats {champion.arm})={head_to_head:.3f} >= "
+            f"{rule.p_best_threshold}, P(best)={s.p_best:.3f}, "
+            f"expected loss {s.expected_loss:.3g} <= {rule.max_expected_loss:g}, "
+            f"sequential evidence it beats {champion.arm} e={e_up:.3g} >= "
+            f"{math.exp(bars.promote):.3g} (always valid, wrong-promotion rate "
+            f"<= {rule.false_promotion_rate:g}); {means}; {counts}"
         )
-    return None
+        return Decision("promote", ch.arm, reason, s.p_best, s.expected_loss, e_up)
+    if log_down >= bars.retire and s.p_best <= rule.retire_p_best:
+        reason = (
+            f"retire {ch.arm}: P(best)={s.p_best:.3f} <= {rule.retire_p_best}, "
+            f"sequential evidence it is worse than {champion.arm} "
+            f"e={math.exp(min(log_down, 700.0)):.3g} >= {math.exp(bars.retire):.3g} "
+            f"(wrong-retirement rate <= {rule.false_retirement_rate:g}); {means}; {counts}"
+        )
+        return Decision("retire", ch.arm, reason, s.p_best, s.expected_loss, e_up)
+    reason = (
+        f"keep {ch.arm}: P(beats {champion.arm})={head_to_head:.3f}, "
+        f"P(best)={s.p_best:.3f}, expected loss "
+        f"{s.expected_loss:.3g}, evidence it beats {champion.arm} e={e_up:.3g} "
+        f"(promote at {math.exp(bars.promote):.3g}); {means}; {counts}"
+    )
+    return _keep(ch.arm, reason, s, e_up)
+
+
+def _one_promotion(decisions: list[Decision], summary: dict[str, ArmSummary]) -> list[Decision]:
+    """Keep only the best of several qualifying promotions (the highest P(best))."""
+    promotions = [d for d in decisions if d.action == "promote"]
+    if len(promotions) <= 1:
+        return decisions
+    chosen = max(promotions, key=lambda d: summary[d.arm].p_best)
+    return [
+        d
+        if d.action != "promote" or d is chosen
+        else _keep(
+            d.arm,
+            f"keep {d.arm}: qualifies too, but {chosen.arm} has the higher P(best) "
+            f"({summary[chosen.arm].p_best:.3f} against {summary[d.arm].p_best:.3f})",
+            summary[d.arm],
+            d.evidence,
+        )
+        for d in decisions
+    ]

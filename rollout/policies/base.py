@@ -177,6 +177,17 @@ class Policy(ABC):
     ) -> np.ndarray:
         """Return ``size`` independent choices (indices into ``arms``) from these statistics."""
 
+    def posterior_draws(
+        self, arms: Sequence[ArmStats], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        """Return ``draws`` joint samples (draws, arms) of the arms' mean rewards.
+
+        What the decision rule and ``GET /arms`` summarise. A policy with a posterior of its
+        own (Thompson) overrides this with its prior; the default is the flat prior of the
+        reward kind: Beta(1, 1) for 0/1 rewards, a weak normal-inverse-gamma for real ones.
+        """
+        return flat_prior_draws(arms, self.reward_kind, rng, draws)
+
     def choose(self, arms: Sequence[ArmStats], rng: np.random.Generator) -> str:
         """Return the name of the arm to serve next."""
         return arms[int(self.choose_indices(arms, rng, 1)[0])].arm
@@ -200,3 +211,57 @@ class Policy(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+def beta_draws(
+    arms: Sequence[ArmStats], prior_a: float, prior_b: float, rng: np.random.Generator, draws: int
+) -> np.ndarray:
+    """Return (draws, arms) samples of Beta(prior_a + successes, prior_b + failures)."""
+    pulls, sums, _ = stats_arrays(arms)
+    # Clip: 0/1 rewards keep 0 <= sum <= pulls, but a float store may round past it.
+    successes = np.clip(sums, 0.0, pulls)
+    return rng.beta(prior_a + successes, prior_b + pulls - successes, size=(draws, len(arms)))
+
+
+def normal_inverse_gamma_posterior(
+    pulls: np.ndarray,
+    sums: np.ndarray,
+    sq_sums: np.ndarray,
+    *,
+    prior_mean: float,
+    prior_pulls: float,
+    prior_shape: float,
+    prior_rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the conjugate update (mean, pulls, shape, rate) from sufficient statistics."""
+    kappa = prior_pulls + pulls
+    mean = (prior_pulls * prior_mean + sums) / kappa
+    safe = np.where(pulls > 0, pulls, 1.0)
+    sample_mean = np.where(pulls > 0, sums / safe, prior_mean)
+    # Within-arm sum of squares; clipped because float round-off can push it below zero.
+    centred = np.clip(sq_sums - sums * sample_mean, 0.0, None)
+    shift = prior_pulls * pulls * (sample_mean - prior_mean) ** 2 / kappa
+    return mean, kappa, prior_shape + pulls / 2.0, prior_rate + 0.5 * (centred + shift)
+
+
+def student_t_draws(
+    posterior: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+    draws: int,
+) -> np.ndarray:
+    """Return (draws, arms) samples of the Student t marginal of each arm's mean."""
+    mean, kappa, shape, rate = posterior
+    scale = np.sqrt(rate / (shape * kappa))
+    return mean + scale * rng.standard_t(2.0 * shape, size=(draws, len(mean)))
+
+
+def flat_prior_draws(
+    arms: Sequence[ArmStats], reward_kind: RewardKind, rng: np.random.Generator, draws: int
+) -> np.ndarray:
+    """Return posterior samples of the arms' means under the reward kind's flat prior."""
+    if reward_kind == "bernoulli":
+        return beta_draws(arms, 1.0, 1.0, rng, draws)
+    posterior = normal_inverse_gamma_posterior(
+        *stats_arrays(arms), prior_mean=0.0, prior_pulls=0.01, prior_shape=1.0, prior_rate=1.0
+    )
+    return student_t_draws(posterior, rng, draws)

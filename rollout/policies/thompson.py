@@ -11,12 +11,17 @@ from rollout.policies.base import (
     ArmStats,
     InvalidPolicyParamsError,
     Policy,
+    beta_draws,
     check_discount,
     check_min_share,
     check_positive,
+    normal_inverse_gamma_posterior,
     stats_arrays,
+    student_t_draws,
     with_min_share,
 )
+
+__all__ = ["ThompsonBernoulli", "ThompsonGaussian", "normal_inverse_gamma_posterior"]
 
 
 class ThompsonBernoulli(Policy):
@@ -65,11 +70,15 @@ class ThompsonBernoulli(Policy):
         successes = np.clip(sums, 0.0, pulls)
         return self.prior_a + successes, self.prior_b + (pulls - successes)
 
+    def posterior_draws(
+        self, arms: Sequence[ArmStats], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        return beta_draws(arms, self.prior_a, self.prior_b, rng, draws)
+
     def choose_indices(
         self, arms: Sequence[ArmStats], rng: np.random.Generator, size: int
     ) -> np.ndarray:
-        a, b = self.posterior(arms)
-        chosen = rng.beta(a, b, size=(size, len(arms))).argmax(axis=1)
+        chosen = self.posterior_draws(arms, rng, size).argmax(axis=1)
         return with_min_share(chosen, len(arms), self.min_share, rng)
 
 
@@ -130,31 +139,14 @@ class ThompsonGaussian(Policy):
             prior_rate=self.prior_rate,
         )
 
+    def posterior_draws(
+        self, arms: Sequence[ArmStats], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        return student_t_draws(self.posterior(arms), rng, draws)
+
     def choose_indices(
         self, arms: Sequence[ArmStats], rng: np.random.Generator, size: int
     ) -> np.ndarray:
-        mean, kappa, shape, rate = self.posterior(arms)
-        scale = np.sqrt(rate / (shape * kappa))
-        draws = mean + scale * rng.standard_t(2.0 * shape, size=(size, len(arms)))
+        draws = self.posterior_draws(arms, rng, size)
         return with_min_share(draws.argmax(axis=1), len(arms), self.min_share, rng)
 
-
-def normal_inverse_gamma_posterior(
-    pulls: np.ndarray,
-    sums: np.ndarray,
-    sq_sums: np.ndarray,
-    *,
-    prior_mean: float,
-    prior_pulls: float,
-    prior_shape: float,
-    prior_rate: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return the conjugate update (mean, pulls, shape, rate) from sufficient statistics."""
-    kappa = prior_pulls + pulls
-    mean = (prior_pulls * prior_mean + sums) / kappa
-    safe = np.where(pulls > 0, pulls, 1.0)
-    sample_mean = np.where(pulls > 0, sums / safe, prior_mean)
-    # Within-arm sum of squares; clipped because float round-off can push it below zero.
-    centred = np.clip(sq_sums - sums * sample_mean, 0.0, None)
-    shift = prior_pulls * pulls * (sample_mean - prior_mean) ** 2 / kappa
-    return mean, kappa, prior_shape + pulls / 2.0, prior_rate + 0.5 * (centred + shift)
