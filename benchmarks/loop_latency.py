@@ -34,16 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from banditflow.commands.ops import (
-    Component,
-    bring_down,
-    bring_up,
-    free_port,
-    spawn,
-    stack_env,
-    stop_component,
-    write_stack,
-)
+from banditflow.stack import Stack, stack_env, start_stack
+from banditflow.supervisor import read_record, spawn, stop_component, write_stack
 from tasks.settings import PROJECT_ROOT, PipelineSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,18 +70,21 @@ def champion_spec(trials: int) -> dict[str, Any]:
     }
 
 
-def restart_worker(home: Path, components: dict[str, Component], poll: float | None) -> None:
+def restart_worker(stack: Stack, poll: float | None) -> None:
     """Replace the stack's worker by one polling every ``poll`` seconds (None: the default)."""
+    components, record = read_record(stack.home)
     stop_component(components["worker"])
-    env = stack_env(home, components["prefect"].port or 0)
+    env = stack_env(stack.home, components["prefect"].port or 0) | stack.env()
     env.pop("PREFECT_WORKER_QUERY_SECONDS", None)
     env.pop("PREFECT_WORKER_PREFETCH_SECONDS", None)
     if poll is not None:
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(poll)
         env["PREFECT_WORKER_PREFETCH_SECONDS"] = str(max(poll, 1.0))
     old = components["worker"]
-    components["worker"] = spawn(old.name, old.cmd, env=env, run_dir=home / "run", cwd=PROJECT_ROOT)
-    write_stack(home, components, {"home": str(home)})
+    components["worker"] = spawn(
+        old.name, old.cmd, env=env, run_dir=stack.home / "run", cwd=PROJECT_ROOT
+    )
+    write_stack(stack.home, components, record)
     time.sleep(3)  # let it register with the pool before the event arrives
 
 
@@ -207,22 +202,14 @@ def main() -> None:
     )
     t = time.perf_counter()
     applied = ThreadPoolExecutor(1).submit(apply_repository, settings)
-    components = bring_up(
-        home=home,
-        project=PROJECT_ROOT,
-        ports={"prefect": free_port(), "mlflow": 0, "rollout": 0},
-        work_pool="bench",
-        tracking_uri=settings.tracking_uri,
-        artifact_root=settings.artifact_root,
-        with_rollout=False,
-        with_mlflow=False,
-        echo=lambda *_: None,
+    stack = start_stack(
+        settings.model_copy(update={"work_pool": "bench"}), with_rollout=False, with_mlflow=False
     )
     applied.result()
     print(f"stack up and feature repository applied in {time.perf_counter() - t:.1f} s")
     results: dict[str, Any] = {}
     try:
-        api = f"{components['prefect'].url}/api"
+        api = stack.prefect_api_url
         with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             checker = client.read_deployment_by_name("promote-check/promote-check")
             client.pause_deployment(checker.id)
@@ -232,11 +219,11 @@ def main() -> None:
             deployment = client.read_deployment_by_name(RETRAIN)
             # Each loop pushes a different number of days: a new window, so a new study.
             for label, poll, days in (("poll 10 s (default)", None, 7), ("poll 1 s", 1.0, 8)):
-                restart_worker(home, components, poll)
+                restart_worker(stack, poll)
                 results[label] = one_loop(client, settings, days, deployment.id)
                 print(label, json.dumps(results[label]["steps"]))
     finally:
-        bring_down(home, echo=lambda *_: None)
+        stack.stop()
 
     base, fast = results["poll 10 s (default)"], results["poll 1 s"]
     lines = [

@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from banditflow.commands.ops import bring_down, bring_up, free_port
-from tasks.settings import PROJECT_ROOT, PipelineSettings
+from banditflow.stack import start_stack
+from tasks.settings import PipelineSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -90,26 +90,16 @@ def test_feature_update_runs_one_retrain_with_a_drift_report(
     started = time.monotonic()
     # Feast takes ~10 s to import and apply: do it while the server starts.
     applied = ThreadPoolExecutor(1).submit(_apply_feature_repository, settings)
-    ports = {"prefect": free_port(), "mlflow": 0, "rollout": 0}
-    components = bring_up(
-        home=home,
-        project=PROJECT_ROOT,
-        ports=ports,
-        work_pool=pool,
-        tracking_uri=settings.tracking_uri,
-        artifact_root=settings.artifact_root,
+    stack = start_stack(
+        settings.model_copy(update={"work_pool": pool}),
         with_rollout=False,
         with_mlflow=False,
-        deploy=True,
         worker_poll_seconds=1,
-        echo=lambda *_: None,
     )
     print(f"[e2e] stack up in {time.monotonic() - started:.1f} s")
-    try:
+    with stack:
         applied.result(timeout=300)
-        _scenario(f"{components['prefect'].url}/api", settings, table)
-    finally:
-        bring_down(home, echo=lambda *_: None)
+        _scenario(stack.prefect_api_url, settings, table)
 
 
 def _apply_feature_repository(settings: PipelineSettings) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from banditflow.commands.ops import read_stack, stack_file
+from banditflow.supervisor import read_stack, stack_file
 from tasks.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,6 +63,11 @@ def test_make_up_status_down_leaves_no_process_behind(tmp_path: Path) -> None:
         up = make("up", env)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Prefect UI" in up.stdout and "rollout dashboard" in up.stdout, up.stdout
+        # Decisions on by default, the served model named, an admin token kept for the CLI.
+        assert "model 'conversion'" in up.stdout, up.stdout
+        assert "automatic decisions on" in up.stdout, up.stdout
+        token = home / "run" / "admin_token"
+        assert token.stat().st_mode & 0o077 == 0 and len(token.read_text()) >= 32
         recorded = read_stack(home)
         assert set(recorded) == {"prefect", "mlflow", "rollout", "worker"}
         assert processes_with(str(home)), "nothing runs with the stack's data folder"
