@@ -1,0 +1,255 @@
+"""Watch the champion: a change detector on its reward, and a rollback watch after a promotion.
+
+``RewardWatch`` is the live performance watch. It learns the champion's rate from its first
+``reference_outcomes`` outcomes and takes the lower end of a confidence interval on it as
+the rate to defend, then runs a Shiryaev-Roberts procedure (Shiryaev 1963, Roberts 1966;
+as an e-detector: Shin, Ramdas and Rinaldo 2023) mixed over a few drop sizes below that
+rate. While the rate holds at or above the defended one, the mixture statistic ``M_n``
+satisfies ``E[M_n] <= n``, so alarming at ``M_n >= threshold`` raises a false alarm no more
+often than once per ``threshold`` checks on average, however long it runs; the interval
+adds at most ``1 - reference_confidence`` (a reference that came out too high).
+
+``ChampionWatch`` judges a new champion against the one it replaced (an always-valid mSPRT
+that the new one is worse, ``rollout.decide.log_superiority_evidence``) and against the
+guardrails (error rate by a Wilson lower bound, p99 latency): a failure means roll back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import ndtri
+
+from rollout.decide import InvalidDecisionRuleError, log_superiority_evidence
+from rollout.policies.base import ArmStats, RewardKind
+
+
+@dataclass
+class RewardWatch:
+    """A change detector on one arm's reward stream against its own earlier rate.
+
+    ``drops``: the falls it is tuned to (relative to the rate for 0/1 rewards, in standard
+    deviations for real ones). ``threshold``: the average number of updates between two
+    false alarms is at least this.
+    """
+
+    reward_kind: RewardKind = "bernoulli"
+    reference_outcomes: int = 5000
+    drops: tuple[float, ...] = (0.2, 0.35, 0.5)
+    threshold: float = 10_000.0
+    reference_confidence: float = 0.99
+    ref_n: float = 0.0
+    ref_sum: float = 0.0
+    ref_sq: float = 0.0
+    log_r: np.ndarray = field(default_factory=lambda: np.full(0, -np.inf))
+    watched_outcomes: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.reference_outcomes < 100:
+            raise InvalidDecisionRuleError(
+                f"reference_outcomes must be >= 100, got {self.reference_outcomes!r}"
+            )
+        if not self.drops or not all(0 < d < 1 for d in self.drops):
+            raise InvalidDecisionRuleError(f"drops must lie in (0, 1), got {self.drops!r}")
+        if not 0.5 <= self.reference_confidence < 1:
+            raise InvalidDecisionRuleError(
+                f"reference_confidence must be in [0.5, 1), got {self.reference_confidence!r}"
+            )
+        if not self.threshold > 1:
+            raise InvalidDecisionRuleError(f"threshold must be > 1, got {self.threshold!r}")
+        self.log_r = np.full(len(self.drops), -np.inf)
+
+    @property
+    def reference_mean(self) -> float:
+        return self.ref_sum / self.ref_n if self.ref_n else math.nan
+
+    @property
+    def defended_mean(self) -> float:
+        """Return the rate the watch defends: the reference's lower confidence bound."""
+        if not self.ref_n:
+            return math.nan
+        z = float(ndtri(self.reference_confidence))
+        return self.reference_mean - z * math.sqrt(self._reference_variance() / self.ref_n)
+
+    def _reference_variance(self) -> float:
+        mu = self.reference_mean
+        if self.reward_kind == "bernoulli":
+            return max(mu * (1 - mu), 1e-12)
+        return max(self.ref_sq / self.ref_n - mu**2, 1e-12)
+
+    @property
+    def statistic(self) -> float:
+        """Return the mixture statistic M (0 while the reference is being learnt)."""
+        return float(np.exp(self.log_r).mean()) if np.isfinite(self.log_r).any() else 0.0
+
+    def reset(self) -> None:
+        """Forget everything: learn a new reference (after an alarm or a new champion)."""
+        self.ref_n = self.ref_sum = self.ref_sq = self.watched_outcomes = 0.0
+        self.log_r = np.full(len(self.drops), -np.inf)
+
+    def update(self, n: float, reward_sum: float, reward_sq_sum: float) -> bool:
+        """Add a batch of ``n`` outcomes; return True when the reward has fallen (an alarm)."""
+        if n <= 0:
+            return False
+        if self.ref_n < self.reference_outcomes:
+            self.ref_n += n
+            self.ref_sum += reward_sum
+            self.ref_sq += reward_sq_sum
+            return False
+        log_lr = self._log_likelihood_ratio(n, reward_sum)
+        # log((1 + R) * LR), per drop: the Shiryaev-Roberts recursion in logs.
+        self.log_r = np.logaddexp(0.0, self.log_r) + log_lr
+        self.watched_outcomes += n
+        return self.statistic >= self.threshold
+
+    def _log_likelihood_ratio(self, n: float, reward_sum: float) -> np.ndarray:
+        drops = np.asarray(self.drops)
+        mu0 = self.defended_mean
+        if self.reward_kind == "bernoulli":
+            p0 = min(max(mu0, 1e-6), 1 - 1e-6)
+            p1 = p0 * (1.0 - drops)
+            failures = n - reward_sum
+            return reward_sum * np.log(p1 / p0) + failures * np.log((1 - p1) / (1 - p0))
+        var = self._reference_variance()
+        mu1 = mu0 - drops * math.sqrt(var)
+        return (mu1 - mu0) / var * (reward_sum - n * (mu0 + mu1) / 2.0)
+
+    def describe(self) -> str:
+        return (
+            f"reward fell below the champion's earlier rate {self.reference_mean:.4g} "
+            f"(defended {self.defended_mean:.4g}) "
+            f"(change statistic {self.statistic:.3g} >= {self.threshold:g} after "
+            f"{self.watched_outcomes:,.0f} watched outcomes; false alarms at most once per "
+            f"{self.threshold:g} checks on average)"
+        )
+
+
+def wilson_lower_bound(errors: float, requests: float, confidence: float) -> float:
+    """Return the lower end of the one-sided Wilson score interval on a rate."""
+    if requests <= 0:
+        return 0.0
+    z = float(ndtri(confidence))
+    p = errors / requests
+    centre = p + z * z / (2 * requests)
+    spread = z * math.sqrt(p * (1 - p) / requests + z * z / (4 * requests * requests))
+    return max((centre - spread) / (1 + z * z / requests), 0.0)
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """Operational limits on an arm, whatever its rewards.
+
+    The error limit is breached when the lower end of a Wilson interval (at
+    ``confidence``) on the error rate is above ``max_error_rate``, so a few unlucky errors
+    in the first requests do not count; the latency limit is on the measured p99, after
+    ``min_requests``.
+    """
+
+    max_error_rate: float = 0.05
+    max_p99_latency_ms: float | None = 250.0
+    min_requests: int = 50
+    confidence: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_error_rate < 1.0:
+            raise InvalidDecisionRuleError(
+                f"max_error_rate must be in [0, 1), got {self.max_error_rate!r}"
+            )
+        if self.max_p99_latency_ms is not None and not self.max_p99_latency_ms > 0:
+            raise InvalidDecisionRuleError(
+                f"max_p99_latency_ms must be > 0 or None, got {self.max_p99_latency_ms!r}"
+            )
+        if self.min_requests < 1:
+            raise InvalidDecisionRuleError(f"min_requests must be >= 1, got {self.min_requests!r}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise InvalidDecisionRuleError(
+                f"confidence must be in [0.5, 1), got {self.confidence!r}"
+            )
+
+    def breach(self, *, requests: int, errors: int, p99_latency_ms: float | None) -> str | None:
+        """Return why these figures breach the guardrail, or None."""
+        if errors < 0 or requests < 0 or errors > requests:
+            raise InvalidDecisionRuleError(
+                f"need 0 <= errors <= requests, got {errors=} and {requests=}"
+            )
+        if requests < self.min_requests:
+            return None
+        low = wilson_lower_bound(errors, requests, self.confidence)
+        if low > self.max_error_rate:
+            return (
+                f"error rate {errors / requests:.3f} ({errors}/{requests}; lower "
+                f"{self.confidence:.0%} bound {low:.3f}) over the limit {self.max_error_rate:g}"
+            )
+        limit = self.max_p99_latency_ms
+        if limit is not None and p99_latency_ms is not None and p99_latency_ms > limit:
+            return f"p99 latency {p99_latency_ms:.1f} ms over the limit {limit:g} ms"
+        return None
+
+
+@dataclass(frozen=True)
+class ChampionWatch:
+    """After a promotion: roll back when the new champion is worse, or breaks a guardrail.
+
+    ``false_rollback_rate``: the largest chance of ever rolling back a champion that is not
+    worse than the one it replaced (always valid under continuous checking).
+    ``horizon_outcomes``: outcomes after which the watch ends (the champion is kept).
+    """
+
+    false_rollback_rate: float = 0.05
+    mixture_scale: float = 0.05
+    min_outcomes: int = 200
+    horizon_outcomes: int = 50_000
+    guardrail: Guardrail = field(default_factory=Guardrail)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.false_rollback_rate < 1:
+            raise InvalidDecisionRuleError(
+                f"false_rollback_rate must be in (0, 1), got {self.false_rollback_rate!r}"
+            )
+        if self.min_outcomes < 1 or self.horizon_outcomes < self.min_outcomes:
+            raise InvalidDecisionRuleError(
+                f"need 1 <= min_outcomes <= horizon_outcomes, got {self.min_outcomes!r} "
+                f"and {self.horizon_outcomes!r}"
+            )
+
+    def check(
+        self,
+        new: ArmStats,
+        replaced: ArmStats,
+        *,
+        reward_kind: RewardKind,
+        requests: int = 0,
+        errors: int = 0,
+        p99_latency_ms: float | None = None,
+    ) -> str | None:
+        """Return why ``new`` (its outcomes since the promotion) must be rolled back, or None.
+
+        ``replaced``: the replaced champion's plain statistics when it was replaced.
+        """
+        breach = self.guardrail.breach(
+            requests=requests, errors=errors, p99_latency_ms=p99_latency_ms
+        )
+        if breach is not None:
+            return f"guardrail on the champion {new.arm}: {breach}"
+        if new.pulls < self.min_outcomes or replaced.pulls < self.min_outcomes:
+            return None
+        log_e = float(
+            log_superiority_evidence(
+                new, replaced, reward_kind=reward_kind, mixture_scale=self.mixture_scale
+            )
+        )
+        if log_e >= math.log(1.0 / self.false_rollback_rate):
+            return (
+                f"the new champion {new.arm} is worse than {replaced.arm}, which it replaced: "
+                f"mean {new.mean:.4g} over {new.pulls:,.0f} outcomes since the promotion vs "
+                f"{replaced.mean:.4g} over {replaced.pulls:,.0f}; sequential evidence "
+                f"e={math.exp(min(log_e, 700.0)):.3g} >= {1 / self.false_rollback_rate:.3g} "
+                f"(always valid, wrong-rollback rate <= {self.false_rollback_rate:g})"
+            )
+        return None
+
+    def finished(self, new: ArmStats) -> bool:
+        """Return whether the watch is over (the champion kept)."""
+        return new.pulls >= self.horizon_outcomes

@@ -1,0 +1,104 @@
+"""The champion's watches: the reward change detector, the rollback watch, the guardrail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rollout.decide import InvalidDecisionRuleError
+from rollout.policies import ArmStats
+from rollout.watch import ChampionWatch, Guardrail, RewardWatch
+
+
+def run_watch(seed: int, rates: list[tuple[int, float]], batch: int = 20) -> int | None:
+    """Feed batches at ``rates`` ((outcomes, rate) phases); return outcomes at the alarm."""
+    gen = np.random.default_rng(seed)
+    watch = RewardWatch()
+    seen = 0
+    for outcomes, rate in rates:
+        for _ in range(outcomes // batch):
+            s = float(gen.binomial(batch, rate))
+            seen += batch
+            if watch.update(batch, s, s):
+                return seen
+    return None
+
+
+def test_no_more_false_alarms_than_stated_on_a_stationary_stream() -> None:
+    # 3,000 checks per run; at most 3,000 / threshold + 1 % alarms expected per run: 0.31.
+    alarms = [run_watch(seed, [(65_000, 0.05)]) for seed in range(10)]
+    assert sum(a is not None for a in alarms) <= 3
+
+
+def test_a_fall_of_the_reward_is_detected_within_the_stated_outcomes() -> None:
+    delays = []
+    for seed in range(10):
+        at = run_watch(100 + seed, [(5_000, 0.05), (40_000, 0.035)])
+        assert at is not None and at > 5_000, f"seed {seed}: alarm at {at}"
+        delays.append(at - 5_000)
+    assert max(delays) <= 20_000  # a 30 % fall of a 5 % rate, after a 5,000-outcome reference
+    assert float(np.median(delays)) <= 8_000
+
+
+def test_real_valued_rewards_and_reset() -> None:
+    gen = np.random.default_rng(3)
+    watch = RewardWatch(reward_kind="gaussian", reference_outcomes=500)
+    for _ in range(50):
+        x = gen.normal(10.0, 2.0, 20)
+        assert not watch.update(20, x.sum(), (x**2).sum())
+    alarm = False
+    for _ in range(200):
+        x = gen.normal(9.0, 2.0, 20)  # half a standard deviation lower
+        if watch.update(20, x.sum(), (x**2).sum()):
+            alarm = True
+            break
+    assert alarm and "earlier rate" in watch.describe()
+    watch.reset()
+    assert watch.statistic == 0.0 and watch.ref_n == 0.0
+
+
+def test_bad_watch_settings_are_clear_errors() -> None:
+    with pytest.raises(InvalidDecisionRuleError, match="drops must lie in"):
+        RewardWatch(drops=(1.5,))
+    with pytest.raises(InvalidDecisionRuleError, match="false_rollback_rate"):
+        ChampionWatch(false_rollback_rate=0.0)
+
+
+def simulate_champion(seed: int, rate: float, replaced: ArmStats, watch: ChampionWatch) -> int:
+    """Return the outcomes the new champion served until rolled back (or the horizon)."""
+    gen = np.random.default_rng(seed)
+    n = s = 0
+    while not watch.finished(ArmStats("v2", n, s, s)):
+        k = int(gen.binomial(100, rate))
+        n, s = n + 100, s + k
+        if watch.check(ArmStats("v2", n, s, s), replaced, reward_kind="bernoulli"):
+            return n
+    return n
+
+
+def test_a_worse_champion_promoted_by_chance_is_rolled_back_within_10000_outcomes() -> None:
+    watch = ChampionWatch()
+    replaced = ArmStats("v1", 20_000, 1_000, 1_000)  # 5 % over 20,000 outcomes
+    outcomes = [simulate_champion(seed, 0.04, replaced, watch) for seed in range(20)]
+    assert max(outcomes) <= 10_000, outcomes
+    # An equally good champion is kept to the end of the watch on (nearly) every seed.
+    kept = [simulate_champion(seed, 0.05, replaced, watch) for seed in range(20)]
+    assert sum(k >= watch.horizon_outcomes for k in kept) >= 19
+
+
+def test_a_failing_champion_breaks_the_guardrail_and_a_few_errors_do_not() -> None:
+    watch = ChampionWatch()
+    good = ArmStats("v2", 10, 1, 1)
+    old = ArmStats("v1", 1000, 50, 50)
+    why = watch.check(good, old, reward_kind="bernoulli", requests=100, errors=40)
+    assert why is not None and why.startswith("guardrail on the champion v2: error rate 0.400")
+    assert watch.check(good, old, reward_kind="bernoulli", requests=100, errors=6) is None
+    slow = watch.check(good, old, reward_kind="bernoulli", requests=100, p99_latency_ms=900.0)
+    assert slow is not None and "p99 latency 900.0 ms over the limit 250 ms" in slow
+
+
+def test_guardrail_rejects_impossible_counts_and_settings() -> None:
+    with pytest.raises(InvalidDecisionRuleError, match="errors <= requests"):
+        Guardrail().breach(requests=5, errors=6, p99_latency_ms=None)
+    with pytest.raises(InvalidDecisionRuleError, match="max_error_rate must be in"):
+        Guardrail(max_error_rate=1.5)
