@@ -5,7 +5,9 @@ the offer's cost, and earns ``converted - cost`` when it shows it (nothing other
 outcome is drawn from the generator's ground-truth probability for that customer at that
 time, with a uniform number fixed per request, so the same stream replayed offline against
 other systems (the oracle, a system that never retrains, a fixed A/B split) is like for like.
-Feedback goes back after a random delay, and some of it never arrives.
+Feedback goes back after a random delay in simulated time (due at the visit's moment plus
+its delay, sent once the traffic has reached that moment), and some of it never arrives:
+the wall clock decides nothing, so a loaded machine tells the same story more slowly.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import asyncio
 import heapq
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -36,17 +38,59 @@ class TrafficOptions:
     """How the simulated application behaves."""
 
     offer_cost: float = 0.12  # show the offer when score >= cost; reward = converted - cost
-    feedback_delay_mean_s: float = 0.2  # exponential delay before the outcome is reported
+    # Exponential delay, in simulated seconds, before the outcome is reported.
+    feedback_delay_mean_s: float = 3_600.0
     feedback_loss: float = 0.05  # share of outcomes that are never reported
     concurrency: int = 8
     batch: int = 1  # rows per /predict call (1: one request per customer visit)
     rate: float | None = None  # requests per second in total; None: as fast as served
+    # What /feedback receives: "net" = converted - cost when offered (a Gaussian policy's
+    # reward), "converted" = 1 when offered and converted, else 0 (fits [0, 1] policies).
+    reward: Literal["net", "converted"] = "net"
 
     def __post_init__(self) -> None:
         if not 0 <= self.feedback_loss < 1:
             raise ValueError(f"feedback_loss must be in [0, 1), got {self.feedback_loss=}")
         if self.concurrency < 1 or self.batch < 1:
             raise ValueError(f"concurrency and batch must be >= 1, got {self.concurrency=}")
+        if self.feedback_delay_mean_s < 0:
+            raise ValueError(f"feedback delay must be >= 0, got {self.feedback_delay_mean_s=}")
+
+
+def service_reward_kind(arms: dict[str, Any]) -> str:
+    """Return "bernoulli" or "gaussian": the rewards the service's policy takes (GET /arms)."""
+    params = arms.get("policy_params") or {}
+    policy = str(arms.get("policy", ""))
+    return str(params.get("reward_kind") or ("gaussian" if "gaussian" in policy else "bernoulli"))
+
+
+def fit_reward_to_service(arms: dict[str, Any], options: TrafficOptions) -> TrafficOptions:
+    """Return ``options`` with a reward the service's policy accepts (its GET /arms body).
+
+    Net rewards (converted - cost) are negative when an offer fails, which a Bernoulli
+    policy refuses: against one, send conversions (1 or 0) instead, or fail with what to
+    set when the caller asked for net rewards explicitly.
+    """
+    if service_reward_kind(arms) != "bernoulli" or options.offer_cost == 0:
+        return options
+    return replace(options, reward="converted")
+
+
+def reward_mismatch(arms: dict[str, Any], options: TrafficOptions) -> str | None:
+    """Return why the service would refuse ``options``' rewards, and what to set; or None."""
+    policy = str(arms.get("policy", "?"))
+    if (
+        service_reward_kind(arms) == "bernoulli"
+        and options.reward == "net"
+        and options.offer_cost > 0
+    ):
+        return (
+            f"the service's policy {policy!r} takes rewards in [0, 1], but net rewards "
+            f"(converted - {options.offer_cost}) are negative when an offer fails: start the "
+            "service with BANDITFLOW_POLICY=thompson-gaussian, or simulate with "
+            "--reward converted"
+        )
+    return None
 
 
 def build_stream(
@@ -141,45 +185,49 @@ class ArmsWatcher:
         return len(self.champions) > 1
 
 
-class FeedbackSender:
-    """Report outcomes when their delay has passed, as the batch form of POST /feedback.
+@dataclass
+class PendingFeedback:
+    """Outcomes not yet reported, due at simulated moments; carried from one day to the next."""
 
-    An application's outcome events arrive in bursts (a conversion pipeline, a queue);
-    sending what is due every ``interval_s`` keeps the load on the service realistic.
+    due: list[tuple[pd.Timestamp, str, float]] = field(default_factory=list)
+
+    def add(self, due_at: pd.Timestamp, request_id: str, reward: float) -> None:
+        heapq.heappush(self.due, (due_at, request_id, reward))
+
+    def pop_due(self, now: pd.Timestamp, limit: int) -> list[dict[str, Any]]:
+        """Remove and return (as /feedback rows) what is due at or before ``now``."""
+        batch: list[dict[str, Any]] = []
+        while self.due and self.due[0][0] <= now and len(batch) < limit:
+            _, request_id, reward = heapq.heappop(self.due)
+            batch.append({"request_id": request_id, "reward": reward})
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.due)
+
+
+class FeedbackSender:
+    """Report outcomes once the simulated clock has passed their due moment (batch form).
+
+    An application's outcome events arrive in bursts (a conversion pipeline, a queue): what
+    is due goes out as one POST /feedback of up to ``max_batch`` rows.
     """
 
-    def __init__(self, client: Any, *, interval_s: float = 0.05, max_batch: int = 2_000) -> None:
+    def __init__(
+        self, client: Any, pending: PendingFeedback | None = None, *, max_batch: int = 2_000
+    ) -> None:
         self.client = client
-        self.interval_s = interval_s
+        self.pending = pending if pending is not None else PendingFeedback()
         self.max_batch = max_batch
-        self.due: list[tuple[float, str, float]] = []  # (monotonic due time, id, reward)
         self.sent = 0
         self.failed: list[int] = []
 
-    def add(self, request_id: str, reward: float, delay_s: float) -> None:
-        heapq.heappush(self.due, (time.monotonic() + delay_s, request_id, reward))
-
-    async def send_due(self, *, everything: bool = False) -> None:
-        now = time.monotonic()
-        batch: list[dict[str, Any]] = []
-        while self.due and (everything or self.due[0][0] <= now) and len(batch) < self.max_batch:
-            _, request_id, reward = heapq.heappop(self.due)
-            batch.append({"request_id": request_id, "reward": reward})
-        if batch:
+    async def send_due(self, now: pd.Timestamp) -> None:
+        while batch := self.pending.pop_due(now, self.max_batch):
             response = await self.client.post("/feedback", json=batch)
             if response.status_code >= 300:
                 self.failed.append(int(response.status_code))
             self.sent += len(batch)
-
-    async def run(self, done: asyncio.Event) -> None:
-        """Send as outcomes fall due until ``done`` is set and nothing is left."""
-        while not (done.is_set() and not self.due):
-            if done.is_set() and self.due:
-                # The traffic is over: wait for the latest outcome's delay, not longer.
-                await asyncio.sleep(max(0.0, self.due[0][0] - time.monotonic()))
-            else:
-                await asyncio.sleep(self.interval_s)
-            await self.send_due()
 
 
 async def run_traffic(
@@ -187,104 +235,137 @@ async def run_traffic(
     stream: pd.DataFrame,
     *,
     options: TrafficOptions | None = None,
+    until: datetime | None = None,
+    pending: PendingFeedback | None = None,
     stop: Callable[[ArmsWatcher], bool] | None = None,
-    progress: Callable[[int, ArmsWatcher], None] | None = None,
     timeout_s: float = 10.0,
 ) -> tuple[pd.DataFrame, ArmsWatcher]:
     """Send the stream to the service in order; return one record per served visit.
 
-    ``stop`` is checked as /arms is polled (e.g. "the champion changed"); the rows not yet
-    sent then stay unsent and are absent from the records.
+    Outcomes are reported once the traffic reaches their due moment in simulated time;
+    after the last visit, those due before ``until`` (default: the last visit) go out and
+    the rest stay in ``pending`` for the next call. ``stop`` is checked as /arms is polled;
+    the rows not yet sent then stay unsent and are absent from the records.
     """
     import httpx
 
     options = options or TrafficOptions()
-    rows = feature_rows(stream)
-    seqs = stream["seq"].to_numpy()
-    customers = stream["customer_id"].to_numpy()
-    # Sticky per customer and simulated day (a session): the same customer sees one model
-    # within a day. Sticky per customer for good would freeze the split at each customer's
-    # first visit after an arm set changes, and the bandit could not move traffic.
-    days = stream["at"].dt.strftime("%Y-%m-%d").to_numpy()
-    units = [f"customer-{c}-{d}" for c, d in zip(customers, days, strict=True)]
-    converted = stream["u"].to_numpy() < stream["p_true"].to_numpy()
-    delays, lost = stream["delay_s"].to_numpy(), stream["lost"].to_numpy()
-    records: list[dict[str, Any]] = []
-    next_index = 0
-    stopped = False
+    visit = _Visits(stream, options)
+    pending = pending if pending is not None else PendingFeedback()
     limits = httpx.Limits(max_connections=options.concurrency * 2)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         watcher = ArmsWatcher(client)
-        sender = FeedbackSender(client)
-        traffic_done = asyncio.Event()
-        await watcher.poll_once(int(seqs[0]) if len(seqs) else 0)
-        pace = options.concurrency * options.batch / options.rate if options.rate else 0.0
+        sender = FeedbackSender(client, pending)
+        await watcher.poll_once(visit.seq_at(0))
+        state = {"next": 0, "stopped": False}
 
         async def worker() -> None:
-            nonlocal next_index, stopped
-            while not stopped and next_index < len(rows):
-                lo = next_index
-                hi = min(lo + options.batch, len(rows))
-                next_index = hi
-                body = [{"features": rows[i], "unit_id": units[i]} for i in range(lo, hi)]
-                began = time.perf_counter()
-                payload = body if options.batch > 1 else body[0]
-                response = await client.post("/predict", json=payload)
-                latency_ms = (time.perf_counter() - began) * 1000.0 / (hi - lo)
-                if response.status_code != 200:
-                    raise SimulationError(
-                        f"/predict answered {response.status_code}: {response.text[:300]}"
-                    )
-                answers = response.json()
-                answers = answers if isinstance(answers, list) else [answers]
-                for i, answer in zip(range(lo, hi), answers, strict=True):
-                    score = answer["score"] if answer["score"] is not None else answer["prediction"]
-                    offered, reward = offer_reward([score], [converted[i]], options.offer_cost)
-                    records.append(
-                        {
-                            "seq": int(seqs[i]),
-                            "request_id": answer["request_id"],
-                            "arm": answer["arm"],
-                            "version": answer["model"]["version"],
-                            "score": float(score),
-                            "offered": bool(offered[0]),
-                            "converted": bool(converted[i]),
-                            "reward": float(reward[0]),
-                            "feedback_lost": bool(lost[i]),
-                            "latency_ms": latency_ms,
-                            "wall": time.time(),
-                        }
-                    )
-                    if not lost[i]:
-                        sender.add(answer["request_id"], float(reward[0]), delays[i])
-                if pace:
-                    await asyncio.sleep(max(0.0, pace - (time.perf_counter() - began)))
+            while not state["stopped"] and state["next"] < len(visit):
+                lo = state["next"]
+                hi = min(lo + options.batch, len(visit))
+                state["next"] = hi
+                await sender.send_due(visit.at[lo])
+                await visit.serve(client, lo, hi, pending)
 
         async def watch() -> None:
-            nonlocal stopped
-            while not stopped and next_index < len(rows):
+            while not state["stopped"] and state["next"] < len(visit):
                 await asyncio.sleep(watcher.interval_s)
-                await watcher.poll_once(int(seqs[min(next_index, len(seqs) - 1)]))
-                if progress is not None:
-                    progress(next_index, watcher)
+                await watcher.poll_once(visit.seq_at(state["next"]))
                 if stop is not None and stop(watcher):
-                    stopped = True
+                    state["stopped"] = True
 
-        workers = [asyncio.create_task(worker()) for _ in range(options.concurrency)]
         watch_task = asyncio.create_task(watch())
-        send_task = asyncio.create_task(sender.run(traffic_done))
-        await asyncio.gather(*workers)
-        stopped = True
-        traffic_done.set()
+        await asyncio.gather(*(worker() for _ in range(options.concurrency)))
+        state["stopped"] = True
         await watch_task
-        await send_task
-        await watcher.poll_once(int(seqs[min(next_index, len(seqs)) - 1]) if len(seqs) else 0)
+        end = pd.Timestamp(until) if until is not None else visit.last_at
+        await sender.send_due(end)
+        await watcher.poll_once(visit.seq_at(state["next"] - 1))
     if sender.failed:
         raise SimulationError(
             f"{len(sender.failed)} feedback batches failed (status {sorted(set(sender.failed))})"
         )
-    frame = pd.DataFrame.from_records(records).sort_values("seq", ignore_index=True)
-    return frame, watcher
+    frame = pd.DataFrame.from_records(visit.records, columns=RECORD_COLUMNS)
+    return frame.sort_values("seq", ignore_index=True), watcher
+
+
+RECORD_COLUMNS = (
+    "seq",
+    "request_id",
+    "arm",
+    "version",
+    "score",
+    "offered",
+    "converted",
+    "reward",
+    "feedback_lost",
+    "latency_ms",
+    "wall",
+)
+
+
+class _Visits:
+    """The stream's rows as the application sees them, and what the service answered."""
+
+    def __init__(self, stream: pd.DataFrame, options: TrafficOptions) -> None:
+        self.options = options
+        self.rows = feature_rows(stream)
+        self.seqs = stream["seq"].to_numpy()
+        self.at = list(pd.to_datetime(stream["at"], utc=True))
+        self.last_at = self.at[-1] if self.at else pd.Timestamp.min.tz_localize("UTC")
+        # Sticky per customer and simulated day (a session): the same customer sees one
+        # model within a day. Sticky for good would freeze the split at each customer's
+        # first visit after an arm set changes, and the bandit could not move traffic.
+        days = stream["at"].dt.strftime("%Y-%m-%d").to_numpy()
+        customers = stream["customer_id"].to_numpy()
+        self.units = [f"customer-{c}-{d}" for c, d in zip(customers, days, strict=True)]
+        self.converted = stream["u"].to_numpy() < stream["p_true"].to_numpy()
+        self.due = [
+            a + pd.Timedelta(seconds=float(d))
+            for a, d in zip(self.at, stream["delay_s"].to_numpy(), strict=True)
+        ]
+        self.lost = stream["lost"].to_numpy()
+        self.records: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def seq_at(self, index: int) -> int:
+        return int(self.seqs[min(max(index, 0), len(self.seqs) - 1)]) if len(self.seqs) else 0
+
+    async def serve(self, client: Any, lo: int, hi: int, pending: PendingFeedback) -> None:
+        body = [{"features": self.rows[i], "unit_id": self.units[i]} for i in range(lo, hi)]
+        began = time.perf_counter()
+        response = await client.post("/predict", json=body if len(body) > 1 else body[0])
+        latency_ms = (time.perf_counter() - began) * 1000.0 / (hi - lo)
+        if response.status_code != 200:
+            raise SimulationError(
+                f"/predict answered {response.status_code}: {response.text[:300]}"
+            )
+        answers = response.json()
+        answers = answers if isinstance(answers, list) else [answers]
+        cost = self.options.offer_cost
+        for i, answer in zip(range(lo, hi), answers, strict=True):
+            score = answer["score"] if answer["score"] is not None else answer["prediction"]
+            offered, reward = offer_reward([score], [self.converted[i]], cost)
+            self.records.append(
+                {
+                    "seq": int(self.seqs[i]),
+                    "request_id": answer["request_id"],
+                    "arm": answer["arm"],
+                    "version": answer["model"]["version"],
+                    "score": float(score),
+                    "offered": bool(offered[0]),
+                    "converted": bool(self.converted[i]),
+                    "reward": float(reward[0]),
+                    "feedback_lost": bool(self.lost[i]),
+                    "latency_ms": latency_ms,
+                    "wall": time.time(),
+                }
+            )
+            if not self.lost[i]:
+                sent = reward[0] if self.options.reward == "net" else offered[0] * self.converted[i]
+                pending.add(self.due[i], answer["request_id"], float(sent))
 
 
 def served_stream(stream: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:

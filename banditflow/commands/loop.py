@@ -41,10 +41,17 @@ def simulate(
     start: datetime = typer.Option(..., help="Simulated time of the first visit (UTC)."),
     end: datetime = typer.Option(..., help="Simulated time of the last visit (UTC)."),
     offer_cost: float = typer.Option(0.08, help="Offer shown when score >= cost."),
+    reward: str = typer.Option(
+        "auto",
+        help="Reward sent: net (converted - cost), converted (1/0), or auto (what the "
+        "service's policy takes, read from /arms).",
+    ),
     rate: float = typer.Option(0.0, help="Requests per second (0: as fast as served)."),
     concurrency: int = typer.Option(8, min=1),
     batch: int = typer.Option(1, min=1, help="Rows per /predict call."),
-    delay: float = typer.Option(0.2, help="Mean feedback delay in seconds (exponential)."),
+    delay: float = typer.Option(
+        3_600.0, min=0.0, help="Mean feedback delay in simulated seconds (exponential)."
+    ),
     loss: float = typer.Option(0.05, help="Share of outcomes never reported."),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("simulation.parquet"), help="Where to write what was sent."),
@@ -52,9 +59,21 @@ def simulate(
     """Send simulated customers to /predict and their true outcomes to /feedback."""
     import asyncio
 
-    from banditflow.simulate import TrafficOptions, build_stream, run_traffic, served_stream
+    import httpx
+
+    from banditflow.simulate import (
+        SimulationError,
+        TrafficOptions,
+        build_stream,
+        fit_reward_to_service,
+        reward_mismatch,
+        run_traffic,
+        served_stream,
+    )
     from tasks.settings import get_settings
 
+    if reward not in ("auto", "net", "converted"):
+        raise typer.BadParameter(f"--reward must be auto, net or converted, got {reward!r}")
     options = TrafficOptions(
         offer_cost=offer_cost,
         feedback_delay_mean_s=delay,
@@ -62,11 +81,35 @@ def simulate(
         concurrency=concurrency,
         batch=batch,
         rate=rate or None,
+        reward="net" if reward == "auto" else reward,  # type: ignore[arg-type]
     )
-    stream = build_stream(
-        get_settings().data_dir, n=visits, start=start, end=end, seed=seed, options=options
-    )
-    records, watcher = asyncio.run(run_traffic(url, stream, options=options))
+    # The service's reward kind first: a Bernoulli policy refuses negative rewards, and
+    # finding that out after building the stream and sending traffic wastes minutes.
+    try:
+        arms = httpx.get(f"{url.rstrip('/')}/arms", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        typer.secho(f"cannot read {url}/arms: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    if reward == "auto":
+        fitted = fit_reward_to_service(arms, options)
+        if fitted.reward != options.reward:
+            typer.echo(
+                f"the service's policy {arms.get('policy')!r} takes rewards in [0, 1]: "
+                "sending conversions (1/0); set BANDITFLOW_POLICY=thompson-gaussian on the "
+                "service to learn from net rewards (converted - cost)"
+            )
+        options = fitted
+    elif problem := reward_mismatch(arms, options):
+        typer.secho(problem, fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        stream = build_stream(
+            get_settings().data_dir, n=visits, start=start, end=end, seed=seed, options=options
+        )
+        records, watcher = asyncio.run(run_traffic(url, stream, options=options, until=end))
+    except SimulationError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
     served = served_stream(stream, records)
     served.to_parquet(out, index=False)
     shares = served["version"].value_counts(normalize=True).sort_index()

@@ -91,3 +91,40 @@ def test_clear_errors(tmp_path: Path, data_dir: Path) -> None:
         build_stream(data_dir, n=10, start=START, end=START)
     with pytest.raises(ValueError, match="feedback_loss"):
         TrafficOptions(feedback_loss=1.5)
+
+
+def test_feedback_falls_due_in_simulated_time() -> None:
+    from banditflow.simulate import PendingFeedback
+
+    pending = PendingFeedback()
+    t0 = pd.Timestamp(START)
+    for minutes, rid in [(90, "c"), (10, "a"), (30, "b"), (60 * 30, "next-day")]:
+        pending.add(t0 + pd.Timedelta(minutes=minutes), rid, 1.0)
+    assert pending.pop_due(t0, 100) == []
+    first = pending.pop_due(t0 + pd.Timedelta(hours=1), 100)
+    assert [r["request_id"] for r in first] == ["a", "b"]
+    assert [r["request_id"] for r in pending.pop_due(t0 + pd.Timedelta(days=1), 1)] == ["c"]
+    # What is due after the day's end stays for the next day.
+    assert len(pending) == 1
+    assert pending.pop_due(t0 + pd.Timedelta(hours=30), 100)[0]["request_id"] == "next-day"
+
+
+def test_rewards_fit_the_services_policy() -> None:
+    from banditflow.simulate import fit_reward_to_service, reward_mismatch, service_reward_kind
+
+    bernoulli = {"policy": "thompson", "policy_params": {}}
+    gaussian = {"policy": "thompson-gaussian", "policy_params": {"discount": 0.99}}
+    net = TrafficOptions(offer_cost=0.08)
+    assert service_reward_kind(bernoulli) == "bernoulli"
+    assert service_reward_kind(gaussian) == "gaussian"
+    assert service_reward_kind(
+        {"policy": "ucb1", "policy_params": {"reward_kind": "gaussian"}}
+    ) == ("gaussian")
+    message = reward_mismatch(bernoulli, net)
+    assert message is not None and "BANDITFLOW_POLICY=thompson-gaussian" in message
+    assert reward_mismatch(gaussian, net) is None
+    assert fit_reward_to_service(bernoulli, net).reward == "converted"
+    assert fit_reward_to_service(gaussian, net).reward == "net"
+    assert reward_mismatch(bernoulli, fit_reward_to_service(bernoulli, net)) is None
+    with pytest.raises(ValueError, match="delay"):
+        TrafficOptions(feedback_delay_mean_s=-1.0)
