@@ -94,7 +94,12 @@ def promote(client: MlflowClient, name: str, version: str | int, reason: str) ->
 
 
 def rollback(client: MlflowClient, name: str, reason: str) -> dict[str, Any]:
-    """Give ``champion`` back to the ``previous-champion`` version, and record why."""
+    """Give ``champion`` back to the ``previous-champion`` version, and record why.
+
+    ``previous-champion`` then moves one level further back, to the last champion before
+    the restored one that was replaced normally (not rolled back), read from the history
+    tags, so rollbacks can walk back as many levels as the history holds.
+    """
     aliases = aliases_of(client, name)
     previous = aliases.get(PREVIOUS_CHAMPION)
     if previous is None:
@@ -104,13 +109,30 @@ def rollback(client: MlflowClient, name: str, reason: str) -> dict[str, Any]:
         )
     current = aliases.get(CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, previous)
-    client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
     client.set_model_version_tag(name, previous, TAG_ROLE, CHAMPION)
     record_event(client, name, previous, "restored", reason)
     if current is not None and current != previous:
         client.set_model_version_tag(name, current, TAG_ROLE, "rolled-back")
         record_event(client, name, current, "rolled_back", reason)
-    return {"champion": previous, "rolled_back": current}
+    older = _last_replaced_champion(client, name, exclude={previous, current})
+    if older is None:
+        client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    else:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, older)
+        client.set_model_version_tag(name, older, TAG_ROLE, PREVIOUS_CHAMPION)
+    return {"champion": previous, "rolled_back": current, "previous": older}
+
+
+def _last_replaced_champion(
+    client: MlflowClient, name: str, exclude: set[str | None]
+) -> str | None:
+    """Return the most recently demoted version whose last move was that demotion."""
+    last: dict[str, HistoryEntry] = {}
+    for entry in read_history(client, name):
+        if entry.action in ("promoted", "restored", "demoted", "rolled_back", "retired"):
+            last[entry.version] = entry
+    demoted = [e for v, e in last.items() if e.action == "demoted" and v not in exclude]
+    return max(demoted, key=lambda e: e.at).version if demoted else None
 
 
 def next_challenger_alias(aliases: dict[str, str]) -> str:
