@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import statistics
 import time
 import traceback
 import warnings
@@ -19,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.spec import SYSTEM_METRICS, metrics_for
+from tasks.metrics import (
+    SYSTEM_METRICS,
+    better,
+    metrics_for,
+    model_predictor,
+    predictions,
+    score_all,
+    serialized_bytes,
+    single_row_latency_ms,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -142,19 +150,18 @@ def _evaluate(
 ) -> TrialOutcome:
     from sklearn.base import clone
 
-    from tasks.models import build_model
+    from tasks.models import build_model, merge_params
 
     X, y = data.X_train, data.y_train
     pipeline = build_model(
         config.family,
-        {**config.fixed, **params},
+        merge_params(config.fixed, params),
         task=config.task,  # type: ignore[arg-type]
         feature_types=data.feature_types,
         seed=config.seed,
     )
     splits = _splits(config, data)
     metric_names = [m for m in metrics_for(config.task) if m not in SYSTEM_METRICS]  # type: ignore[arg-type]
-    labels = np.unique(y) if config.task != "regression" else None
     per_fold: dict[str, list[float]] = {m: [] for m in metric_names}
     fit_seconds: list[float] = []
     fold_seconds: list[float] = []
@@ -167,7 +174,7 @@ def _evaluate(
         t0 = time.perf_counter()
         fitted.fit(X.iloc[train_idx], y.iloc[train_idx])
         fit_seconds.append(time.perf_counter() - t0)
-        scores = score_fold(fitted, X.iloc[valid_idx], y.iloc[valid_idx], config.task, labels)
+        scores = score_fold(fitted, X.iloc[valid_idx], y.iloc[valid_idx], config.task)
         for name in metric_names:
             per_fold[name].append(scores[name])
         fold_seconds.append(time.perf_counter() - fold_started)
@@ -187,7 +194,7 @@ def _evaluate(
                 and config.prune_after_folds is not None
                 and fold == config.prune_after_folds
                 and fold < len(splits)
-                and _worse(running[-1], prune_threshold, pruning[1])
+                and better(prune_threshold, running[-1], pruning[1])
             ):
                 left = len(splits) - fold
                 return TrialOutcome(
@@ -224,16 +231,16 @@ def _evaluate(
     assert fitted is not None  # at least one split
     # The last fold's model stands in for the final one: same family and params, one fit
     # fewer per trial; size and latency barely depend on 20 % more rows.
-    values["latency_ms"] = measure_latency_ms(fitted, X, config.latency_calls, config.task)
-    values["model_bytes"] = float(len(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL)))
+    values["latency_ms"] = single_row_latency_ms(
+        model_predictor(fitted, config.task),  # type: ignore[arg-type]
+        X,
+        calls=config.latency_calls,
+    )
+    values["model_bytes"] = float(serialized_bytes(fitted))
     values["fit_seconds"] = float(np.mean(fit_seconds))
     return TrialOutcome(
         params, "completed", values=values, running_scores=running, folds_done=len(splits)
     )
-
-
-def _worse(value: float, threshold: float, direction: str) -> bool:
-    return value < threshold if direction == "maximize" else value > threshold
 
 
 def _splits(config: EvalConfig, data: StudyData) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -258,53 +265,12 @@ def _splits(config: EvalConfig, data: StudyData) -> list[tuple[np.ndarray, np.nd
     return list(splitter.split(index, y))
 
 
-def score_fold(
-    model: Any, X: pd.DataFrame, y: pd.Series, task: str, labels: np.ndarray | None = None
-) -> dict[str, float]:
+def score_fold(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
     """Return every metric the task supports for a fitted model on validation rows."""
-    from sklearn import metrics
-
-    if task == "regression":
-        pred = model.predict(X)
-        return {
-            "rmse": float(np.sqrt(metrics.mean_squared_error(y, pred))),
-            "mae": float(metrics.mean_absolute_error(y, pred)),
-            "r2": float(metrics.r2_score(y, pred)),
-        }
-    proba = model.predict_proba(X)
-    classes = model.classes_
-    pred = classes[np.argmax(proba, axis=1)]
-    out = {
-        "accuracy": float(metrics.accuracy_score(y, pred)),
-        "log_loss": float(metrics.log_loss(y, proba, labels=classes)),
-    }
-    if task == "binary":
-        positive = proba[:, 1]
-        out["f1"] = float(metrics.f1_score(y, pred, pos_label=classes[1], zero_division=0))
-        if y.nunique() < 2:  # one class in the fold: ranking metrics are undefined
-            out |= {"roc_auc": math.nan, "average_precision": math.nan}
-        else:
-            out["roc_auc"] = float(metrics.roc_auc_score(y, positive))
-            out["average_precision"] = float(
-                metrics.average_precision_score(y, positive, pos_label=classes[1])
-            )
-        out["brier"] = float(metrics.brier_score_loss(y == classes[1], positive))
-    else:
-        out["f1"] = float(metrics.f1_score(y, pred, average="macro", zero_division=0))
-    return out
-
-
-def measure_latency_ms(model: Any, X: pd.DataFrame, calls: int, task: str) -> float:
-    """Return the median wall time of ``calls`` single-row predictions, in milliseconds."""
-    rows = [X.iloc[[i]] for i in range(min(len(X), 16))]
-    predict = model.predict if task == "regression" else model.predict_proba
-    predict(rows[0])  # warm-up: first-call caches are not what serving sees
-    times = []
-    for i in range(calls):
-        t0 = time.perf_counter()
-        predict(rows[i % len(rows)])
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000.0
+    names = [m for m in metrics_for(task) if m not in SYSTEM_METRICS]  # type: ignore[arg-type]
+    classes = None if task == "regression" else np.asarray(model.classes_)
+    out = predictions(model, X, task)  # type: ignore[arg-type]
+    return score_all(names, np.asarray(y), out, classes=classes, task=task)  # type: ignore[arg-type]
 
 
 # --- where evaluations run ---------------------------------------------------------------

@@ -20,7 +20,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,17 @@ import numpy as np
 import pandas as pd
 
 from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES, TAG_HOLDOUT_PREFIX
-from tasks.spec import GatesSpec, TaskType, metrics_for
+from tasks.metrics import (
+    better,
+    metrics_for,
+    model_predictor,
+    predictions,
+    score_model,
+    serialized_bytes,
+    sign,
+    single_row_latency_ms,
+)
+from tasks.spec import GatesSpec, TaskType
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -199,78 +209,24 @@ class GateReport:
         )
 
 
-# --- measurements ------------------------------------------------------------------------
+# --- measurements (one way each: tasks.metrics) -----------------------------------------
 def predict_scores(model: Any, X: pd.DataFrame, task: TaskType) -> np.ndarray:
     """Return what serving returns: class probabilities, or predictions for regression."""
-    if task == "regression":
-        return np.asarray(model.predict(X))
-    return np.asarray(model.predict_proba(X))
+    return predictions(model, X, task)
 
 
 def score_metric(metric: str, model: Any, X: pd.DataFrame, y: np.ndarray, task: TaskType) -> float:
     """Return ``metric`` of a fitted model on ``(X, y)`` (the spec's metric names)."""
-    from sklearn import metrics as m
-
     supported = metrics_for(task)
     if metric not in supported:
         raise GateError(
             f"metric {metric!r} is not defined for task {task!r}; use {sorted(supported)}"
         )
     if metric == "latency_ms":
-        return single_row_latency_ms(model, X, task=task)
+        return single_row_latency_ms(model_predictor(model, task), X)
     if metric == "model_bytes":
         return float(serialized_bytes(model))
-    if task == "regression":
-        pred = np.asarray(model.predict(X), dtype=float)
-        if metric == "rmse":
-            return float(np.sqrt(m.mean_squared_error(y, pred)))
-        if metric == "mae":
-            return float(m.mean_absolute_error(y, pred))
-        return float(m.r2_score(y, pred))
-    proba = np.asarray(model.predict_proba(X))
-    classes = np.asarray(model.classes_)
-    labels = classes[proba.argmax(axis=1)]
-    if metric == "accuracy":
-        return float(m.accuracy_score(y, labels))
-    if metric == "f1":
-        average = "binary" if task == "binary" else "macro"
-        pos = classes[-1] if task == "binary" else 1
-        return float(m.f1_score(y, labels, average=average, pos_label=pos))
-    if metric == "log_loss":
-        return float(m.log_loss(y, proba, labels=classes))
-    positive = (np.asarray(y) == classes[-1]).astype(int)
-    if metric == "roc_auc":
-        return float(m.roc_auc_score(positive, proba[:, -1]))
-    if metric == "average_precision":
-        return float(m.average_precision_score(positive, proba[:, -1]))
-    return float(m.brier_score_loss(positive, proba[:, -1]))  # brier
-
-
-def single_row_latency_ms(
-    model: Any, X: pd.DataFrame, *, task: TaskType = "binary", calls: int = 200, q: float = 95
-) -> float:
-    """Return the ``q``-th percentile (ms) of ``calls`` single-row predictions, as served."""
-    if len(X) == 0:
-        raise GateError("cannot time predictions on an empty hold-out")
-    rows = [X.iloc[[i % len(X)]] for i in range(calls)]
-    predict: Callable[[pd.DataFrame], Any] = (
-        model.predict if task == "regression" else model.predict_proba
-    )
-    for row in rows[:3]:  # warm caches and lazy imports, as a serving process would have
-        predict(row)
-    times = np.empty(calls)
-    for i, row in enumerate(rows):
-        start = time.perf_counter()
-        predict(row)
-        times[i] = time.perf_counter() - start
-    return float(np.percentile(times, q) * 1000.0)
-
-
-def serialized_bytes(model: Any) -> int:
-    """Return the size of the model as it is logged (cloudpickle)."""
-    import cloudpickle
-
-    return len(cloudpickle.dumps(model))
+    return score_model(metric, model, X, y, task)
 
 
 # --- the gates ---------------------------------------------------------------------------
@@ -284,10 +240,9 @@ def performance_gate(
     floor: float | None,
 ) -> GateResult:
     """Judge ``value`` against the champion's by a margin, or against the floor with no champion."""
-    maximize = direction == "maximize"
-    comparison = ">=" if maximize else "<="
+    comparison = ">=" if sign(direction) < 0 else "<="
     if champion_value is not None:
-        threshold = champion_value - max_regression if maximize else champion_value + max_regression
+        threshold = champion_value + sign(direction) * max_regression
         note = (
             f"{metric}; champion {_fmt(champion_value)} on the same rows, margin {max_regression}"
         )
@@ -295,9 +250,10 @@ def performance_gate(
         threshold, note = floor, f"{metric}; no champion: absolute bound"
     else:
         return GateResult(PERFORMANCE, True, value, math.nan, comparison, "no champion, no floor")
-    passed = bool(value >= threshold) if maximize else bool(value <= threshold)
-    if math.isnan(value):
-        passed = False
+    # NaN on either side fails: a score that cannot be computed proves nothing.
+    passed = not math.isnan(threshold) and (
+        value == threshold or better(value, threshold, direction)
+    )
     return GateResult(PERFORMANCE, passed, value, threshold, comparison, note)
 
 
@@ -432,10 +388,15 @@ def run_gates(
         )
         results += fair
     if gates.latency_p95_ms is not None:
-        p95 = single_row_latency_ms(model, holdout.X, task=task, calls=latency_calls)
+        p95 = single_row_latency_ms(model_predictor(model, task), holdout.X, calls=latency_calls)
         results.append(
             GateResult(
-                LATENCY, p95 <= gates.latency_p95_ms, p95, gates.latency_p95_ms, "<=", "ms, p95"
+                LATENCY,
+                p95 <= gates.latency_p95_ms,
+                p95,
+                gates.latency_p95_ms,
+                "<=",
+                "ms, p95 CPU time per single-row call",
             )
         )
     if gates.max_model_bytes is not None:

@@ -97,9 +97,18 @@ def get_family(name: str) -> ModelFamily:
         ) from None
 
 
-def default_space(family: str) -> dict[str, dict[str, Any]]:
-    """Return a copy of the family's default search space (the spec's YAML shape)."""
-    return copy.deepcopy({k: dict(v) for k, v in get_family(family).default_space.items()})
+def default_space(family: str, *, fixed: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Return a copy of the family's default search space without the ``fixed`` keys."""
+    space = get_family(family).default_space
+    return copy.deepcopy({k: dict(v) for k, v in space.items() if k not in set(fixed)})
+
+
+def merge_params(fixed: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return one trial's parameters: the searched ones, overridden by the fixed ones.
+
+    A value the spec fixes is the user's decision; the search space never overrides it.
+    """
+    return {**dict(params), **dict(fixed)}
 
 
 def infer_feature_types(X: pd.DataFrame) -> dict[str, FeatureType]:

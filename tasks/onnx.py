@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from contract import TAG_ONNX_FALLBACK, TAG_ONNX_URI, TAG_SERVING_FLAVOUR
+from tasks.metrics import model_predictor, single_row_latency_ms
 from tasks.spec import TaskType
 
 if TYPE_CHECKING:
@@ -63,8 +63,9 @@ class OnnxOutcome:
     label_mismatches: int | None = None
     ties: int | None = None
     rows_checked: int = 0
-    sklearn_ms_p50: float | None = None
-    onnx_ms_p50: float | None = None
+    # Single-row p95 CPU milliseconds (tasks.metrics.single_row_latency_ms), each flavour.
+    sklearn_ms_p95: float | None = None
+    onnx_ms_p95: float | None = None
     onnx_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +158,16 @@ def session_predict(session: Any, frame: pd.DataFrame) -> list[np.ndarray]:
     return list(session.run(None, onnx_feeds(frame, inputs)))
 
 
+def onnx_predictor(session: Any) -> Callable[[pd.DataFrame], list[np.ndarray]]:
+    """Return the call serving makes on an ONNX session (feeds built from a frame)."""
+    inputs = [(i.name, i.type) for i in session.get_inputs()]
+
+    def predict(frame: pd.DataFrame) -> list[np.ndarray]:
+        return list(session.run(None, onnx_feeds(frame, inputs)))
+
+    return predict
+
+
 def convert_and_check(
     model: Any,
     holdout: pd.DataFrame,
@@ -219,11 +230,11 @@ def convert_and_check(
         reason = f"ONNX disagrees with sklearn on the hold-out: {disagreement}"
         return OnnxOutcome("sklearn", reason, **common, **agreement), None  # type: ignore[arg-type]
 
-    sk_ms = _p50_single_row_ms(_sklearn_predictor(model, task), holdout, timing_calls)
-    onnx_ms = _p50_single_row_ms(lambda row: session_predict(session, row), holdout, timing_calls)
-    timing = {"sklearn_ms_p50": sk_ms, "onnx_ms_p50": onnx_ms}
+    sk_ms = single_row_latency_ms(model_predictor(model, task), holdout, calls=timing_calls)
+    onnx_ms = single_row_latency_ms(onnx_predictor(session), holdout, calls=timing_calls)
+    timing = {"sklearn_ms_p95": sk_ms, "onnx_ms_p95": onnx_ms}
     if onnx_ms >= sk_ms:
-        reason = f"ONNX is not faster: single-row p50 {onnx_ms:.3f} ms vs sklearn {sk_ms:.3f} ms"
+        reason = f"ONNX is not faster: single-row p95 {onnx_ms:.3f} ms vs sklearn {sk_ms:.3f} ms"
         outcome = OnnxOutcome("sklearn", reason, **common, **agreement, **timing)  # type: ignore[arg-type]
         return outcome, None
     outcome = OnnxOutcome("onnx", "", **common, **agreement, **timing)  # type: ignore[arg-type]
@@ -269,22 +280,6 @@ def _classifier_outputs(session: Any, outputs: list[np.ndarray]) -> tuple[np.nda
     return np.asarray(by_name["label"]).reshape(-1), np.asarray(
         by_name["probabilities"], dtype=float
     )
-
-
-def _sklearn_predictor(model: Any, task: TaskType) -> Any:
-    return model.predict if task == "regression" else model.predict_proba
-
-
-def _p50_single_row_ms(predict: Any, frame: pd.DataFrame, calls: int) -> float:
-    rows = [frame.iloc[[i % len(frame)]] for i in range(calls)]
-    for row in rows[:3]:
-        predict(row)
-    times = np.empty(calls)
-    for i, row in enumerate(rows):
-        start = time.perf_counter()
-        predict(row)
-        times[i] = time.perf_counter() - start
-    return float(np.median(times) * 1000.0)
 
 
 @functools.cache

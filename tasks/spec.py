@@ -9,32 +9,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# Metric names and directions come from one registry (tasks.metrics.register_metric).
+from tasks.metrics import SYSTEM_METRICS as SYSTEM_METRICS
+from tasks.metrics import metrics_for as metrics_for
+
 Direction = Literal["minimize", "maximize"]
 TaskType = Literal["binary", "multiclass", "regression"]
-
-CLASSIFICATION_METRICS = {
-    "roc_auc": "maximize",
-    "log_loss": "minimize",
-    "accuracy": "maximize",
-    "f1": "maximize",
-    "average_precision": "maximize",
-    "brier": "minimize",
-}
-REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
-# Measured on every trial whatever the task, so they can be objectives too.
-SYSTEM_METRICS = {"latency_ms": "minimize", "model_bytes": "minimize"}
-MULTICLASS_UNSUPPORTED = {"roc_auc", "average_precision", "brier"}
-
-
-def metrics_for(task: TaskType) -> dict[str, str]:
-    """Return the metrics a task type supports, with their natural direction."""
-    if task == "regression":
-        base = dict(REGRESSION_METRICS)
-    elif task == "multiclass":
-        base = {k: v for k, v in CLASSIFICATION_METRICS.items() if k not in MULTICLASS_UNSUPPORTED}
-    else:
-        base = dict(CLASSIFICATION_METRICS)
-    return base | SYSTEM_METRICS
 
 
 class SpecError(ValueError):
@@ -192,6 +172,12 @@ class DriftSpec(_Strict):
     features: list[str] | None = None  # None: every feature of the training set
 
 
+def _multi_objective(optimizer: str) -> bool:
+    from tasks.optimizers import get_backend
+
+    return get_backend(optimizer).supports_multi_objective()
+
+
 def _default_objectives() -> dict[str, Direction]:
     return {"roc_auc": "maximize"}
 
@@ -204,7 +190,8 @@ class StudySpec(_Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     objectives: dict[str, Direction] = Field(default_factory=_default_objectives)
-    optimizer: Literal["hyperopt", "ax", "random"] = "hyperopt"
+    # A registered backend (tasks.optimizers.register_optimizer or the entry-point group).
+    optimizer: str = "hyperopt"
     optimizer_options: dict[str, Any] = Field(default_factory=dict)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     q: int = Field(default=2, ge=1, le=64)
@@ -215,6 +202,17 @@ class StudySpec(_Strict):
     # Points enqueued before the optimizer's own suggestions (the retrain's warm start).
     warm_start: list[dict[str, Any]] = Field(default_factory=list)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from tasks.optimizers import ConfigurationError, get_backend
+
+        try:
+            get_backend(name)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return name
 
     @model_validator(mode="after")
     def _check_objectives(self) -> StudySpec:
@@ -227,11 +225,12 @@ class StudySpec(_Strict):
                     f"objectives: {metric!r} is not measured for task {self.task!r}; "
                     f"choose from {sorted(supported)}"
                 )
-        if self.optimizer == "hyperopt" and len(self.objectives) > 1:
+        if len(self.objectives) > 1 and not _multi_objective(self.optimizer):
             raise ValueError(
-                f"objectives: hyperopt optimizes a single objective, got {list(self.objectives)}; "
-                "use optimizer 'ax' for a Pareto front, or keep one objective and bound the "
-                "others with gates (gates.latency_p95_ms, gates.max_model_bytes)"
+                f"objectives: {self.optimizer} optimizes a single objective, got "
+                f"{list(self.objectives)}; use optimizer 'ax' for a Pareto front, or keep one "
+                "objective and bound the others with gates (gates.latency_p95_ms, "
+                "gates.max_model_bytes)"
             )
         if self.gates.performance is not None and self.gates.performance.metric not in supported:
             raise ValueError(

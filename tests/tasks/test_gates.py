@@ -63,8 +63,13 @@ def make_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def sleepy(X: pd.DataFrame) -> pd.DataFrame:
-    """Pass rows through, slowly: a candidate built to fail the latency gate."""
-    time.sleep(0.2)
+    """Pass rows through, slowly: a candidate built to fail the latency gate.
+
+    It spends 200 ms of this thread's CPU per call: the gate charges CPU time, not waiting.
+    """
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:
+        pass
     return X
 
 
