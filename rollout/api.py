@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter
 
-from rollout.errors import Forbidden, NotAuthenticated
+from rollout import reports
+from rollout.feedback import record_many, record_one
 from rollout.schemas import (
-    AddArmRequest,
-    AdminResponse,
     ArmsResponse,
     ErrorResponse,
     FeedbackBody,
     FeedbackResponse,
-    FreezeRequest,
-    PolicyRequest,
     PredictBody,
     PredictResponse,
-    PromoteRequest,
-    RollbackRequest,
 )
 from rollout.service import RolloutService
 
@@ -32,15 +26,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
 }
-_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_ERRORS,
-    401: {"model": ErrorResponse},
-    403: {"model": ErrorResponse},
-    409: {"model": ErrorResponse},
-}
-
 router = APIRouter()
-_bearer = HTTPBearer(auto_error=False, description="The admin token from settings.")
 
 
 async def get_service(request: Request) -> RolloutService:
@@ -49,23 +35,6 @@ async def get_service(request: Request) -> RolloutService:
 
 
 Service = Annotated[RolloutService, Depends(get_service)]
-
-
-async def require_admin(
-    service: Service,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """401 without a bearer token, 403 with a wrong one (or when no token is configured)."""
-    if credentials is None or not credentials.credentials:
-        raise NotAuthenticated("admin routes need 'Authorization: Bearer <token>'")
-    expected = service.settings.admin_token
-    if not expected:
-        raise Forbidden("admin routes are disabled: set BANDITFLOW_ROLLOUT_ADMIN_TOKEN")
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise Forbidden("wrong admin token")
-
-
-Admin = Depends(require_admin)
 
 
 # The hot routes serialize with pydantic's own dump_json: FastAPI's response_model would
@@ -105,14 +74,14 @@ async def predict(body: PredictBody, service: Service) -> Response:
 async def feedback(body: FeedbackBody, service: Service) -> Response:
     """Record the outcome of an earlier prediction (a list: one status per row)."""
     if isinstance(body, list):
-        return _json(_FEEDBACK_LIST.dump_json(await service.feedback_many(body)))
-    return _json((await service.feedback(body)).model_dump_json().encode())
+        return _json(_FEEDBACK_LIST.dump_json(await record_many(service, body)))
+    return _json((await record_one(service, body)).model_dump_json().encode())
 
 
 @router.get("/arms", response_model=ArmsResponse, tags=["rollout"])
 async def arms(service: Service) -> ArmsResponse:
     """Each arm's statistics, traffic share, P(best) and expected loss."""
-    return await service.arms_report()
+    return await reports.arms_report(service)
 
 
 @router.get("/arms/history", tags=["rollout"])
@@ -122,114 +91,7 @@ async def arms_history(
     buckets: Annotated[int, Query(ge=1, le=500)] = 60,
 ) -> dict[str, Any]:
     """Traffic share over time and cumulative reward per arm (what the dashboard draws)."""
-    return await service.history(minutes, buckets)
-
-
-@router.post(
-    "/admin/arms",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def add_arm(body: AddArmRequest, service: Service) -> AdminResponse:
-    """Add a model version as a challenger, or as a shadow arm (``shadow: true``)."""
-    result = await service.add_arm(body.version, shadow=body.shadow)
-    return AdminResponse(detail=f"added {result['arm']} as {result['role']}", result=result)
-
-
-@router.delete(
-    "/admin/arms/{arm}",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def retire_arm(arm: str, service: Service, reason: str = "retired by an operator") -> Any:
-    """Retire a challenger or a shadow arm."""
-    result = await service.retire_arm(_arm_param(arm), reason)
-    return AdminResponse(detail=f"retired {result['arm']}", result=result)
-
-
-@router.post(
-    "/admin/arms/{arm}/restore",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def restore_arm(arm: str, service: Service) -> AdminResponse:
-    """Put an arm that was pulled from rotation back in."""
-    result = await service.restore_arm(_arm_param(arm))
-    return AdminResponse(detail=f"{result['arm']} is back in rotation", result=result)
-
-
-@router.put(
-    "/admin/policy",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def set_policy(body: PolicyRequest, service: Service) -> AdminResponse:
-    """Change the policy and its parameters (every replica picks it up)."""
-    result = await service.set_policy(body.name, body.params)
-    return AdminResponse(detail=f"policy is now {body.name}", result=result)
-
-
-@router.post(
-    "/admin/promote",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def promote(body: PromoteRequest, service: Service) -> AdminResponse:
-    """Make an arm's version the champion (the old one becomes previous-champion)."""
-    result = await service.promote(body.arm, body.reason)
-    return AdminResponse(detail=f"v{result['champion']} is the champion", result=result)
-
-
-@router.post(
-    "/admin/rollback",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def rollback(body: RollbackRequest, service: Service) -> AdminResponse:
-    """Give the champion alias back to the previous champion."""
-    result = await service.rollback(body.reason)
-    return AdminResponse(detail=f"v{result['champion']} is the champion again", result=result)
-
-
-@router.post(
-    "/admin/freeze",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def freeze(body: FreezeRequest, service: Service) -> AdminResponse:
-    """Route everything to the champion (``frozen: false`` resumes the bandit)."""
-    result = await service.set_frozen(body.frozen)
-    return AdminResponse(detail="frozen" if body.frozen else "unfrozen", result=result)
-
-
-@router.post(
-    "/admin/decide",
-    response_model=AdminResponse,
-    responses=_ADMIN_ERRORS,
-    dependencies=[Admin],
-    tags=["admin"],
-)
-async def decide_now(service: Service) -> AdminResponse:
-    """Run the decision rule now (acting on it only when automatic decisions are on)."""
-    recs = await service.run_decisions()
-    return AdminResponse(
-        detail=f"{len(recs)} recommendation(s)",
-        result={"recommendations": [r.model_dump() for r in recs]},
-    )
+    return await reports.history(service, minutes, buckets)
 
 
 @router.get("/healthz", tags=["ops"])
@@ -241,9 +103,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", tags=["ops"], responses={503: {"description": "not ready"}})
 async def readyz(service: Service) -> JSONResponse:
     """Models loaded and store reachable (503 with the reason otherwise)."""
-    import asyncio
-
-    ready, detail = await asyncio.to_thread(service.readiness)
+    ready, detail = await asyncio.to_thread(reports.readiness, service)
     return JSONResponse(detail, status_code=200 if ready else 503)
 
 
@@ -260,14 +120,3 @@ async def dashboard() -> HTMLResponse:
     from rollout.dashboard import dashboard_html
 
     return HTMLResponse(dashboard_html())
-
-
-def _arm_param(arm: str) -> str:
-    from rollout.errors import UnknownArm
-    from rollout.pool import version_of
-
-    try:
-        version_of(arm)
-    except ValueError as exc:
-        raise UnknownArm(str(exc)) from exc
-    return arm

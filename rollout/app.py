@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from rollout import api
+from rollout.admin_api import admin_router
 from rollout.errors import RolloutError
 from rollout.metrics import MetricsMiddleware
 from rollout.service import RolloutService
@@ -24,10 +25,15 @@ from rollout.settings import RolloutSettings
 _log = logging.getLogger(__name__)
 
 
-def create_app(settings: RolloutSettings | None = None) -> FastAPI:
-    """Return the rollout app; the lifespan loads models and state and starts the writer."""
+def create_app(
+    settings: RolloutSettings | None = None, *, clock: Callable[[], float] | None = None
+) -> FastAPI:
+    """Return the rollout app; the lifespan loads models and state and starts the writer.
+
+    ``clock`` (epoch seconds, default ``time.time``) is the service's notion of now.
+    """
     settings = settings or RolloutSettings()
-    service = RolloutService(settings)
+    service = RolloutService(settings) if clock is None else RolloutService(settings, clock=clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -47,6 +53,7 @@ def create_app(settings: RolloutSettings | None = None) -> FastAPI:
     app.state.service = service
     app.state.settings = settings
     app.include_router(api.router)
+    app.include_router(admin_router)
 
     @app.exception_handler(RolloutError)
     async def _rollout_error(_request: Request, exc: RolloutError) -> JSONResponse:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+
+def jsonable(value: Any) -> Any:
+    """Return ``value`` as plain JSON types (anything else as its ``str``)."""
+    return json.loads(json.dumps(value, default=str))
+
 
 Scalar = float | int | str | bool | None
 Identifier = Annotated[str, Field(min_length=1, max_length=200)]

@@ -72,8 +72,11 @@ class RolloutSettings(BaseSettings):
     decision_interval_s: float = Field(default=60.0, gt=0)
     decision_params: dict[str, Any] = Field(default_factory=dict)
 
-    # Guardrails: an arm past either limit (after min requests) is pulled from rotation.
+    # Guardrails: an arm past either limit is pulled from rotation: its failure rate over
+    # its recent predictions (once it failed min_failures times), or its p99 latency (once
+    # it served min_requests predictions).
     guardrail_max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    guardrail_min_failures: int = Field(default=5, ge=1)
     guardrail_max_p99_ms: float = Field(default=250.0, gt=0)
     guardrail_min_requests: int = Field(default=50, ge=1)
 

@@ -118,12 +118,15 @@ def test_late_feedback_after_window_is_410(rollout_home: Any) -> None:
 
     from rollout.app import create_app
 
+    now = [1_800_000_000.0]  # the service's clock, moved by the test
     settings = make_settings(rollout_home, feedback_window_s=0.2)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, clock=lambda: now[0])) as client:
         rid = predict(client)["request_id"]
-        import time
-
-        time.sleep(0.3)
+        now[0] += 0.1
+        fresh = predict(client)["request_id"]
+        inside = client.post("/feedback", json={"request_id": fresh, "reward": 1})
+        assert inside.status_code == 200, inside.text
+        now[0] += 0.2
         response = client.post("/feedback", json={"request_id": rid, "reward": 1})
         assert response.status_code == 410
         assert "window" in response.json()["detail"]

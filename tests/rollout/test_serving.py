@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -154,48 +153,53 @@ def test_two_replicas_on_postgres_count_exactly(
 
 
 def test_alias_moves_during_traffic_without_a_failed_request(rollout_home: Path) -> None:
+    """Traffic runs while the aliases move; the test triggers the poll and counts requests."""
     from fastapi.testclient import TestClient
     from rollout_helpers import make_settings, mlflow_client
 
     import contract
     from rollout.app import create_app
 
-    settings = make_settings(rollout_home, background=True, alias_poll_s=0.2)
+    settings = make_settings(rollout_home)  # background off: the test runs the alias poll
     statuses: list[int] = []
-    served: list[tuple[float, str, str]] = []
+    served: list[tuple[str, str]] = []
+    enough = threading.Condition()
     stop = threading.Event()
+
+    def wait_for(count: int) -> None:
+        with enough:
+            assert enough.wait_for(lambda: len(statuses) >= count, timeout=300), len(statuses)
+
     with TestClient(create_app(settings)) as client:
 
         def traffic() -> None:
             while not stop.is_set():
                 response = client.post("/predict", json={"features": FEATURES})
-                statuses.append(response.status_code)
-                if response.status_code == 200:
-                    body = response.json()
-                    served.append((time.monotonic(), body["arm"], body["model"]["version"]))
+                with enough:
+                    statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        body = response.json()
+                        served.append((body["arm"], body["model"]["version"]))
+                    enough.notify_all()
 
         thread = threading.Thread(target=traffic)
         thread.start()
         try:
-            time.sleep(1.0)
+            wait_for(150)
             registry = mlflow_client(rollout_home)
             registry.delete_registered_model_alias("conversion-test", "challenger-2")  # v3 out
-            moved_at = time.monotonic()
+            moved_at = len(served)
             contract.promote(registry, "conversion-test", "2", "hot reload test")  # v2 champion
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                ready = client.get("/readyz").json()
-                if ready["champion"] == "v2":
-                    swapped_at = time.monotonic()
-                    break
-                time.sleep(0.1)
-            time.sleep(1.0)
+            client.portal.call(client.app.state.service.refresh_models)  # type: ignore[attr-defined]
+            assert client.get("/readyz").json()["champion"] == "v2"
+            swapped_at = len(served) + 1  # one request may have been in flight on the old set
+            wait_for(len(statuses) + 150)
         finally:
             stop.set()
             thread.join()
     assert statuses and set(statuses) == {200}, f"failed requests: {set(statuses)}"
-    before = {arm for t, arm, _ in served if t < moved_at}
-    after = {arm for t, arm, _ in served if t > swapped_at + 0.1}
+    before = {arm for arm, _ in served[:moved_at]}
+    after = {arm for arm, _ in served[swapped_at:]}
     assert before == {"v1", "v2", "v3"}
     assert after == {"v2"}, "after the move only the new champion serves (v1 and v3 left)"
-    assert all(arm == f"v{version}" for _, arm, version in served)
+    assert all(arm == f"v{version}" for arm, version in served)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from rollout.service import arm_at, arm_set_fingerprint, unit_point
+from rollout.sticky import arm_at, arm_set_fingerprint, unit_point
 
 ALLOCATION = {"v1": 0.6, "v2": 0.3, "v3": 0.1}
 
