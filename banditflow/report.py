@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from contract import TAG_GATE_PREFIX, TAG_GATES, TAG_SERVING_FLAVOUR, TAG_STUDY
+from tasks.metrics import sign
 
 RECOVERY_TOLERANCE = 0.02  # "within 2 % of the oracle's reward rate"
 
@@ -151,7 +152,7 @@ def figures(data: ReportData) -> dict[str, bytes]:
         metric, direction = data.study_objectives.get(name, ("value", "maximize"))
         fig, ax = plt.subplots(figsize=(6, 3.5))
         values = trials["value"].to_numpy(dtype=float)
-        best = (np.fmax.accumulate if direction == "maximize" else np.fmin.accumulate)(values)
+        best = sign(direction) * np.fmin.accumulate(sign(direction) * values)
         ax.scatter(np.arange(1, len(values) + 1), values, s=14, label="trial")
         ax.plot(np.arange(1, len(values) + 1), best, color="darkorange", label="best so far")
         ax.set(xlabel="trial", ylabel=metric, title=f"Study {name}")

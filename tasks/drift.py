@@ -34,6 +34,7 @@ from contract import (
     TAG_STUDY,
     model_resource_id,
 )
+from tasks.metrics import sign
 from tasks.spec import DriftSpec
 
 if TYPE_CHECKING:
@@ -246,7 +247,7 @@ def metric_drift(
     margin: float,
 ) -> MetricDrift:
     """Compare the champion's recent metric with its hold-out value; worse by > margin degrades."""
-    worse_by = holdout - recent if direction == "maximize" else recent - holdout
+    worse_by = sign(direction) * (recent - holdout)
     return MetricDrift(metric, direction, holdout, recent, margin, bool(worse_by > margin))
 
 
@@ -417,7 +418,10 @@ def emit_drift_detected(report: DriftReport, *, model: str, version: str | None)
 
     emit_event(
         event=EVENT_DRIFT_DETECTED,
-        resource={"prefect.resource.id": model_resource_id(model, version)},
+        resource={
+            "prefect.resource.id": model_resource_id(model, version),
+            "prefect.resource.name": model,  # the retrain trigger's `model` parameter
+        },
         payload={
             "drifted_features": report.drifted_features,
             "metric_degraded": bool(report.metric and report.metric.degraded),

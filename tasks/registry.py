@@ -36,6 +36,7 @@ from contract import (
     record_event,
     was_rejected,
 )
+from tasks.metrics import sign as loss_sign
 from tasks.spec import StudySpec, TaskType
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def select_trials(
     """
     limit = spec.registration.max_candidates
     metric, direction = spec.primary_objective
-    sign = -1.0 if direction == "maximize" else 1.0
+    sign = loss_sign(direction)
 
     def key(trial: TrialLike) -> float:
         value = trial.values.get(metric)
@@ -149,9 +150,9 @@ def refit_candidate(
     feature_types: Mapping[str, Any] | None = None,
 ) -> Candidate:
     """Build the trial's pipeline and fit it on the full training part."""
-    from tasks.models import build_model
+    from tasks.models import build_model, merge_params
 
-    params = {**spec.model.fixed, **dict(trial.params)}
+    params = merge_params(spec.model.fixed, trial.params)
     model = build_model(
         spec.model.family,
         params,
@@ -354,7 +355,7 @@ def assign_aliases(
     every other passing version gets the next free challenger alias; a failing one gets no
     alias, and its history records which gates it failed. Returns ``{version: alias|None}``.
     """
-    sign = -1.0 if direction == "maximize" else 1.0
+    sign = loss_sign(direction)
 
     def rank(g: GatedVersion) -> tuple[float, int]:
         score = g.score if g.score is not None and math.isfinite(g.score) else None

@@ -21,6 +21,7 @@ from ax.api.utils.structs import GenerationStrategyDispatchStruct
 from ax.exceptions.core import DataRequiredError
 from ax.exceptions.generation_strategy import AxGenerationException
 
+from tasks.metrics import sign
 from tasks.optimizers.base import Optimizer, Trial, TrialResult
 from tasks.optimizers.space import Param
 
@@ -101,7 +102,7 @@ class AxOptimizer(Optimizer):
         )
         self._client.configure_optimization(
             objective=", ".join(
-                ("-" if direction == "minimize" else "") + self._metric_names[name]
+                ("-" if sign(direction) > 0 else "") + self._metric_names[name]
                 for name, direction in self.objectives.items()
             )
         )
