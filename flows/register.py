@@ -1,240 +1,30 @@
-"""Register a study's candidates: register -> gates -> aliases -> convert, then tell the world.
+"""Register a study's candidates: load -> register -> gates -> aliases -> convert -> tell the world.
 
 Run it right after ``optimize`` (the demo chains them) or with ``banditflow register STUDY``.
-Its result (also the ``banditflow.candidates.registered`` event's payload) is
-``{"model", "study", "versions": [{version, trial_id, passed, failures, alias,
-serving_flavour, gates, ...}], "registered": {version: alias or None}}``.
-Every step is idempotent: a trial already registered keeps its version, a version already
-gated keeps its verdict and alias, a flavour already decided is not re-decided.
+The steps are tasks in ``tasks/register.py``; the result is described there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
-from contract import (
-    EVENT_CANDIDATES_REGISTERED,
-    TAG_GATE_PREFIX,
-    TAG_ONNX_FALLBACK,
-    TAG_SERVING_FLAVOUR,
-    model_resource_id,
+from tasks.register import (
+    assign_candidate_aliases,
+    convert_candidates,
+    emit_registered,
+    gate_candidates,
+    log_summary,
+    plan_registration,
+    register_candidates,
+    summarize,
 )
 from tasks.settings import PipelineSettings, get_settings
 from tasks.spec import StudySpec
 
 if TYPE_CHECKING:
-    from tasks.gates import Holdout
-    from tasks.registry import GatedVersion, RegisteredVersion, TrialLike
-
-
-@dataclass
-class VersionState:
-    """One candidate version as it moves through the steps."""
-
-    registered: RegisteredVersion
-    model: Any | None = None  # the refit pipeline; None when the version existed already
-    passed: bool | None = None
-    failures: list[str] = field(default_factory=list)
-    score: float | None = None
-    alias: str | None = None
-    flavour: str | None = None
-
-    @property
-    def version(self) -> str:
-        return self.registered.version
-
-    def loaded_model(self) -> Any:
-        if self.model is None:
-            from tasks.registry import load_version_model
-
-            self.model = load_version_model(self.registered.name, self.version)
-        return self.model
-
-
-@task(name="register-candidates", cache_policy=NO_CACHE)
-def register_candidates(
-    spec: StudySpec,
-    study: str,
-    trials: list[TrialLike],
-    data: Any,
-    settings: PipelineSettings,
-    parent_run_id: str | None = None,
-) -> list[VersionState]:
-    """Refit and register each trial (or find its version)."""
-    from tasks.registry import register_trial
-    from tasks.tracking import configure_mlflow, ensure_experiment
-
-    client = configure_mlflow(settings)
-    if parent_run_id:
-        experiment_id = client.get_run(parent_run_id).info.experiment_id
-    else:
-        experiment_id = ensure_experiment(spec.name, settings)
-    states = []
-    for trial in trials:
-        registered, model = register_trial(
-            client,
-            spec,
-            trial,
-            data.X_train,
-            data.y_train,
-            study=study,
-            experiment_id=experiment_id,
-            feature_types=getattr(data, "feature_types", None),
-            parent_run_id=parent_run_id,
-        )
-        states.append(VersionState(registered, model))
-    return states
-
-
-@task(name="run-gates", cache_policy=NO_CACHE)
-def gate_candidates(
-    spec: StudySpec, states: list[VersionState], holdout: Holdout, settings: PipelineSettings
-) -> list[VersionState]:
-    """Run the spec's gates on each version not gated before; record the reports."""
-    from tasks.gates import gate_and_record, recorded_verdict
-    from tasks.registry import champion
-    from tasks.tracking import configure_mlflow
-
-    client = configure_mlflow(settings)
-    metric = spec.gates.performance.metric if spec.gates.performance else None
-    current = champion(client, spec.name)
-    for state in states:
-        tags = client.get_model_version(spec.name, state.version).tags or {}
-        passed, failures, score = recorded_verdict(tags, metric)
-        if passed is None:
-            report = gate_and_record(
-                client,
-                spec.name,
-                state.version,
-                state.registered.run_id,
-                state.loaded_model(),
-                gates=spec.gates,
-                holdout=holdout,
-                task=spec.task,
-                # A version is not judged against itself (a re-run after a crash).
-                champion=None if current is None or current[0] == state.version else current[1],
-                latency_calls=spec.evaluation.latency_calls,
-            )
-            passed, failures, score = report.passed, report.failures, report.metric_value
-        state.passed, state.failures, state.score = passed, failures, score
-    return states
-
-
-@task(name="assign-aliases", cache_policy=NO_CACHE)
-def assign_candidate_aliases(
-    spec: StudySpec, study: str, states: list[VersionState], settings: PipelineSettings
-) -> list[VersionState]:
-    """First champion if none, ``challenger-N`` for the other passers, nothing for failures."""
-    from tasks.registry import GatedVersion, assign_aliases
-    from tasks.tracking import configure_mlflow
-
-    client = configure_mlflow(settings)
-    direction = "maximize"
-    if spec.gates.performance is not None:
-        from tasks.spec import metrics_for
-
-        direction = metrics_for(spec.task).get(spec.gates.performance.metric, "maximize")
-    gated: list[GatedVersion] = [
-        GatedVersion(s.version, bool(s.passed), s.score, s.failures) for s in states
-    ]
-    aliases = assign_aliases(client, spec.name, gated, study=study, direction=direction)
-    for state in states:
-        state.alias = aliases.get(state.version)
-    return states
-
-
-@task(name="convert-onnx", cache_policy=NO_CACHE)
-def convert_candidates(
-    spec: StudySpec, states: list[VersionState], holdout: Holdout, settings: PipelineSettings
-) -> list[VersionState]:
-    """Give each passing version its serving flavour: ONNX when it agrees and is faster."""
-    from tasks.onnx import OnnxOutcome, convert_and_check, record_serving_flavour
-    from tasks.tracking import configure_mlflow
-
-    client = configure_mlflow(settings)
-    for state in states:
-        if not state.passed:
-            continue
-        tags = client.get_model_version(spec.name, state.version).tags or {}
-        if TAG_SERVING_FLAVOUR in tags:
-            state.flavour = tags[TAG_SERVING_FLAVOUR]
-            continue
-        if spec.registration.convert_onnx:
-            outcome, onnx_bytes = convert_and_check(
-                state.loaded_model(),
-                holdout.X,
-                task=spec.task,
-                timing_calls=spec.evaluation.latency_calls,
-            )
-        else:
-            reason = "registration.convert_onnx is off in the spec"
-            outcome, onnx_bytes = OnnxOutcome("sklearn", reason, converted=False), None
-        record_serving_flavour(
-            client, spec.name, state.version, state.registered.run_id, outcome, onnx_bytes
-        )
-        state.flavour = outcome.flavour
-    return states
-
-
-def summarize(
-    spec: StudySpec, study: str, states: list[VersionState], settings: PipelineSettings
-) -> dict[str, Any]:
-    """Return the flow's result (also the event's payload): each version and its verdict."""
-    from tasks.tracking import configure_mlflow
-
-    client = configure_mlflow(settings)
-    versions = []
-    for state in states:
-        tags = client.get_model_version(spec.name, state.version).tags or {}
-        versions.append(
-            {
-                "version": state.version,
-                "trial_id": state.registered.trial_id,
-                "created": state.registered.created,
-                "passed": state.passed,
-                "failures": state.failures,
-                "score": state.score,
-                "alias": state.alias,
-                "serving_flavour": state.flavour,
-                "onnx_fallback_reason": tags.get(TAG_ONNX_FALLBACK),
-                "gates": {
-                    k[len(TAG_GATE_PREFIX) :]: v
-                    for k, v in tags.items()
-                    if k.startswith(TAG_GATE_PREFIX)
-                },
-            }
-        )
-    return {
-        "model": spec.name,
-        "study": study,
-        "versions": versions,
-        "registered": {v["version"]: v["alias"] for v in versions},  # version -> alias
-    }
-
-
-def emit_registered(summary: dict[str, Any]) -> None:
-    """Emit ``banditflow.candidates.registered`` for the model, with the versions' verdicts."""
-    from prefect.events import emit_event
-
-    emit_event(
-        event=EVENT_CANDIDATES_REGISTERED,
-        resource={
-            "prefect.resource.id": model_resource_id(summary["model"]),
-            "prefect.resource.name": summary["model"],
-        },
-        related=[
-            {
-                "prefect.resource.id": model_resource_id(summary["model"], v["version"]),
-                "prefect.resource.role": "model-version",
-            }
-            for v in summary["versions"]
-        ],
-        payload=summary,
-    )
+    from tasks.registry import TrialLike
 
 
 def register_trials(
@@ -245,7 +35,7 @@ def register_trials(
     settings: PipelineSettings,
     parent_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run the four steps as tasks (inside a flow) on given trials and data; emit the event."""
+    """Run the steps as tasks (inside a flow) on given trials and data; emit the event."""
     from tasks.gates import holdout_from
 
     holdout = holdout_from(data, spec.gates)
@@ -255,6 +45,7 @@ def register_trials(
     states = convert_candidates(spec, states, holdout, settings)
     summary = summarize(spec, study, states, settings)
     emit_registered(summary)
+    log_summary(summary)
     return summary
 
 
@@ -267,47 +58,6 @@ def register(
     ``spec`` defaults to the one the optimize flow logged with the study; ``model_name``
     (default: ``registration.model_name``, else the spec's name) is the registered model.
     """
-    from tasks.data import load_study_data
-    from tasks.registry import select_trials
-    from tasks.study import load_study_result
-
     settings = get_settings()
-    result = load_study_result(study, settings)
-    spec = spec or load_study_spec(result.parent_run_id, settings)
-    data = load_study_data(spec, settings)
-    trials = select_trials(spec, result.best, result.pareto, result.top)
-    # The registered model: the argument, else the spec's registration.model_name, else
-    # the study's own name. The spec carries it as its name from here on.
-    target = model_name or spec.registration.model_name or spec.name
-    if target != spec.name:
-        spec = spec.model_copy(update={"name": target})
-    summary = register_trials(spec, study, trials, data, settings, result.parent_run_id)
-    logger = get_run_logger()
-    for v in summary["versions"]:
-        logger.info(
-            "%s version %s (trial %s): gates %s%s, alias %s, serving %s",
-            spec.name,
-            v["version"],
-            v["trial_id"],
-            "passed" if v["passed"] else "failed",
-            f" ({', '.join(v['failures'])})" if v["failures"] else "",
-            v["alias"] or "-",
-            v["serving_flavour"] or "-",
-        )
-    return summary
-
-
-def load_study_spec(parent_run_id: str, settings: PipelineSettings) -> StudySpec:
-    """Read the spec the optimize flow logged as ``spec.yaml`` on the study's parent run."""
-    import tempfile
-
-    import mlflow
-
-    from tasks.tracking import configure_mlflow
-
-    configure_mlflow(settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=parent_run_id, artifact_path="spec.yaml", dst_path=tmp
-        )
-        return StudySpec.from_yaml(path)
+    plan = plan_registration(study, spec, model_name, settings)
+    return register_trials(plan.spec, study, plan.trials, plan.data, settings, plan.parent_run_id)

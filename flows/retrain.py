@@ -1,14 +1,7 @@
 """The retrain flow: drift check -> if drifted, optimize again warm-started -> register -> gates.
 
-Started by ``banditflow.features.updated`` (a deployment trigger passes the feature view
-and the new data's time range) or by the daily schedule (no range: the last
-``drift.recent_days`` before the newest labelled row). For each registered model holding a
-``champion`` alias (or the one named), it compares the recent window with the champion's
-training data (kept beside the champion, see ``tasks/drift.py``) and, when labels are
-there, the champion's metric on recent rows with its hold-out value. Not drifted: the
-report is recorded and the flow stops. Drifted: a new study on the recent window, its
-first trials the previous study's best points, whose candidates go through registration
-and the gates and become challengers the rollout service picks up from their aliases.
+The steps are in ``tasks/retrain.py`` (window, drift check, the retrain study's spec) and
+``tasks/register.py``; this module chains them with the optimize and register flows.
 
 Concurrency: the deployment has ``concurrency_limit: 1`` with ``CANCEL_NEW``
 (prefect.yaml), so two feature updates at once start one retrain; the other run is
@@ -17,223 +10,21 @@ cancelled by the server before it starts.
 
 from __future__ import annotations
 
-import logging
-import math
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
 
-import pandas as pd
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
-from contract import (
-    CHAMPION,
-    TAG_HOLDOUT_PREFIX,
-    TAG_METRIC_PREFIX,
-    TAG_STUDY,
-    feature_view_of,
-)
-from tasks.drift import (
-    DriftError,
-    MetricDrift,
-    check_drift_task,
-    keep_reference,
-    metric_drift,
-    reference_path,
+from tasks.retrain import (
+    RetrainOutcome,
+    check_model,
+    feature_view_name,
+    models_with_champion,
+    run_logger,
 )
 from tasks.settings import PipelineSettings, get_settings
 from tasks.spec import StudySpec
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
-
-class RetrainError(RuntimeError):
-    """The retrain flow cannot go on; the message says what to fix."""
-
-
-@dataclass
-class RetrainOutcome:
-    """What the retrain flow did for one model."""
-
-    model: str
-    status: str  # no-champion | no-recent-data | not-drifted | retrained
-    champion_version: str | None = None
-    previous_study: str | None = None
-    window: dict[str, str | None] = field(default_factory=dict)
-    drifted_features: list[str] = field(default_factory=list)
-    metric_degraded: bool = False
-    new_study: str | None = None
-    warm_start: list[dict[str, Any]] = field(default_factory=list)
-    registered: dict[str, str | None] = field(default_factory=dict)  # version -> alias
-    detail: str = ""
-
-
-# --- plain functions (testable without a flow run) --------------------------------------
-def feature_view_name(value: str | None) -> str | None:
-    """Return the view name from a trigger's ``{{ event.resource.id }}`` or a plain name."""
-    if not value:
-        return None
-    return feature_view_of(value)
-
-
-def models_with_champion(client: MlflowClient) -> list[str]:
-    """Return the registered models that have a champion (what a bare retrain checks)."""
-    return sorted(
-        m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {})
-    )
-
-
-def _labels_path(spec: StudySpec, settings: PipelineSettings) -> Path:
-    if spec.data.source == "file":
-        return Path(spec.data.path or "")
-    return Path(spec.data.labels) if spec.data.labels else settings.data_dir / "sessions.parquet"
-
-
-def latest_label_time(spec: StudySpec, settings: PipelineSettings) -> datetime | None:
-    """Return the newest labelled row's time (reads only the timestamp column)."""
-    path = _labels_path(spec, settings)
-    column = spec.data.timestamp_column or "event_timestamp"
-    if not path.exists():
-        return None
-    if path.suffix.lower() == ".csv":
-        stamps = pd.read_csv(path, usecols=[column])[column]
-    else:
-        stamps = pd.read_parquet(path, columns=[column])[column]
-    if stamps.empty:
-        return None
-    return pd.to_datetime(stamps, utc=True).max().to_pydatetime()
-
-
-def resolve_window(
-    start: datetime | None,
-    end: datetime | None,
-    spec: StudySpec,
-    settings: PipelineSettings,
-) -> tuple[datetime, datetime]:
-    """Return the recent window: the event's range, else the last ``recent_days`` of labels.
-
-    A feature update may cover a single day (a push); the window is widened back to
-    ``drift.recent_days`` so the drift tests have enough rows.
-    """
-    days = timedelta(days=spec.drift.recent_days)
-    if end is None:
-        latest = latest_label_time(spec, settings)
-        # Exclusive end: one second after the newest row keeps that row in the window.
-        end = (latest + timedelta(seconds=1)) if latest else datetime.now(UTC)
-    end = end if end.tzinfo else end.replace(tzinfo=UTC)
-    if start is None or end - start < days:
-        start = end - days
-    start = start if start.tzinfo else start.replace(tzinfo=UTC)
-    return start, end
-
-
-def windowed(spec: StudySpec, start: datetime | None, end: datetime | None) -> StudySpec:
-    """Return ``spec`` with its data restricted to ``[start, end)``."""
-    data = spec.data.model_copy(update={"start": start, "end": end})
-    return spec.model_copy(update={"data": data})
-
-
-def top_points(trials: list[Any], spec: StudySpec, k: int) -> list[dict[str, Any]]:
-    """Return the params of the ``k`` best completed trials, best first, without duplicates."""
-    if k <= 0:
-        return []
-    metric, direction = spec.primary_objective
-    sign = -1.0 if direction == "maximize" else 1.0
-    scored = []
-    for t in trials:
-        status = getattr(t, "status", "completed")
-        value = (getattr(t, "values", None) or {}).get(metric)
-        if status != "completed" or value is None or not math.isfinite(float(value)):
-            continue
-        scored.append((sign * float(value), dict(t.params)))
-    scored.sort(key=lambda pair: pair[0])
-    out: list[dict[str, Any]] = []
-    for _, params in scored:
-        if params not in out:
-            out.append(params)
-        if len(out) == k:
-            break
-    return out
-
-
-def retrain_spec(
-    previous: StudySpec,
-    model: str,
-    start: datetime,
-    end: datetime,
-    warm_start: list[dict[str, Any]],
-) -> StudySpec:
-    """Return the retrain study: same model family and search, the recent window, a new name.
-
-    A study is keyed by its spec's name (optimizer state, MLflow experiment), so each
-    retrain is its own study named after the model and the window's end; its candidates
-    are registered under ``model`` all the same.
-    """
-    name = f"{model}--retrain-{end.strftime('%Y%m%dT%H%M%S')}"
-    spec = windowed(previous, start, end)
-    registration = spec.registration.model_copy(update={"model_name": model})
-    return spec.model_copy(
-        update={"name": name, "warm_start": warm_start, "registration": registration}
-    )
-
-
-def frame_of(data: Any) -> tuple[pd.DataFrame, pd.Series]:
-    """Return all rows (training + hold-out) of a ``StudyData`` as (X, y)."""
-    X = pd.concat([data.X_train, data.X_test], ignore_index=True)
-    y = pd.concat([data.y_train, data.y_test], ignore_index=True)
-    return X, y
-
-
-# --- tasks -------------------------------------------------------------------------------
-@task(name="load-reference-window", cache_policy=NO_CACHE)
-def load_reference(
-    model: str, version: str, spec: StudySpec, settings: PipelineSettings
-) -> pd.DataFrame:
-    """Return the champion's reference sample; derive and keep it on first use."""
-    path = reference_path(settings, model, version)
-    if path.exists():
-        return pd.read_parquet(path)
-    from tasks.data import load_study_data
-
-    X, _ = frame_of(load_study_data(spec, settings))
-    keep_reference(X, settings, model, version, max_rows=spec.drift.max_reference_rows)
-    return pd.read_parquet(path)
-
-
-@task(name="load-recent-window", cache_policy=NO_CACHE)
-def load_recent(spec: StudySpec, settings: PipelineSettings) -> Any:
-    """Return the recent window's ``StudyData`` (features and labels)."""
-    from tasks.data import load_study_data
-
-    return load_study_data(spec, settings)
-
-
-@task(name="champion-metric-on-recent-rows", cache_policy=NO_CACHE)
-def champion_metric(
-    client: MlflowClient,
-    model: str,
-    version: str,
-    spec: StudySpec,
-    X: pd.DataFrame,
-    y: pd.Series,
-) -> MetricDrift | None:
-    """Score the champion on recent labelled rows against its recorded hold-out value."""
-    from tasks.gates import score_metric
-    from tasks.registry import load_version_model
-
-    metric, direction = spec.primary_objective
-    if metric in {"latency_ms", "model_bytes"} or y.empty:
-        return None
-    tags = client.get_model_version(model, version).tags or {}
-    recorded = tags.get(f"{TAG_HOLDOUT_PREFIX}{metric}") or tags.get(f"{TAG_METRIC_PREFIX}{metric}")
-    if recorded is None:
-        return None
-    champion = load_version_model(model, version)
-    recent = score_metric(metric, champion, X, y.to_numpy(), spec.task)
-    return metric_drift(metric, direction, float(recorded), recent, spec.drift.metric_margin)
 
 
 def optimize_and_register(
@@ -255,7 +46,6 @@ def optimize_and_register(
     return {str(v["version"]): v["alias"] for v in summary["versions"]}
 
 
-# --- the flow ----------------------------------------------------------------------------
 def retrain_model(
     model: str,
     start: datetime | None,
@@ -265,89 +55,10 @@ def retrain_model(
     warm_start_top: int,
 ) -> RetrainOutcome:
     """Check one model's drift and retrain it when drifted."""
-    from flows.register import load_study_spec
-    from tasks.study import load_study_result
-    from tasks.tracking import configure_mlflow
-
-    log = _logger()
-    from mlflow.exceptions import MlflowException
-
-    client = configure_mlflow(settings)
-    try:
-        aliases = dict(client.get_registered_model(model).aliases or {})
-    except MlflowException as exc:
-        raise RetrainError(
-            f"no registered model {model!r} at {settings.registry_uri}: run optimize and "
-            "register first, or leave `model` empty to check every model with a champion"
-        ) from exc
-    version = aliases.get(CHAMPION)
-    if version is None:
-        return RetrainOutcome(model, "no-champion", detail="no champion alias: run optimize first")
-    tags = client.get_model_version(model, version).tags or {}
-    study = tags.get(TAG_STUDY)
-    if not study:
-        raise RetrainError(
-            f"champion {model} v{version} has no {TAG_STUDY!r} tag: register it through the "
-            "optimize flow so the retrain knows which study (data window, search) made it"
-        )
-    previous = load_study_result(study, settings)
-    spec = load_study_spec(previous.parent_run_id, settings)
-    lo, hi = resolve_window(start, end, spec, settings)
-    window: dict[str, str | None] = {"start": lo.isoformat(), "end": hi.isoformat()}
-    outcome = RetrainOutcome(model, "not-drifted", version, study, window)
-
-    reference = cast(pd.DataFrame, load_reference(model, version, spec, settings))
-    try:
-        recent = load_recent(windowed(spec, lo, hi), settings)
-    except ValueError as exc:  # DataError: no or too few labelled rows in the window
-        outcome.status, outcome.detail = "no-recent-data", str(exc)
-        log.info("%s: no recent data to check (%s)", model, exc)
-        return outcome
-    X, y = frame_of(recent)
-    features = [c for c in reference.columns if c in X.columns]
-    metric = champion_metric(client, model, version, spec, X, y)
-    try:
-        report = check_drift_task(
-            reference[features],
-            X[features],
-            spec.drift,
-            study=model,
-            model_version=version,
-            settings=settings,
-            metric=metric,
-            window=window,
-        )
-    except DriftError as exc:
-        outcome.status, outcome.detail = "no-recent-data", str(exc)
-        log.info("%s: %s", model, exc)
-        return outcome
-    outcome.drifted_features = report.drifted_features
-    outcome.metric_degraded = bool(report.metric and report.metric.degraded)
-    if not report.drifted:
-        outcome.detail = "no feature drifted and the champion's metric held: nothing to do"
-        log.info("%s v%s: no drift in %s..%s; stopping", model, version, lo, hi)
-        return outcome
-
-    trials = list(previous.top) or [t for t in [previous.best, *previous.pareto] if t]
-    warm = top_points(trials, spec, warm_start_top)
-    new_spec = retrain_spec(spec, model, lo, hi, warm)
-    log.info(
-        "%s drifted (%s); retraining as study %s warm-started from %d points",
-        model,
-        ", ".join(report.drifted_features) or "metric",
-        new_spec.name,
-        len(warm),
-    )
-    outcome.status, outcome.new_study, outcome.warm_start = "retrained", new_spec.name, warm
-    outcome.registered = optimize_and_register(new_spec, model, recent, settings)
-    return outcome
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    try:
-        return get_run_logger()
-    except Exception:  # called outside a run (tests of the plain function)
-        return logging.getLogger(__name__)
+    plan = check_model(model, start, end, settings=settings, warm_start_top=warm_start_top)
+    if plan.spec is not None:
+        plan.outcome.registered = optimize_and_register(plan.spec, model, plan.data, settings)
+    return plan.outcome
 
 
 @flow(name="retrain", log_prints=True)
@@ -363,7 +74,7 @@ def retrain(
 
     settings = get_settings()
     view = feature_view_name(feature_view)
-    log = _logger()
+    log = run_logger()
     names = [model] if model else models_with_champion(configure_mlflow(settings))
     if not names:
         log.info("no registered model has a champion yet: nothing to check")

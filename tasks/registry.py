@@ -196,45 +196,23 @@ def register_candidate(
     task: TaskType,
     parent_run_id: str | None = None,
 ) -> RegisteredVersion:
-    """Log and register ``candidate`` under ``name`` unless this trial already has a version."""
+    """Log and register ``candidate`` under ``name`` (``register_trial`` looks for it first)."""
     import mlflow
     from mlflow.models import infer_signature
 
-    digest = candidate.params_hash
-    existing = find_version(
-        client, name, study=study, trial_id=candidate.trial_id, params_digest=digest
-    )
-    if existing is not None:
-        return RegisteredVersion(
-            name,
-            str(existing.version),
-            str(existing.run_id),
-            candidate.trial_id,
-            created=False,
-            tags=dict(existing.tags or {}),
-        )
-
-    example = input_example.head(5).copy()
-    # Integer columns declared as doubles: a request with a missing value (NaN) must still
-    # match the signature (MLflow's own advice); sklearn predicts the same on either.
-    for column in example.columns:
-        if pd.api.types.is_integer_dtype(example[column]):
-            example[column] = example[column].astype("float64")
+    example = _input_example(input_example)
     output = (
         candidate.model.predict(example)
         if task == "regression"
         else candidate.model.predict_proba(example)
     )
+    finite = {k: v for k, v in candidate.metrics.items() if math.isfinite(v)}
     tags = {
         TAG_STUDY: study,
         TAG_TRIAL: candidate.trial_id,
-        TAG_PARAMS_HASH: digest,
+        TAG_PARAMS_HASH: candidate.params_hash,
         TAG_FAMILY: candidate.family,
-        **{
-            f"{TAG_METRIC_PREFIX}{k}": f"{v:.6g}"
-            for k, v in candidate.metrics.items()
-            if math.isfinite(v)
-        },
+        **{f"{TAG_METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in finite.items()},
     }
     with mlflow.start_run(
         experiment_id=experiment_id,
@@ -243,7 +221,6 @@ def register_candidate(
         tags=tags,
     ) as run:
         mlflow.log_params({k: _plain(v) for k, v in candidate.params.items()})
-        finite = {k: v for k, v in candidate.metrics.items() if math.isfinite(v)}
         if finite:
             mlflow.log_metrics(finite)
         info = mlflow.sklearn.log_model(
@@ -259,6 +236,26 @@ def register_candidate(
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
     return RegisteredVersion(
         name, str(mv.version), run.info.run_id, candidate.trial_id, created=True, tags=tags
+    )
+
+
+def _input_example(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return five rows to log as the input example, integer columns as doubles.
+
+    A request with a missing value (NaN) must still match the signature (MLflow's own
+    advice); sklearn predicts the same on either.
+    """
+    example = frame.head(5).copy()
+    for column in example.columns:
+        if pd.api.types.is_integer_dtype(example[column]):
+            example[column] = example[column].astype("float64")
+    return example
+
+
+def _existing(name: str, mv: ModelVersion, trial_id: str) -> RegisteredVersion:
+    """Return the version found for a trial as a ``RegisteredVersion`` (not created now)."""
+    return RegisteredVersion(
+        name, str(mv.version), str(mv.run_id), trial_id, created=False, tags=dict(mv.tags or {})
     )
 
 
@@ -286,15 +283,7 @@ def register_trial(
         params_digest=params_hash(trial.params),
     )
     if existing is not None:
-        found = RegisteredVersion(
-            spec.name,
-            str(existing.version),
-            str(existing.run_id),
-            str(trial.trial_id),
-            created=False,
-            tags=dict(existing.tags or {}),
-        )
-        return found, None
+        return _existing(spec.name, existing, str(trial.trial_id)), None
     candidate = refit_candidate(spec, trial, X_train, y_train, feature_types)
     registered = register_candidate(
         client,
