@@ -91,6 +91,7 @@ def model_resource_id(name: str, version: str | int | None = None) -> str:
 # --- entry-point groups (third-party registrations) -------------------------------------
 POLICY_ENTRY_POINT_GROUP = "banditflow.policies"
 MODEL_FAMILY_ENTRY_POINT_GROUP = "banditflow.model_families"
+OPTIMIZER_ENTRY_POINT_GROUP = "banditflow.optimizers"
 
 __all__ = [
     "CHAMPION",
@@ -133,4 +134,5 @@ __all__ = [
     "model_resource_id",
     "POLICY_ENTRY_POINT_GROUP",
     "MODEL_FAMILY_ENTRY_POINT_GROUP",
+    "OPTIMIZER_ENTRY_POINT_GROUP",
 ]

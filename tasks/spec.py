@@ -95,6 +95,16 @@ class ModelSpec(_Strict):
             )
         return space
 
+    @model_validator(mode="after")
+    def _fixed_is_not_searched(self) -> ModelSpec:
+        both = sorted(set(self.space or {}) & set(self.fixed))
+        if both:
+            raise ValueError(
+                f"{both} are both fixed and searched: a fixed value is never searched; "
+                "remove them from 'space' or from 'fixed'"
+            )
+        return self
+
 
 class PruningSpec(_Strict):
     """Stop a trial early when it is clearly worse than the others after some folds."""

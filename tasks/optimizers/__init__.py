@@ -1,11 +1,11 @@
-"""One ask/tell interface over Hyperopt (TPE), Ax (Bayesian optimization) and random search.
+"""One ask/tell interface over Hyperopt (TPE), Ax (Bayesian optimization), random search and
+any backend registered by name (``register_optimizer`` or the entry-point group).
 
 ``import tasks.optimizers`` imports neither hyperopt nor ax: backends load on first use.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,14 +22,15 @@ from tasks.optimizers.base import (
     UnknownTrialError,
     load_optimizer,
 )
+from tasks.optimizers.registry import (
+    Backend,
+    available_optimizers,
+    build_optimizer,
+    get_backend,
+    register_optimizer,
+    unregister_optimizer,
+)
 from tasks.optimizers.space import PointError, SpaceError
-
-# name -> "module:class"; a new backend is one line here (and one in the contract tests).
-BACKENDS: dict[str, str] = {
-    "random": "tasks.optimizers.random:RandomOptimizer",
-    "hyperopt": "tasks.optimizers.hyperopt:HyperoptOptimizer",
-    "ax": "tasks.optimizers.ax:AxOptimizer",
-}
 
 
 def get_optimizer(
@@ -39,23 +40,12 @@ def get_optimizer(
     seed: int = 0,
     **options: Any,
 ) -> Optimizer:
-    """Build the optimizer ``name`` (``hyperopt``, ``ax`` or ``random``) over ``space``."""
-    if name not in BACKENDS:
-        raise ConfigurationError(f"unknown optimizer {name!r}; choose from {sorted(BACKENDS)}")
-    module_name, _, class_name = BACKENDS[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        package = {"hyperopt": "hyperopt", "ax": "ax-platform"}.get(name, name)
-        raise ImportError(
-            f"optimizer {name!r} needs {package}: pip install {package} ({exc})"
-        ) from exc
-    cls: type[Optimizer] = getattr(module, class_name)
-    return cls(space, objectives, seed=seed, **options)
+    """Build the registered optimizer ``name`` (``hyperopt``, ``ax``, ``random``, ...)."""
+    return build_optimizer(name, space, objectives, seed, **options)
 
 
 __all__ = [
-    "BACKENDS",
+    "Backend",
     "CapabilityError",
     "ConfigurationError",
     "MultiObjectiveError",
@@ -68,6 +58,10 @@ __all__ = [
     "TrialAlreadyToldError",
     "TrialResult",
     "UnknownTrialError",
+    "available_optimizers",
+    "get_backend",
+    "register_optimizer",
+    "unregister_optimizer",
     "get_optimizer",
     "load_optimizer",
 ]

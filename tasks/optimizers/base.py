@@ -88,6 +88,13 @@ def _check_objectives(objectives: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def loss_sign(direction: str) -> float:
+    """Return the factor that turns a metric of ``direction`` into a loss (lower is better)."""
+    if direction not in DIRECTIONS:
+        raise ConfigurationError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+    return -1.0 if direction == "maximize" else 1.0
+
+
 def dominates(a: list[float], b: list[float]) -> bool:
     """Return whether ``a`` Pareto-dominates ``b`` (both in minimisation form)."""
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(
@@ -107,6 +114,8 @@ class Optimizer(ABC):
     """
 
     name: ClassVar[str] = "base"
+    # Whether the backend takes several objectives (a Pareto front); the spec checks it.
+    multi_objective: ClassVar[bool] = True
     # Whether the same history and seed give the same next suggestions after ``load``.
     deterministic_resume: ClassVar[bool] = False
 
@@ -293,10 +302,7 @@ class Optimizer(ABC):
 
     def _loss_vector(self, record: TrialResult) -> list[float]:
         """Return the objectives in minimisation form (maximised ones negated)."""
-        return [
-            -record.values[k] if d == "maximize" else record.values[k]
-            for k, d in self.objectives.items()
-        ]
+        return [loss_sign(d) * record.values[k] for k, d in self.objectives.items()]
 
     @abstractmethod
     def _suggest(self, n: int) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import numpy as np
 from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Domain, Trials, hp, space_eval, tpe
 from hyperopt.pyll import scope
 
-from tasks.optimizers.base import CapabilityError, Optimizer, Trial, TrialResult
+from tasks.optimizers.base import CapabilityError, Optimizer, Trial, TrialResult, loss_sign
 from tasks.optimizers.space import Param, Space
 
 # A categorical parent becomes an hp.choice over dicts; this key holds the chosen value.
@@ -80,6 +80,7 @@ class HyperoptOptimizer(Optimizer):
     """
 
     name = "hyperopt"
+    multi_objective = False
     deterministic_resume = True
 
     def __init__(
@@ -114,7 +115,7 @@ class HyperoptOptimizer(Optimizer):
                 f"{n_EI_candidates=} (>= 1), {gamma=} (in (0, 1))"
             )
         ((self._metric, direction),) = self.objectives.items()
-        self._sign = -1.0 if direction == "maximize" else 1.0  # hyperopt minimizes
+        self._sign = loss_sign(direction)  # hyperopt minimizes: the one flip, at this boundary
         self._expr = build_hyperopt_space(self.space)
         self._domain = Domain(_objective_never_called, self._expr)
         self._trials = Trials()

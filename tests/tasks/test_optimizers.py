@@ -1,4 +1,4 @@
-"""Contract tests for every optimizer backend (a new backend is one line in BACKENDS)."""
+"""Contract tests for every optimizer backend (testing a new backend is one line in BACKENDS)."""
 
 from __future__ import annotations
 
@@ -233,6 +233,93 @@ def test_param_spec_objects_and_unknown_backend() -> None:
         get_optimizer("smac", space, {"auc": "maximize"})
     with pytest.raises(ValueError, match="direction must be"):
         get_optimizer("random", space, {"auc": "up"})
+
+
+class CycleOptimizer(Optimizer):
+    """A backend defined in test code: walks the first categorical's choices in turn."""
+
+    name = "cycle"
+    deterministic_resume = True
+
+    def _suggest(self, n: int) -> list[dict[str, Any]]:
+        rng = np.random.default_rng(self.seed + self._next_id)
+        return [self.space.sample(rng) for _ in range(n)]
+
+    def _register(self, trial: Any) -> None:
+        """Nothing to remember."""
+
+    def _observe(self, result: Any) -> None:
+        """Nothing to learn."""
+
+
+def test_a_backend_registered_from_test_code_runs_a_spec_and_resumes(tmp_path: Path) -> None:
+    from tasks.optimizers import available_optimizers, register_optimizer, unregister_optimizer
+    from tasks.spec import SpecError, StudySpec
+
+    raw = {"name": "reg", "optimizer": "cycle", "objectives": {"roc_auc": "maximize"}}
+    with pytest.raises(SpecError, match=r"unknown optimizer 'cycle'; choose from \['ax'"):
+        StudySpec.parse(raw)
+    register_optimizer("cycle", CycleOptimizer)
+    try:
+        assert "cycle" in available_optimizers()
+        assert StudySpec.parse(raw).optimizer == "cycle"
+        two = {**raw, "objectives": {"roc_auc": "maximize", "latency_ms": "minimize"}}
+        assert StudySpec.parse(two).optimizer == "cycle"  # multi_objective from the class
+        optimizer = get_optimizer("cycle", SPACE, {"loss": "minimize"}, seed=3)
+        (trial,) = optimizer.ask(1)
+        check_point(trial.params)
+        optimizer.tell(trial.id, {"loss": loss(trial.params)})
+        optimizer.save(tmp_path / "state.json")
+        loaded = load_optimizer(tmp_path / "state.json")
+        assert isinstance(loaded, CycleOptimizer) and loaded.trials() == optimizer.trials()
+        with pytest.raises(ValueError, match="already registered"):
+            register_optimizer("cycle", CycleOptimizer)
+    finally:
+        unregister_optimizer("cycle")
+    with pytest.raises(SpecError, match="hyperopt optimizes a single objective"):
+        StudySpec.parse({**raw, "optimizer": "hyperopt", "objectives": two["objectives"]})
+
+
+PLUGIN_MODULE = """
+import numpy as np
+from tasks.optimizers import Optimizer
+
+class PluginOptimizer(Optimizer):
+    name = "plugin-cycle"
+
+    def _suggest(self, n):
+        rng = np.random.default_rng(self.seed + self._next_id)
+        return [self.space.sample(rng) for _ in range(n)]
+
+    def _register(self, trial):
+        pass
+
+    def _observe(self, result):
+        pass
+"""
+
+
+def test_a_backend_found_through_the_entry_point_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution's entry_points.txt on sys.path is all a third-party backend needs."""
+    from contract import OPTIMIZER_ENTRY_POINT_GROUP
+    from tasks.optimizers import available_optimizers
+    from tasks.spec import StudySpec
+
+    (tmp_path / "bf_cycle_plugin.py").write_text(PLUGIN_MODULE)
+    info = tmp_path / "bf_cycle_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bf-cycle-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[{OPTIMIZER_ENTRY_POINT_GROUP}]\nplugin-cycle = bf_cycle_plugin:PluginOptimizer\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "plugin-cycle" in available_optimizers()
+    spec = StudySpec.parse({"name": "ep", "optimizer": "plugin-cycle"})
+    optimizer = get_optimizer(spec.optimizer, SPACE, {"loss": "minimize"})
+    assert type(optimizer).__module__ == "bf_cycle_plugin"
+    assert len(optimizer.ask(2)) == 2
 
 
 def test_importing_the_package_loads_neither_ax_nor_hyperopt() -> None:

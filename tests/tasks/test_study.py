@@ -1,0 +1,118 @@
+"""The study loop without Prefect: budget, pruning medians across a resume, the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.spec import StudySpec
+
+
+def make_spec(name: str = "studytest", **extra) -> StudySpec:
+    raw = {
+        "name": name,
+        "data": {"source": "file", "path": "unused.csv", "target": "y", "timestamp_column": None},
+        "model": {"family": "logistic_regression"},
+        "optimizer": "random",
+        "objectives": {"roc_auc": "maximize"},
+        "budget": {"max_trials": 10},
+        "evaluation": {"folds": 3, "latency_calls": 10},
+        "gates": {"performance": None},
+    }
+    raw.update(extra)
+    return StudySpec.parse(raw)
+
+
+def tell_scores(study, scores: list[float]) -> None:
+    from tasks.evaluate import TrialOutcome
+
+    for score in scores:
+        (trial,) = study.ask(1)
+        outcome = TrialOutcome(
+            trial.params,
+            "completed",
+            values={"roc_auc": score},
+            running_scores=[score - 0.2, score - 0.1, score],
+        )
+        study.tell(trial, outcome)
+
+
+def test_pruning_median_survives_a_resume_with_after_folds_2(settings) -> None:
+    """The median read 0.7 before a kill and None after it (issue 10's bug)."""
+    from tasks.study import Study
+
+    spec = make_spec(budget={"max_trials": 10, "pruning": {"after_folds": 2, "min_trials": 3}})
+    study = Study.open(spec, settings)
+    try:
+        tell_scores(study, [0.75, 0.80, 0.85])  # running scores after 2 folds: .65 .70 .75
+        before = study.prune_threshold()
+    finally:
+        study.close()  # what a kill leaves: the state file, no finish()
+    assert before == pytest.approx(0.70)
+    resumed = Study.open(spec, settings)
+    try:
+        assert resumed.resumed
+        assert resumed.prune_threshold() == pytest.approx(before)
+        tell_scores(resumed, [0.95])  # one more: .65 .70 .75 .85 -> median .725
+        assert resumed.prune_threshold() == pytest.approx(0.725)
+    finally:
+        resumed.close()
+
+
+def test_no_threshold_before_min_trials(settings) -> None:
+    from tasks.study import Study
+
+    spec = make_spec(
+        name="few", budget={"max_trials": 10, "pruning": {"after_folds": 3, "min_trials": 3}}
+    )
+    study = Study.open(spec, settings)
+    try:
+        tell_scores(study, [0.7, 0.8])
+        assert study.prune_threshold() is None
+        tell_scores(study, [0.9])
+        assert study.prune_threshold() == pytest.approx(0.8)  # fold 3 running = final score
+    finally:
+        study.close()
+
+
+def test_finish_and_read_back_build_the_same_result(settings) -> None:
+    """One builder: the finished result and MLflow's rebuild agree on best, top and counts."""
+    from tasks.study import Study
+    from tasks.study_record import find_study_run, load_study_result
+    from tasks.tracking import configure_mlflow
+
+    spec = make_spec(name="same", budget={"max_trials": 4})
+    study = Study.open(spec, settings)
+    try:
+        tell_scores(study, [0.7, 0.9, 0.8, 0.6])
+        result = study.finish()
+    finally:
+        study.close()
+    assert result.best is not None and result.best.values["roc_auc"] == 0.9
+    assert [r.values["roc_auc"] for r in result.top] == [0.9, 0.8, 0.7, 0.6]
+    assert Path(result.state_path).exists()
+    loaded = load_study_result("same", settings)
+    assert loaded.best == result.best and loaded.top == result.top
+    # Rebuilt from the child runs (as for a crashed study) the ranking is the same.
+    client = configure_mlflow(settings)
+    exp = client.get_experiment_by_name("same")
+    parent = find_study_run(client, exp.experiment_id)
+    client.delete_tag(parent.info.run_id, "banditflow.stop_reason")
+    from tasks.study_record import child_runs, record_from_run
+    from tasks.study_result import build_result
+
+    records = sorted(
+        (record_from_run(r) for r in child_runs(client, exp.experiment_id, parent.info.run_id)),
+        key=lambda r: int(r.trial_id),
+    )
+    rebuilt = build_result(
+        records,
+        study_name="same",
+        experiment_id=exp.experiment_id,
+        parent_run_id=parent.info.run_id,
+        objectives=spec.objectives,
+    )
+    assert rebuilt.best.trial_id == result.best.trial_id
+    assert [r.trial_id for r in rebuilt.top] == [r.trial_id for r in result.top]
+    assert (rebuilt.n_completed, rebuilt.n_failed) == (result.n_completed, result.n_failed)
