@@ -9,193 +9,56 @@ is unique per request id: the database, not the process, decides what is a dupli
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from sqlalchemy import (
-    Boolean,
-    Column,
     Connection,
     Engine,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     create_engine,
-    event,
-    func,
     select,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from rollout.policies.base import ArmStats
-
-metadata = MetaData()
-
-meta = Table(
-    "rollout_meta",
+from rollout.store_reads import StoreReads
+from rollout.store_schema import (
+    _COUNTERS,
+    DecisionRow,
+    FeedbackRow,
+    FeedbackStatus,
+    Increment,
+    ShadowRow,
+    StoredStats,
+    add_missing_columns,
+    arm_stats,
+    configure_sqlite,
+    decisions,
+    feedback,
+    meta,
     metadata,
-    Column("key", String(200), primary_key=True),
-    Column("value", Text, nullable=False),
+    normalize_url,
+    shadow_log,
+    sum_feedback,
 )
 
-decisions = Table(
-    "rollout_decisions",
-    metadata,
-    Column("request_id", String(200), primary_key=True),
-    Column("arm", String(200), nullable=False),
-    Column("unit_id", String(200), nullable=True),
-    Column("created_at", Float, nullable=False),
-    # Set once the expiry sweep has looked at it (feedback came, or the window closed).
-    Column("settled", Boolean, nullable=False, default=False),
-)
-Index("ix_rollout_decisions_created", decisions.c.created_at)
-Index("ix_rollout_decisions_unsettled", decisions.c.settled, decisions.c.created_at)
-
-feedback = Table(
-    "rollout_feedback",
-    metadata,
-    Column("request_id", String(200), primary_key=True),
-    Column("arm", String(200), nullable=False),
-    Column("reward", Float, nullable=True),  # NULL: an expired decision that was dropped
-    Column("kind", String(16), nullable=False),  # feedback | expired | dropped
-    Column("created_at", Float, nullable=False),
-)
-Index("ix_rollout_feedback_created", feedback.c.created_at)
-
-arm_stats = Table(
-    "rollout_arm_stats",
-    metadata,
-    Column("arm", String(200), primary_key=True),
-    Column("pulls", Float, nullable=False, default=0.0),  # outcomes counted (discounted)
-    Column("reward_sum", Float, nullable=False, default=0.0),
-    Column("reward_sq_sum", Float, nullable=False, default=0.0),
-    Column("served", Integer, nullable=False, default=0),  # decisions made (never discounted)
-    Column("outcomes", Integer, nullable=False, default=0),  # outcomes counted (never discounted)
-    # Plain sums since the arm joined, beside the discounted ones the policy reads: the
-    # decision rule reads these, so its stated error rates hold whatever the policy.
-    Column("total_reward_sum", Float, nullable=False, default=0.0, server_default="0"),
-    Column("total_reward_sq_sum", Float, nullable=False, default=0.0, server_default="0"),
-)
-_COUNTERS = (
-    "pulls",
-    "reward_sum",
-    "reward_sq_sum",
-    "served",
-    "outcomes",
-    "total_reward_sum",
-    "total_reward_sq_sum",
-)
-Increment = tuple[float, float, float, int, int, float, float]
-
-units = Table(
-    "rollout_units",
-    metadata,
-    Column("unit_id", String(200), primary_key=True),
-    Column("fingerprint", String(64), primary_key=True),
-    Column("arm", String(200), nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-
-shadow_log = Table(
-    "rollout_shadow",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("request_id", String(200), nullable=False),
-    Column("served_arm", String(200), nullable=False),
-    Column("shadow_arm", String(200), nullable=False),
-    Column("served_prediction", Text, nullable=True),
-    Column("shadow_prediction", Text, nullable=True),
-    Column("served_score", Float, nullable=True),
-    Column("shadow_score", Float, nullable=True),
-    Column("created_at", Float, nullable=False),
-)
-Index("ix_rollout_shadow_arm", shadow_log.c.shadow_arm)
-
-FeedbackStatus = Literal["accepted", "duplicate", "unknown"]
+__all__ = [
+    "DecisionRow",
+    "FeedbackRow",
+    "FeedbackStatus",
+    "ShadowRow",
+    "Store",
+    "StoredStats",
+    "normalize_url",
+    "sum_feedback",
+]
 
 
-@dataclass(frozen=True)
-class DecisionRow:
-    """One routing decision, written by the background writer."""
-
-    request_id: str
-    arm: str
-    created_at: float
-    unit_id: str | None = None
-
-
-@dataclass(frozen=True)
-class FeedbackRow:
-    """One reward to record; ``arm`` is None when it must be looked up from the decisions."""
-
-    request_id: str
-    reward: float
-    arm: str | None
-    created_at: float
-
-
-@dataclass(frozen=True)
-class ShadowRow:
-    """A shadow arm's prediction next to the one that was served."""
-
-    request_id: str
-    served_arm: str
-    shadow_arm: str
-    served_prediction: Any
-    shadow_prediction: Any
-    served_score: float | None
-    shadow_score: float | None
-    created_at: float
-
-
-@dataclass(frozen=True)
-class StoredStats:
-    """An arm's statistics as stored."""
-
-    arm: str
-    pulls: float
-    reward_sum: float
-    reward_sq_sum: float
-    served: int
-    outcomes: int
-    total_reward_sum: float = 0.0
-    total_reward_sq_sum: float = 0.0
-
-    def policy_stats(self) -> ArmStats:
-        """Return the (possibly discounted) statistics the policy routes on."""
-        return ArmStats(
-            self.arm, max(self.pulls, 0.0), self.reward_sum, max(self.reward_sq_sum, 0.0)
-        )
-
-    def plain_stats(self) -> ArmStats:
-        """Return the undiscounted statistics since the arm joined, for the decision rule."""
-        return ArmStats(
-            self.arm,
-            float(self.outcomes),
-            self.total_reward_sum,
-            max(self.total_reward_sq_sum, 0.0),
-        )
-
-
-def normalize_url(url: str) -> str:
-    """Use psycopg 3 for PostgreSQL URLs (SQLAlchemy's default driver is psycopg2)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-class Store:
+class Store(StoreReads):
     """SQL state of the rollout; safe to share between threads, processes and replicas."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
@@ -205,7 +68,7 @@ class Store:
             self.engine: Engine = create_engine(
                 self.url, connect_args={"check_same_thread": False, "timeout": 30}
             )
-            _configure_sqlite(self.engine, sqlite_synchronous)
+            configure_sqlite(self.engine, sqlite_synchronous)
         elif self.url.startswith("postgresql"):
             self.engine = create_engine(self.url, pool_size=5, max_overflow=5, pool_pre_ping=True)
         else:
@@ -217,33 +80,12 @@ class Store:
         for attempt in range(5):
             try:
                 metadata.create_all(self.engine)
-                self._add_missing_columns()
+                add_missing_columns(self.engine)
                 return
             except (OperationalError, IntegrityError, DBAPIError):
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-
-    def _add_missing_columns(self) -> None:
-        """Add columns a newer release declares to a table an older one created."""
-        from sqlalchemy import inspect
-
-        inspector = inspect(self.engine)
-        for table in metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present or column.server_default is None:
-                    continue
-                kind = column.type.compile(dialect=self.engine.dialect)
-                default = column.server_default.arg  # type: ignore[attr-defined]
-                ddl = (
-                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} "
-                    f"NOT NULL DEFAULT {default}"
-                    if not column.nullable
-                    else f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
-                )
-                with self.engine.begin() as conn:
-                    conn.exec_driver_sql(ddl)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -528,147 +370,3 @@ class Store:
             total += n
             if n < limit:
                 return total
-
-    # --- reads ---------------------------------------------------------------------------
-    def read_stats(self) -> dict[str, StoredStats]:
-        with self._read() as conn:
-            rows = conn.execute(select(arm_stats)).mappings().all()
-        return {row["arm"]: StoredStats(**row) for row in rows}
-
-    def decision_arm(self, request_id: str) -> str | None:
-        with self._read() as conn:
-            return conn.execute(
-                select(decisions.c.arm).where(decisions.c.request_id == request_id)
-            ).scalar_one_or_none()
-
-    def feedback_rows(self) -> list[tuple[str, str, float | None, str]]:
-        """Return every stored feedback row ``(request_id, arm, reward, kind)``."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(feedback.c.request_id, feedback.c.arm, feedback.c.reward, feedback.c.kind)
-            )
-            return [tuple(r) for r in rows]  # type: ignore[misc]
-
-    def traffic(self, since: float) -> dict[str, int]:
-        """Return decisions per arm made at or after ``since``."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(decisions.c.arm, func.count())
-                .where(decisions.c.created_at >= since)
-                .group_by(decisions.c.arm)
-            )
-            return {arm: int(n) for arm, n in rows}
-
-    def history(self, since: float, bucket_s: float) -> dict[str, Any]:
-        """Return decisions and summed rewards per arm per time bucket since ``since``."""
-        bucket_d = func.cast(decisions.c.created_at / bucket_s, Integer)
-        bucket_f = func.cast(feedback.c.created_at / bucket_s, Integer)
-        with self._read() as conn:
-            served = conn.execute(
-                select(bucket_d, decisions.c.arm, func.count())
-                .where(decisions.c.created_at >= since)
-                .group_by(bucket_d, decisions.c.arm)
-            ).all()
-            rewards = conn.execute(
-                select(
-                    bucket_f,
-                    feedback.c.arm,
-                    func.coalesce(func.sum(feedback.c.reward), 0.0),
-                    func.count(),
-                )
-                .where(feedback.c.created_at >= since, feedback.c.kind != "dropped")
-                .group_by(bucket_f, feedback.c.arm)
-            ).all()
-            before = conn.execute(
-                select(feedback.c.arm, func.coalesce(func.sum(feedback.c.reward), 0.0))
-                .where(feedback.c.created_at < since, feedback.c.kind != "dropped")
-                .group_by(feedback.c.arm)
-            ).all()
-        return {
-            "served": [(int(b) * bucket_s, arm, int(n)) for b, arm, n in served],
-            "rewards": [(int(b) * bucket_s, arm, float(s), int(n)) for b, arm, s, n in rewards],
-            "reward_before": {arm: float(s) for arm, s in before},
-        }
-
-    def shadow_summary(self) -> dict[str, dict[str, Any]]:
-        """Per shadow arm: rows logged, prediction agreement rate, mean |score difference|."""
-        agree = func.sum(
-            func.cast(shadow_log.c.served_prediction == shadow_log.c.shadow_prediction, Integer)
-        )
-        diff = func.avg(func.abs(shadow_log.c.served_score - shadow_log.c.shadow_score))
-        with self._read() as conn:
-            rows = conn.execute(
-                select(shadow_log.c.shadow_arm, func.count(), agree, diff).group_by(
-                    shadow_log.c.shadow_arm
-                )
-            ).all()
-        return {
-            arm: {
-                "compared": int(n),
-                "agreement": (float(a) / n) if n else None,
-                "mean_abs_score_diff": None if d is None else float(d),
-            }
-            for arm, n, a, d in rows
-        }
-
-    # --- sticky units ----------------------------------------------------------------------
-    def unit_arm(self, unit_id: str, fingerprint: str) -> str | None:
-        with self._read() as conn:
-            return conn.execute(
-                select(units.c.arm).where(
-                    units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
-                )
-            ).scalar_one_or_none()
-
-    def assign_unit(self, unit_id: str, fingerprint: str, arm: str) -> str:
-        """Store a unit's first arm for this arm set; return the arm that won (first writer)."""
-        stmt = self._insert(units).values(
-            unit_id=unit_id, fingerprint=fingerprint, arm=arm, created_at=time.time()
-        )
-
-        def work(conn: Connection) -> str:
-            conn.execute(stmt.on_conflict_do_nothing())
-            return str(
-                conn.execute(
-                    select(units.c.arm).where(
-                        units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
-                    )
-                ).scalar_one()
-            )
-
-        return str(self._write(work))
-
-
-def _configure_sqlite(engine: Engine, synchronous: str) -> None:
-    """WAL, a busy timeout, and BEGIN IMMEDIATE for writes (no lock-upgrade deadlocks)."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # SQLAlchemy's begin hook below issues BEGIN
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        options = conn.get_execution_options()
-        # The pragma applies to this connection's next commits; it is set on every begin
-        # so that a pooled connection never keeps another caller's setting.
-        level = options.get("sqlite_synchronous", synchronous)
-        conn.exec_driver_sql(f"PRAGMA synchronous={level}")
-        conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'IMMEDIATE')}")
-
-
-def sum_feedback(
-    rows: Iterable[tuple[str, str, float | None, str]],
-) -> dict[str, tuple[int, float]]:
-    """Return ``{arm: (count, reward_sum)}`` over counted feedback rows (for checks)."""
-    out: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for _rid, arm, reward, kind in rows:
-        if kind == "dropped" or reward is None or math.isnan(reward):
-            continue
-        out[arm][0] += 1
-        out[arm][1] += reward
-    return {arm: (int(v[0]), float(v[1])) for arm, v in out.items()}

@@ -1,0 +1,139 @@
+"""The rollout store's reads: statistics, traffic, history, shadow rows, sticky units."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Connection, Integer, Table, func, select
+
+from rollout.store_schema import (
+    StoredStats,
+    arm_stats,
+    decisions,
+    feedback,
+    shadow_log,
+    units,
+)
+
+
+class StoreReads:
+    """Reads (and the sticky-unit upsert) over the store's tables; ``Store`` provides I/O."""
+
+    def _read(self) -> Connection:
+        raise NotImplementedError
+
+    def _insert(self, table: Table) -> Any:
+        raise NotImplementedError
+
+    def _write(self, work: Any, *, durable: bool = True) -> Any:
+        raise NotImplementedError
+
+    # --- reads ---------------------------------------------------------------------------
+    def read_stats(self) -> dict[str, StoredStats]:
+        with self._read() as conn:
+            rows = conn.execute(select(arm_stats)).mappings().all()
+        return {row["arm"]: StoredStats(**row) for row in rows}
+
+    def decision_arm(self, request_id: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(
+                select(decisions.c.arm).where(decisions.c.request_id == request_id)
+            ).scalar_one_or_none()
+
+    def feedback_rows(self) -> list[tuple[str, str, float | None, str]]:
+        """Return every stored feedback row ``(request_id, arm, reward, kind)``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(feedback.c.request_id, feedback.c.arm, feedback.c.reward, feedback.c.kind)
+            )
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def traffic(self, since: float) -> dict[str, int]:
+        """Return decisions per arm made at or after ``since``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(decisions.c.arm, func.count())
+                .where(decisions.c.created_at >= since)
+                .group_by(decisions.c.arm)
+            )
+            return {arm: int(n) for arm, n in rows}
+
+    def history(self, since: float, bucket_s: float) -> dict[str, Any]:
+        """Return decisions and summed rewards per arm per time bucket since ``since``."""
+        bucket_d = func.cast(decisions.c.created_at / bucket_s, Integer)
+        bucket_f = func.cast(feedback.c.created_at / bucket_s, Integer)
+        with self._read() as conn:
+            served = conn.execute(
+                select(bucket_d, decisions.c.arm, func.count())
+                .where(decisions.c.created_at >= since)
+                .group_by(bucket_d, decisions.c.arm)
+            ).all()
+            rewards = conn.execute(
+                select(
+                    bucket_f,
+                    feedback.c.arm,
+                    func.coalesce(func.sum(feedback.c.reward), 0.0),
+                    func.count(),
+                )
+                .where(feedback.c.created_at >= since, feedback.c.kind != "dropped")
+                .group_by(bucket_f, feedback.c.arm)
+            ).all()
+            before = conn.execute(
+                select(feedback.c.arm, func.coalesce(func.sum(feedback.c.reward), 0.0))
+                .where(feedback.c.created_at < since, feedback.c.kind != "dropped")
+                .group_by(feedback.c.arm)
+            ).all()
+        return {
+            "served": [(int(b) * bucket_s, arm, int(n)) for b, arm, n in served],
+            "rewards": [(int(b) * bucket_s, arm, float(s), int(n)) for b, arm, s, n in rewards],
+            "reward_before": {arm: float(s) for arm, s in before},
+        }
+
+    def shadow_summary(self) -> dict[str, dict[str, Any]]:
+        """Per shadow arm: rows logged, prediction agreement rate, mean |score difference|."""
+        agree = func.sum(
+            func.cast(shadow_log.c.served_prediction == shadow_log.c.shadow_prediction, Integer)
+        )
+        diff = func.avg(func.abs(shadow_log.c.served_score - shadow_log.c.shadow_score))
+        with self._read() as conn:
+            rows = conn.execute(
+                select(shadow_log.c.shadow_arm, func.count(), agree, diff).group_by(
+                    shadow_log.c.shadow_arm
+                )
+            ).all()
+        return {
+            arm: {
+                "compared": int(n),
+                "agreement": (float(a) / n) if n else None,
+                "mean_abs_score_diff": None if d is None else float(d),
+            }
+            for arm, n, a, d in rows
+        }
+
+    # --- sticky units ----------------------------------------------------------------------
+    def unit_arm(self, unit_id: str, fingerprint: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(
+                select(units.c.arm).where(
+                    units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
+                )
+            ).scalar_one_or_none()
+
+    def assign_unit(self, unit_id: str, fingerprint: str, arm: str) -> str:
+        """Store a unit's first arm for this arm set; return the arm that won (first writer)."""
+        stmt = self._insert(units).values(
+            unit_id=unit_id, fingerprint=fingerprint, arm=arm, created_at=time.time()
+        )
+
+        def work(conn: Connection) -> str:
+            conn.execute(stmt.on_conflict_do_nothing())
+            return str(
+                conn.execute(
+                    select(units.c.arm).where(
+                        units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
+                    )
+                ).scalar_one()
+            )
+
+        return str(self._write(work))
