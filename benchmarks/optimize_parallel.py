@@ -171,7 +171,8 @@ def bare_pool(spec, q: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks.data import load_study_data
-    from tasks.evaluate import EvalConfig, TrialPool
+    from tasks.evaluate import EvalConfig
+    from tasks.executors import TrialPool
 
     data = load_study_data(spec)
     config = EvalConfig.from_spec(spec)

@@ -9,7 +9,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from tasks.data import StudyData, load_study_data
-from tasks.evaluate import EvalConfig, TrialExecutor, TrialOutcome, run_trial
+from tasks.evaluate import EvalConfig, TrialOutcome
+from tasks.executors import TrialExecutor, run_trial
 from tasks.settings import get_settings
 from tasks.spec import StudySpec
 from tasks.study import Study, StudyResult

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from contract import MODEL_FAMILY_ENTRY_POINT_GROUP
+
 if TYPE_CHECKING:
     import pandas as pd
     from sklearn.base import BaseEstimator
@@ -83,18 +85,75 @@ def families() -> list[str]:
 
 
 def get_family(name: str) -> ModelFamily:
-    """Return the family registered as ``name``; the error lists the known ones."""
-    if name == "xgboost" and name not in _FAMILIES:
+    """Return the family registered as ``name``; the error lists the known ones.
+
+    A name not registered in this process is looked up in the entry-point group
+    ``banditflow.model_families`` first, so a family a package installs reaches every
+    process (pool and Dask workers included) without anyone importing it by hand.
+    """
+    if name not in _FAMILIES:
+        load_family_plugins()
+    if name in _FAMILIES:
+        return _FAMILIES[name]
+    if name in _PLUGIN_ERRORS:
+        raise ModelFamilyError(f"model family {name!r} failed to load: {_PLUGIN_ERRORS[name]}")
+    if name == "xgboost":
         raise ModelFamilyError(
             "model family 'xgboost' needs the xgboost package: pip install 'banditflow[xgboost]'"
         )
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise ModelFamilyError(
-            f"unknown model family {name!r}; choose from {families()} "
-            "or add one with tasks.models.register_family"
-        ) from None
+    raise ModelFamilyError(
+        f"unknown model family {name!r}; choose from {families()}, register one with "
+        "tasks.models.register_family, or install a package that declares it in the "
+        f"{MODEL_FAMILY_ENTRY_POINT_GROUP!r} entry-point group"
+    )
+
+
+_PLUGIN_ERRORS: dict[str, str] = {}
+
+
+def load_family_plugins() -> list[str]:
+    """Register every family declared in the ``banditflow.model_families`` entry points.
+
+    An entry point ``name = "module:OBJECT"`` names a :class:`ModelFamily` (registered under
+    ``name``) or a function of no arguments that registers or returns one. Families already
+    registered are left alone; a plugin that fails to load is remembered, and its error is
+    what :func:`get_family` says when that family is asked for. Returns the names added.
+    """
+    from importlib.metadata import entry_points
+
+    added = []
+    for ep in entry_points(group=MODEL_FAMILY_ENTRY_POINT_GROUP):
+        if ep.name in _FAMILIES:
+            continue
+        try:
+            obj = ep.load()
+            family = obj if isinstance(obj, ModelFamily) else obj()
+            if isinstance(family, ModelFamily) and ep.name not in _FAMILIES:
+                _FAMILIES[ep.name] = replace_name(family, ep.name)
+            if ep.name not in _FAMILIES:
+                raise ModelFamilyError(f"{ep.value} did not give a ModelFamily")
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
+            _PLUGIN_ERRORS[ep.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        _PLUGIN_ERRORS.pop(ep.name, None)
+        added.append(ep.name)
+    return added
+
+
+def family_modules() -> list[str]:
+    """Return the modules the registered families and entry points come from (preloads)."""
+    from importlib.metadata import entry_points
+
+    modules = {f.builder.__module__ for f in _FAMILIES.values()}
+    modules |= {ep.module for ep in entry_points(group=MODEL_FAMILY_ENTRY_POINT_GROUP)}
+    return sorted(modules)
+
+
+def replace_name(family: ModelFamily, name: str) -> ModelFamily:
+    """Return ``family`` under another name (an entry point's name is the family's)."""
+    import dataclasses
+
+    return family if family.name == name else dataclasses.replace(family, name=name)
 
 
 def default_space(family: str, *, fixed: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
@@ -191,139 +250,5 @@ def build_model(
     )
 
 
-# --- built-in families -------------------------------------------------------------------
-
-
-def _pop_int(params: dict[str, Any], key: str, default: int | None) -> int | None:
-    value = params.pop(key, default)
-    return None if value is None else int(value)
-
-
-def _logistic(params: dict[str, Any], task: TaskType, seed: int) -> BaseEstimator:
-    from sklearn.linear_model import LogisticRegression
-
-    penalty = params.pop("penalty", "l2")
-    ratio = float(params.pop("l1_ratio", 0.5))
-    # sklearn 1.8 deprecated `penalty`: the spec keeps it (readable, and it makes l1_ratio
-    # conditional) and maps it to l1_ratio here. lbfgs is fast for l2; only saga does l1.
-    l1_ratio = {"l2": 0.0, "l1": 1.0, "elasticnet": ratio}.get(penalty)
-    if l1_ratio is None:
-        raise ModelFamilyError(f"penalty must be l2, l1 or elasticnet, got {penalty=}")
-    solver = "lbfgs" if l1_ratio == 0.0 else "saga"
-    return LogisticRegression(
-        C=float(params.pop("C", 1.0)),
-        l1_ratio=l1_ratio,
-        solver=params.pop("solver", solver),
-        max_iter=_pop_int(params, "max_iter", 500),
-        class_weight=params.pop("class_weight", None),
-        random_state=seed,
-        **params,
-    )
-
-
-def _ridge(params: dict[str, Any], task: TaskType, seed: int) -> BaseEstimator:
-    from sklearn.linear_model import Ridge
-
-    return Ridge(alpha=float(params.pop("alpha", 1.0)), **params)
-
-
-def _random_forest(params: dict[str, Any], task: TaskType, seed: int) -> BaseEstimator:
-    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-
-    cls = RandomForestRegressor if task == "regression" else RandomForestClassifier
-    return cls(
-        n_estimators=_pop_int(params, "n_estimators", 100),
-        max_depth=_pop_int(params, "max_depth", None),
-        min_samples_leaf=_pop_int(params, "min_samples_leaf", 1),
-        max_features=params.pop("max_features", "sqrt"),
-        random_state=seed,
-        n_jobs=1,
-        **params,
-    )
-
-
-def _hist_gradient_boosting(params: dict[str, Any], task: TaskType, seed: int) -> BaseEstimator:
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-    cls = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
-    return cls(
-        learning_rate=float(params.pop("learning_rate", 0.1)),
-        max_iter=_pop_int(params, "max_iter", 100),
-        max_leaf_nodes=_pop_int(params, "max_leaf_nodes", 31),
-        min_samples_leaf=_pop_int(params, "min_samples_leaf", 20),
-        l2_regularization=float(params.pop("l2_regularization", 0.0)),
-        random_state=seed,
-        **params,
-    )
-
-
-def _xgboost(params: dict[str, Any], task: TaskType, seed: int) -> BaseEstimator:
-    import xgboost
-
-    cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
-    return cls(random_state=seed, n_jobs=1, tree_method="hist", **params)
-
-
-register_family(
-    "logistic_regression",
-    _logistic,
-    {
-        "C": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
-        "penalty": {"type": "categorical", "choices": ["l2", "l1", "elasticnet"]},
-        "l1_ratio": {
-            "type": "float",
-            "low": 0.05,
-            "high": 0.95,
-            "condition": {"penalty": ["elasticnet"]},
-        },
-    },
-    tasks=CLASSIFICATION,
-    preprocessing="linear",
-)
-register_family(
-    "ridge",
-    _ridge,
-    {"alpha": {"type": "float", "low": 1e-4, "high": 100.0, "log": True}},
-    tasks=("regression",),
-    preprocessing="linear",
-)
-register_family(
-    "random_forest",
-    _random_forest,
-    {
-        "n_estimators": {"type": "int", "low": 50, "high": 300, "log": True},
-        "max_depth": {"type": "int", "low": 2, "high": 16},
-        "min_samples_leaf": {"type": "int", "low": 1, "high": 32, "log": True},
-        "max_features": {"type": "categorical", "choices": ["sqrt", "log2", 0.5]},
-    },
-)
-register_family(
-    "hist_gradient_boosting",
-    _hist_gradient_boosting,
-    {
-        "learning_rate": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
-        "max_iter": {"type": "int", "low": 50, "high": 400, "log": True},
-        "max_leaf_nodes": {"type": "int", "low": 8, "high": 64, "log": True},
-        "min_samples_leaf": {"type": "int", "low": 5, "high": 100, "log": True},
-        "l2_regularization": {"type": "float", "low": 1e-6, "high": 10.0, "log": True},
-    },
-)
-
-try:  # xgboost is an extra: register it only when installed (get_family names the pip line).
-    import importlib.util
-
-    _HAS_XGBOOST = importlib.util.find_spec("xgboost") is not None
-except ValueError:  # pragma: no cover - a broken install
-    _HAS_XGBOOST = False
-if _HAS_XGBOOST:  # pragma: no cover - not installed in CI
-    register_family(
-        "xgboost",
-        _xgboost,
-        {
-            "learning_rate": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
-            "n_estimators": {"type": "int", "low": 50, "high": 400, "log": True},
-            "max_depth": {"type": "int", "low": 2, "high": 10},
-            "subsample": {"type": "float", "low": 0.5, "high": 1.0},
-            "reg_lambda": {"type": "float", "low": 1e-3, "high": 10.0, "log": True},
-        },
-    )
+# The shipped families (also declared as entry points, so workers find them the same way).
+import tasks.families  # noqa: E402, F401

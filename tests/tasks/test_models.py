@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +19,7 @@ from tasks.models import (
     families,
     get_family,
     infer_feature_types,
+    merge_params,
     register_family,
     unregister_family,
 )
@@ -47,6 +54,8 @@ CASES = [
     ("random_forest", "regression", {"n_estimators": 20}),
     ("hist_gradient_boosting", "binary", {"max_iter": 30, "learning_rate": 0.1}),
     ("hist_gradient_boosting", "regression", {"max_iter": 30}),
+    ("mlp", "binary", {"hidden_units": 16, "alpha": 1e-3, "learning_rate_init": 0.01}),
+    ("mlp", "regression", {"hidden_units": 16, "layers": 2, "learning_rate_init": 0.01}),
 ]
 
 
@@ -159,3 +168,121 @@ def test_infer_feature_types() -> None:
         "s": "categorical",
         "c": "categorical",
     }
+
+
+# --- fixed values and the search space ------------------------------------------------
+def test_a_fixed_value_wins_over_the_search_space() -> None:
+    assert merge_params({"n_estimators": 60}, {"n_estimators": 51, "max_depth": 3}) == {
+        "n_estimators": 60,
+        "max_depth": 3,
+    }
+    assert "n_estimators" not in default_space("random_forest", fixed=["n_estimators"])
+    assert "n_estimators" in default_space("random_forest")
+
+
+def test_the_spec_refuses_a_key_both_fixed_and_searched() -> None:
+    from tasks.spec import SpecError, StudySpec
+
+    model = {
+        "family": "random_forest",
+        "fixed": {"n_estimators": 60},
+        "space": {"n_estimators": {"type": "int", "low": 10, "high": 100}},
+    }
+    with pytest.raises(SpecError, match=r"\['n_estimators'\] are both fixed and searched"):
+        StudySpec.parse({"name": "s", "model": model})
+
+
+def test_a_trial_builds_the_fixed_value_not_the_suggested_one(mixed) -> None:
+    """Issue 10's bug: a fixed 60 trees came out 51 (the suggestion overrode the fixed value)."""
+    from tasks.data import split_study_data
+    from tasks.evaluate import evaluate_trial
+    from tasks.spec import StudySpec
+
+    X, y, _ = mixed
+    base = {
+        "name": "f",
+        "data": {"source": "file", "path": "x.csv", "target": "y", "timestamp_column": None},
+        "evaluation": {"folds": 2, "latency_calls": 10},
+        "gates": {"performance": None},
+    }
+    fixed = StudySpec.parse(
+        base | {"model": {"family": "random_forest", "fixed": {"n_estimators": 60}}}
+    )
+    plain = StudySpec.parse(base | {"model": {"family": "random_forest"}})
+    data = split_study_data(X.assign(y=y), fixed)
+    with_fixed = evaluate_trial(fixed, {"n_estimators": 51, "max_depth": 4}, data)
+    sixty = evaluate_trial(plain, {"n_estimators": 60, "max_depth": 4}, data)
+    fifty_one = evaluate_trial(plain, {"n_estimators": 51, "max_depth": 4}, data)
+    # Same seed, same rows: the pickled forest of 60 trees is the same size byte for byte.
+    assert with_fixed.values["model_bytes"] == sixty.values["model_bytes"]
+    assert with_fixed.values["model_bytes"] != fifty_one.values["model_bytes"]
+    assert with_fixed.values["roc_auc"] == sixty.values["roc_auc"]
+
+
+# --- a family installed as a package reaches worker processes ---------------------------
+PLUGIN_SOURCE = Path(__file__).parents[1] / "data" / "family_plugin"
+
+
+@pytest.fixture(scope="module")
+def installed_family(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """pip-install tests/data/family_plugin into a private folder put on sys.path."""
+    work = tmp_path_factory.mktemp("family")
+    source, target = work / "src", work / "site"
+    shutil.copytree(PLUGIN_SOURCE, source)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+        + ["--no-build-isolation", "--disable-pip-version-check"]
+        + ["--target", str(target), str(source)],
+        check=True,
+        timeout=120,
+    )
+    sys.path.insert(0, str(target))
+    try:
+        yield target
+    finally:
+        sys.path.remove(str(target))
+        sys.modules.pop("banditflow_extra_trees", None)
+        unregister_family("extra_trees")
+
+
+def test_shipped_families_are_entry_points_too() -> None:
+    from importlib.metadata import entry_points
+
+    from contract import MODEL_FAMILY_ENTRY_POINT_GROUP
+
+    declared = {ep.name: ep.load() for ep in entry_points(group=MODEL_FAMILY_ENTRY_POINT_GROUP)}
+    for name in ("logistic_regression", "ridge", "random_forest", "hist_gradient_boosting", "mlp"):
+        assert declared[name] is get_family(name)
+
+
+@pytest.mark.slow
+def test_a_family_installed_as_a_package_runs_in_a_process_pool_worker(
+    installed_family: Path, mixed
+) -> None:
+    import tasks.models as models
+    from tasks.data import split_study_data
+    from tasks.evaluate import EvalConfig
+    from tasks.executors import TrialPool
+    from tasks.spec import StudySpec
+
+    assert "extra_trees" not in models._FAMILIES  # nothing in this process registered it
+    X, y, _ = mixed
+    spec = StudySpec.parse(
+        {
+            "name": "p",
+            "data": {"source": "file", "path": "x.csv", "target": "y", "timestamp_column": None},
+            "model": {"family": "random_forest"},
+            "evaluation": {"folds": 2, "latency_calls": 10},
+            "gates": {"performance": None},
+        }
+    )
+    data = split_study_data(X.assign(y=y), spec)
+    config = EvalConfig.from_spec(spec)
+    config = EvalConfig(**{**config.__dict__, "family": "extra_trees"})
+    with TrialPool(data, workers=1) as pool:
+        outcome = pool.run(config, {"n_estimators": 15}, trial_id="0")
+    assert outcome.status == "completed", outcome.reason
+    assert outcome.values["roc_auc"] > 0.7
+    assert "extra_trees" not in models._FAMILIES  # the worker found it by itself
+    # ... and so does this process, by name, through the same entry point.
+    assert get_family("extra_trees").builder.__module__ == "banditflow_extra_trees"

@@ -1,0 +1,269 @@
+"""Where trials run: in this process (threads), a warm process pool, or Dask workers.
+
+Each back end evaluates with :func:`tasks.evaluate.evaluate_trial`; a worker process
+registers the model families from their entry points when it starts.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from tasks.evaluate import EvalConfig, TrialOutcome, evaluate_trial
+
+if TYPE_CHECKING:
+    from tasks.data import StudyData
+
+# --- where evaluations run ---------------------------------------------------------------
+_DATA_CACHE: dict[str, StudyData] = {}
+
+
+class DataRef:
+    """A study's data for a trial task: in memory for threads, a file for other processes.
+
+    Pickling a ``DataRef`` ships only the path: each worker process (Prefect's process
+    runner, a Dask worker) reads the file once and keeps it, instead of receiving the
+    frames with every task. The object is opaque to Prefect's parameter walking.
+    """
+
+    __slots__ = ("path", "_data")
+
+    def __init__(self, data: StudyData | None = None, path: str | None = None) -> None:
+        if data is None and path is None:
+            raise ValueError("DataRef needs the data or a path to it")
+        self._data = data
+        self.path = path
+
+    def save(self, path: str | Any) -> DataRef:
+        """Write the data to ``path`` (pickle) so other processes can load it."""
+        from pathlib import Path
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(pickle.dumps(self.get(), protocol=pickle.HIGHEST_PROTOCOL))
+        self.path = str(target)
+        return self
+
+    def get(self) -> StudyData:
+        if self._data is not None:
+            return self._data
+        assert self.path is not None
+        if self.path not in _DATA_CACHE:
+            with open(self.path, "rb") as fh:
+                _DATA_CACHE[self.path] = pickle.load(fh)
+        return _DATA_CACHE[self.path]
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.path is None:
+            raise TypeError("DataRef: save() the data to a file before sending it to a process")
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._data = None
+
+    def __repr__(self) -> str:
+        return f"DataRef(path={self.path!r}, in_memory={self._data is not None})"
+
+
+_WORKER_DATA: StudyData | None = None
+
+
+def _init_worker(payload: bytes, parent_path: list[str]) -> None:
+    """Start a worker: see the parent's import path, register every family, keep the data.
+
+    Families come from the ``banditflow.model_families`` entry points (the shipped ones and
+    any installed package's), so a family registered by a package reaches every worker.
+    """
+    global _WORKER_DATA
+    import sys
+
+    from tasks.models import load_family_plugins
+
+    sys.path.extend(p for p in parent_path if p not in sys.path)
+    load_family_plugins()
+    _WORKER_DATA = pickle.loads(payload)
+
+
+def _evaluate_in_worker(
+    config: EvalConfig, params: dict[str, Any], trial_id: str | None, threshold: float | None
+) -> TrialOutcome:
+    assert _WORKER_DATA is not None, "worker started without data"
+    return evaluate_trial(
+        config, params, _WORKER_DATA, prune_threshold=threshold, trial_id=trial_id
+    )
+
+
+def _ready() -> bool:
+    return _WORKER_DATA is not None
+
+
+class TrialPool:
+    """A warm process pool: workers start once per study and receive the data once.
+
+    Prefect tasks stay on threads (cheap to start, ~10-25 ms each) and hand the CPU work to
+    these processes, so trials run truly in parallel without paying the process task
+    runner's start-up per flow run or shipping the data with every task. Workers come from
+    a forkserver that has imported sklearn already: forking the flow's own process (full of
+    threads) is unsafe, and spawning re-imports everything per worker.
+    """
+
+    def __init__(self, data: StudyData, workers: int) -> None:
+        import multiprocessing as mp
+        import sys
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tasks.models import family_modules
+
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers=}")
+        context = mp.get_context("forkserver")
+        # Preload what every trial imports, and the modules the families come from.
+        context.set_forkserver_preload(["sklearn.pipeline", "tasks.evaluate", *family_modules()])
+        payload = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(payload, list(sys.path)),
+        )
+        # Start every worker now, while the flow does its other set-up.
+        self._warm = [self._pool.submit(_ready) for _ in range(workers)]
+
+    def run(
+        self,
+        config: EvalConfig,
+        params: Mapping[str, Any],
+        *,
+        trial_id: str | None = None,
+        prune_threshold: float | None = None,
+    ) -> TrialOutcome:
+        """Evaluate in a worker process; a crashed worker comes back as a failed trial."""
+        future = self._pool.submit(
+            _evaluate_in_worker, config, dict(params), trial_id, prune_threshold
+        )
+        try:
+            return future.result()
+        except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool after an OOM kill
+            return TrialOutcome(
+                dict(params),
+                "failed",
+                reason=f"worker process failed: {type(exc).__name__}: {exc}",
+                trial_id=trial_id,
+            )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> TrialPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+RUNNERS = ("threads", "processes", "dask", "prefect-processes")
+
+
+class TrialExecutor:
+    """Where a study's trial tasks run, by name (``PipelineSettings.task_runner``).
+
+    - ``threads``: Prefect's thread runner, the data shared in memory (tree fits release
+      the GIL, Python-heavy work does not).
+    - ``processes``: Prefect tasks on threads, the CPU work in a warm ``TrialPool``
+      (workers started once per study, data shipped once per worker): the fast default
+      for parallel trials on one machine.
+    - ``dask``: prefect-dask's ``DaskTaskRunner`` (``settings.dask_address``, or a
+      LocalCluster of q single-threaded worker processes); data by file, once per worker.
+    - ``prefect-processes``: Prefect's own ``ProcessPoolTaskRunner`` (seconds of start-up
+      per flow run), data by file; kept to compare in benchmarks.
+    """
+
+    def __init__(
+        self, kind: str, data: StudyData, *, q: int, data_path: str, dask_address: str = ""
+    ):
+        if kind not in RUNNERS:
+            raise ValueError(f"task runner must be one of {RUNNERS}, got {kind!r}")
+        self.kind = kind
+        self.data = DataRef(data)
+        self.pool: TrialPool | None = None
+        if kind in ("dask", "prefect-processes"):
+            self.data = DataRef(data).save(data_path)
+        if kind == "processes":
+            self.pool = TrialPool(data, q)
+        self.task_runner = self._task_runner(kind, q, dask_address)
+
+    @staticmethod
+    def _task_runner(kind: str, q: int, dask_address: str) -> Any:
+        from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+        if kind == "prefect-processes":
+            return ProcessPoolTaskRunner(max_workers=q)
+        if kind == "dask":
+            try:
+                from prefect_dask import DaskTaskRunner
+            except ImportError as exc:
+                raise ImportError(
+                    f"task runner 'dask' needs prefect-dask: pip install 'banditflow[dask]' ({exc})"
+                ) from exc
+            if dask_address:
+                return DaskTaskRunner(address=dask_address)
+            return DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": q,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": None,
+                }
+            )
+        return ThreadPoolTaskRunner(max_workers=q)
+
+    def __enter__(self) -> TrialExecutor:
+        self.task_runner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.task_runner.__exit__(*exc)
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+
+    def submit(
+        self,
+        task: Any,
+        config: EvalConfig,
+        trial_id: str,
+        params: dict[str, Any],
+        prune_threshold: float | None,
+    ) -> Any:
+        """Start one trial as a Prefect task run; return its future."""
+        return self.task_runner.submit(
+            task,
+            parameters={
+                "config": config,
+                "trial_id": trial_id,
+                "params": params,
+                "data": self.data,
+                "prune_threshold": prune_threshold,
+                "pool": self.pool,
+            },
+        )
+
+
+def run_trial(
+    config: EvalConfig,
+    trial_id: str,
+    params: dict[str, Any],
+    data: DataRef,
+    prune_threshold: float | None = None,
+    pool: TrialPool | None = None,
+) -> TrialOutcome:
+    """Evaluate one trial where the executor says: a warm pool, or right here."""
+    if pool is not None:
+        return pool.run(config, params, trial_id=trial_id, prune_threshold=prune_threshold)
+    return evaluate_trial(
+        config, params, data.get(), prune_threshold=prune_threshold, trial_id=trial_id
+    )
