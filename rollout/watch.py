@@ -11,7 +11,8 @@ adds at most ``1 - reference_confidence`` (a reference that came out too high).
 
 ``ChampionWatch`` judges a new champion against the one it replaced (an always-valid mSPRT
 that the new one is worse, ``rollout.decide.log_superiority_evidence``) and against the
-guardrails (error rate by a Wilson lower bound, p99 latency): a failure means roll back.
+service's guardrails (``rollout.guardrails``: error rate, p99 latency): a failure of
+either means roll back.
 """
 
 from __future__ import annotations
@@ -126,68 +127,6 @@ class RewardWatch:
         )
 
 
-def wilson_lower_bound(errors: float, requests: float, confidence: float) -> float:
-    """Return the lower end of the one-sided Wilson score interval on a rate."""
-    if requests <= 0:
-        return 0.0
-    z = float(ndtri(confidence))
-    p = errors / requests
-    centre = p + z * z / (2 * requests)
-    spread = z * math.sqrt(p * (1 - p) / requests + z * z / (4 * requests * requests))
-    return max((centre - spread) / (1 + z * z / requests), 0.0)
-
-
-@dataclass(frozen=True)
-class Guardrail:
-    """Operational limits on an arm, whatever its rewards.
-
-    The error limit is breached when the lower end of a Wilson interval (at
-    ``confidence``) on the error rate is above ``max_error_rate``, so a few unlucky errors
-    in the first requests do not count; the latency limit is on the measured p99, after
-    ``min_requests``.
-    """
-
-    max_error_rate: float = 0.05
-    max_p99_latency_ms: float | None = 250.0
-    min_requests: int = 50
-    confidence: float = 0.99
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.max_error_rate < 1.0:
-            raise InvalidDecisionRuleError(
-                f"max_error_rate must be in [0, 1), got {self.max_error_rate!r}"
-            )
-        if self.max_p99_latency_ms is not None and not self.max_p99_latency_ms > 0:
-            raise InvalidDecisionRuleError(
-                f"max_p99_latency_ms must be > 0 or None, got {self.max_p99_latency_ms!r}"
-            )
-        if self.min_requests < 1:
-            raise InvalidDecisionRuleError(f"min_requests must be >= 1, got {self.min_requests!r}")
-        if not 0.5 <= self.confidence < 1.0:
-            raise InvalidDecisionRuleError(
-                f"confidence must be in [0.5, 1), got {self.confidence!r}"
-            )
-
-    def breach(self, *, requests: int, errors: int, p99_latency_ms: float | None) -> str | None:
-        """Return why these figures breach the guardrail, or None."""
-        if errors < 0 or requests < 0 or errors > requests:
-            raise InvalidDecisionRuleError(
-                f"need 0 <= errors <= requests, got {errors=} and {requests=}"
-            )
-        if requests < self.min_requests:
-            return None
-        low = wilson_lower_bound(errors, requests, self.confidence)
-        if low > self.max_error_rate:
-            return (
-                f"error rate {errors / requests:.3f} ({errors}/{requests}; lower "
-                f"{self.confidence:.0%} bound {low:.3f}) over the limit {self.max_error_rate:g}"
-            )
-        limit = self.max_p99_latency_ms
-        if limit is not None and p99_latency_ms is not None and p99_latency_ms > limit:
-            return f"p99 latency {p99_latency_ms:.1f} ms over the limit {limit:g} ms"
-        return None
-
-
 @dataclass(frozen=True)
 class ChampionWatch:
     """After a promotion: roll back when the new champion is worse, or breaks a guardrail.
@@ -201,7 +140,6 @@ class ChampionWatch:
     mixture_scale: float = 0.05
     min_outcomes: int = 200
     horizon_outcomes: int = 50_000
-    guardrail: Guardrail = field(default_factory=Guardrail)
 
     def __post_init__(self) -> None:
         if not 0 < self.false_rollback_rate < 1:
@@ -220,17 +158,14 @@ class ChampionWatch:
         replaced: ArmStats,
         *,
         reward_kind: RewardKind,
-        requests: int = 0,
-        errors: int = 0,
-        p99_latency_ms: float | None = None,
+        guardrail_breach: str | None = None,
     ) -> str | None:
         """Return why ``new`` (its outcomes since the promotion) must be rolled back, or None.
 
-        ``replaced``: the replaced champion's plain statistics when it was replaced.
+        ``replaced``: the replaced champion's plain statistics; ``guardrail_breach``: what
+        ``Guardrails.breach`` says of the new champion.
         """
-        breach = self.guardrail.breach(
-            requests=requests, errors=errors, p99_latency_ms=p99_latency_ms
-        )
+        breach = guardrail_breach
         if breach is not None:
             return f"guardrail on the champion {new.arm}: {breach}"
         if new.pulls < self.min_outcomes or replaced.pulls < self.min_outcomes:
