@@ -107,6 +107,32 @@ class SampleRatioTest:
         self.units += int(x.sum())
         return self.mismatch
 
+    def update_logged(self, assigned: Mapping[str, int], sum_log_propensity: float) -> bool:
+        """Add a batch of logged decisions: counts per arm and the sum of log P(chosen arm).
+
+        For a policy whose split moves between decisions (a bandit): each decision's factor
+        is the mixture's predictive of its arm over the propensity it was logged with, so
+        only the chosen arm's probability is needed. Valid whatever the split did; its power
+        is against a split that is in fact fixed (a fixed split, a settled bandit, sticky
+        routing gone wrong), not against a bias that moves with the split. A new arm
+        restarts the test.
+        """
+        if any(v < 0 for v in assigned.values()) or not math.isfinite(sum_log_propensity):
+            raise InvalidSrmSettingsError(f"bad batch: {dict(assigned)}, {sum_log_propensity}")
+        arms = sorted(set(self.arms) | {a for a, v in assigned.items() if v > 0})
+        if arms != self.arms:
+            self.reset(arms)
+        x = np.array([float(assigned.get(a, 0)) for a in arms])
+        if x.sum() == 0:
+            return self.mismatch
+        if self.prior.size == 0:
+            self.prior = np.full(len(arms), self.concentration / len(arms))
+        a = self.prior + self.counts
+        self.log_e += _log_multibeta(a + x) - _log_multibeta(a) - sum_log_propensity
+        self.counts += x
+        self.units += int(x.sum())
+        return self.mismatch
+
     def describe(self) -> str:
         observed = self.counts / max(self.counts.sum(), 1.0)
         shares = ", ".join(f"{a} {s:.3f}" for a, s in zip(self.arms, observed, strict=True))

@@ -193,6 +193,9 @@ class Store(StoreReads):
                         "unit_id": d.unit_id,
                         "created_at": d.created_at,
                         "settled": False,
+                        "propensity": d.propensity,
+                        "policy": d.policy,
+                        "segment": d.segment,
                     }
                     for d in new_decisions
                 ],

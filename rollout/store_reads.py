@@ -111,6 +111,46 @@ class StoreReads:
             for arm, n, a, d in rows
         }
 
+    def logged_assignments(self, after: float, until: float) -> tuple[dict[str, int], float, float]:
+        """Return decisions logged in (after, until] with a propensity and no sticky unit.
+
+        ``({arm: count}, sum of log propensities, until)``: what the sample-ratio test takes.
+        """
+        window = (
+            decisions.c.created_at > after,
+            decisions.c.created_at <= until,
+            decisions.c.propensity > 0,
+            decisions.c.unit_id.is_(None),
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                select(decisions.c.arm, func.count(), func.sum(func.ln(decisions.c.propensity)))
+                .where(*window)
+                .group_by(decisions.c.arm)
+            ).all()
+        counts = {str(arm): int(n) for arm, n, _ in rows}
+        return counts, float(sum(float(s or 0.0) for _, _, s in rows)), until
+
+    def logged_decisions(self) -> list[dict[str, Any]]:
+        """Return every decision with its propensity, policy, segment and reward (or None)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    decisions.c.request_id,
+                    decisions.c.arm,
+                    decisions.c.created_at,
+                    decisions.c.propensity,
+                    decisions.c.policy,
+                    decisions.c.segment,
+                    feedback.c.reward,
+                )
+                .select_from(
+                    decisions.outerjoin(feedback, feedback.c.request_id == decisions.c.request_id)
+                )
+                .order_by(decisions.c.created_at)
+            ).mappings()
+            return [dict(r) for r in rows]
+
     # --- sticky units ----------------------------------------------------------------------
     def unit_arm(self, unit_id: str, fingerprint: str) -> str | None:
         with self._read() as conn:

@@ -43,6 +43,11 @@ decisions = Table(
     Column("created_at", Float, nullable=False),
     # Set once the expiry sweep has looked at it (feedback came, or the window closed).
     Column("settled", Boolean, nullable=False, default=False),
+    # What an off-policy evaluation needs: the probability the policy gave the chosen arm
+    # then, the policy (name and parameters, JSON) and the unit's segment.
+    Column("propensity", Float, nullable=True),
+    Column("policy", String(500), nullable=True),
+    Column("segment", String(200), nullable=True),
 )
 Index("ix_rollout_decisions_created", decisions.c.created_at)
 Index("ix_rollout_decisions_unsettled", decisions.c.settled, decisions.c.created_at)
@@ -118,6 +123,9 @@ class DecisionRow:
     arm: str
     created_at: float
     unit_id: str | None = None
+    propensity: float | None = None
+    policy: str | None = None
+    segment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,16 +197,13 @@ def add_missing_columns(engine: Engine) -> None:
     for table in metadata.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
-            if column.name in present or column.server_default is None:
+            if column.name in present or (column.server_default is None and not column.nullable):
                 continue
             kind = column.type.compile(dialect=engine.dialect)
-            default = column.server_default.arg  # type: ignore[attr-defined]
-            ddl = (
-                f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} "
-                f"NOT NULL DEFAULT {default}"
-                if not column.nullable
-                else f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
-            )
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+            if not column.nullable:
+                default = column.server_default.arg  # type: ignore[union-attr]
+                ddl += f" NOT NULL DEFAULT {default}"
             with engine.begin() as conn:
                 conn.exec_driver_sql(ddl)
 

@@ -66,3 +66,18 @@ def test_bad_input_is_a_clear_error() -> None:
         SampleRatioTest(alpha_level=2.0)
     with pytest.raises(InvalidSrmSettingsError, match="no stated share"):
         SampleRatioTest().update({"a": 1, "z": 3}, {"a": 1.0})
+
+
+def test_logged_propensities_of_a_moving_split_raise_no_alarm_and_a_bias_does() -> None:
+    gen = np.random.default_rng(9)
+    honest, biased = SampleRatioTest(), SampleRatioTest()
+    for i in range(400):
+        share = 0.2 + 0.6 * (i % 10) / 10  # the bandit's stated P(a) for this batch
+        a = int(gen.binomial(100, share))
+        log_p = a * math.log(share) + (100 - a) * math.log(1 - share)
+        assert not honest.update_logged({"a": a, "b": 100 - a}, log_p)
+        # A split logged as 50/50 that is really 45/55 (the mixture's alternative is a
+        # fixed split: it has little power against a bias that moves with a bandit's split).
+        a2 = int(gen.binomial(100, 0.45))
+        biased.update_logged({"a": a2, "b": 100 - a2}, 100 * math.log(0.5))
+    assert biased.mismatch and not honest.mismatch

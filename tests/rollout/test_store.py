@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -173,3 +174,21 @@ def test_an_older_database_gains_the_plain_sum_columns(tmp_path: Path) -> None:
     old.apply_batch([], [FeedbackRow("a", 1.0, "v1", time.time())])
     v1 = old.read_stats()["v1"]
     assert (v1.outcomes, v1.pulls, v1.total_reward_sum) == (4, 4.0, 1.0)
+
+
+def test_decisions_keep_propensity_policy_and_segment(store: Store) -> None:
+    now = time.time()
+    store.apply_batch(
+        [
+            DecisionRow("r1", "v1", now, None, 0.25, '{"name": "thompson"}', "region=north"),
+            DecisionRow("r2", "v2", now, None, 0.75, '{"name": "thompson"}', "region=south"),
+            DecisionRow("r3", "v2", now, "unit-1", 0.75, None, None),
+        ],
+        [FeedbackRow("r2", 1.0, "v2", now)],
+    )
+    logged = {r["request_id"]: r for r in store.logged_decisions()}
+    assert logged["r1"]["propensity"] == 0.25 and logged["r1"]["reward"] is None
+    assert (logged["r2"]["segment"], logged["r2"]["reward"]) == ("region=south", 1.0)
+    counts, log_p, _ = store.logged_assignments(now - 1, now)
+    assert counts == {"v1": 1, "v2": 1}  # the sticky unit's decision is not counted
+    assert log_p == pytest.approx(math.log(0.25) + math.log(0.75))
