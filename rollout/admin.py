@@ -84,13 +84,40 @@ async def retire_arm(svc: RolloutService, arm: str, reason: str) -> dict[str, An
     return {"arm": arm, "retired": True, "reason": reason}
 
 
+WATCH_KEY = "champion_watch"  # runtime config: the promotion being watched (rollout.decisions)
+
+
 async def promote(svc: RolloutService, arm: str, reason: str) -> dict[str, Any]:
-    """Make ``arm``'s version the champion and emit the promotion event."""
+    """Make ``arm``'s version the champion and emit the promotion event.
+
+    The replaced champion stays in rotation on probation (a challenger alias) so the new
+    one is watched against it on fresh traffic, and is there to fall back to; the watch
+    starts from the new champion's plain sums now (rollout.decisions).
+    """
     version = version_of(arm)
     await asyncio.to_thread(_version_exists, svc, version)
-    result = await asyncio.to_thread(
-        contract.promote, _client(svc), svc.settings.model_name, version, reason
-    )
+    stats = await asyncio.to_thread(svc.store.read_stats)
+    now = stats.get(arm_name(version))
+    baseline = [now.outcomes, now.total_reward_sum, now.total_reward_sq_sum] if now else [0, 0, 0]
+
+    def work() -> dict[str, Any]:
+        client, name = _client(svc), svc.settings.model_name
+        result = contract.promote(client, name, version, reason)
+        previous = result.get("previous")
+        watch: dict[str, Any] = {}
+        if previous is not None:
+            contract.add_challenger(
+                client, name, previous, f"probation: watched against version {version}"
+            )
+            watch = {
+                "champion": arm_name(version),
+                "replaced": arm_name(previous),
+                "baseline": baseline,
+            }
+        svc.store.set_config(WATCH_KEY, watch)
+        return result
+
+    result = await asyncio.to_thread(work)
     await svc.reload()
     await emit(svc.settings, svc.metrics, contract.EVENT_ROLLOUT_PROMOTED, version, reason, result)
     return result
@@ -104,12 +131,25 @@ async def rollback(svc: RolloutService, reason: str) -> dict[str, Any]:
         )
     except contract.NoChampionToRestore as exc:
         raise Conflict(str(exc)) from exc
+    await asyncio.to_thread(svc.store.set_config, WATCH_KEY, {})
     await svc.reload()
     champion = result["champion"]
     await emit(
         svc.settings, svc.metrics, contract.EVENT_ROLLOUT_ROLLED_BACK, champion, reason, result
     )
     return result
+
+
+async def end_probation(svc: RolloutService, arm: str, reason: str) -> dict[str, Any]:
+    """End a promotion's watch: the replaced champion leaves rotation (keeping its
+    ``previous-champion`` alias, to roll back to)."""
+    await asyncio.to_thread(svc.store.set_config, WATCH_KEY, {})
+    version = version_of(arm)
+    await asyncio.to_thread(
+        contract.retire_challenger, _client(svc), svc.settings.model_name, version, reason
+    )
+    await svc.reload()
+    return {"arm": arm, "probation": "over", "reason": reason}
 
 
 async def set_policy(svc: RolloutService, name: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,17 @@ async def decide_now(service: Service) -> AdminResponse:
     )
 
 
+@admin_router.post(
+    "/reload",
+    response_model=AdminResponse,
+)
+async def reload(service: Service) -> AdminResponse:
+    """Re-read the registry's aliases now: new challengers serve at once, not at the next poll."""
+    await service.reload()
+    arms = sorted(service.pool.snapshot.arms)
+    return AdminResponse(detail=f"{len(arms)} arm(s) loaded", result={"arms": arms})
+
+
 def _arm_param(arm: str) -> str:
     try:
         version_of(arm)

@@ -11,7 +11,10 @@ from pydantic import TypeAdapter
 
 from rollout import reports
 from rollout.feedback import record_many, record_one
+from rollout.limits import parse_body
 from rollout.schemas import (
+    MAX_FEEDBACK_ROWS,
+    MAX_PREDICT_ROWS,
     ArmsResponse,
     ErrorResponse,
     FeedbackBody,
@@ -22,9 +25,7 @@ from rollout.schemas import (
 from rollout.service import RolloutService
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse},
-    422: {"model": ErrorResponse},
-    503: {"model": ErrorResponse},
+    code: {"model": ErrorResponse} for code in (404, 413, 422, 503)
 }
 router = APIRouter()
 
@@ -44,8 +45,26 @@ _PREDICT_LIST: TypeAdapter[list[PredictResponse]] = TypeAdapter(list[PredictResp
 _FEEDBACK_LIST: TypeAdapter[list[FeedbackResponse]] = TypeAdapter(list[FeedbackResponse])
 
 
+_PREDICT_BODY: TypeAdapter[Any] = TypeAdapter(PredictBody)
+_FEEDBACK_BODY: TypeAdapter[Any] = TypeAdapter(FeedbackBody)
+
+
 def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
+
+
+def _body_doc(adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    """The request body as the OpenAPI document shows it (the route parses it by hand)."""
+    schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # the app's openapi() adds them to components (rollout.app)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def _parse(
+    request: Request, service: RolloutService, adapter: TypeAdapter[Any], n: int
+) -> Any:
+    s = service.settings
+    return await parse_body(request, adapter, max_items=n, in_thread_from=s.parse_in_thread_bytes)
 
 
 @router.post(
@@ -53,9 +72,11 @@ def _json(body: bytes) -> Response:
     response_model=None,
     responses={200: {"model": PredictResponse | list[PredictResponse]}, **_ERRORS},
     tags=["rollout"],
+    openapi_extra=_body_doc(_PREDICT_BODY),
 )
-async def predict(body: PredictBody, service: Service) -> Response:
+async def predict(request: Request, service: Service) -> Response:
     """Score one row (or a list of rows) with the arm the policy chooses."""
+    body = await _parse(request, service, _PREDICT_BODY, MAX_PREDICT_ROWS)
     if isinstance(body, list):
         return _json(_PREDICT_LIST.dump_json(await service.predict_many(body)))
     return _json((await service.predict(body)).model_dump_json().encode())
@@ -70,9 +91,11 @@ async def predict(body: PredictBody, service: Service) -> Response:
         410: {"model": ErrorResponse},
     },
     tags=["rollout"],
+    openapi_extra=_body_doc(_FEEDBACK_BODY),
 )
-async def feedback(body: FeedbackBody, service: Service) -> Response:
+async def feedback(request: Request, service: Service) -> Response:
     """Record the outcome of an earlier prediction (a list: one status per row)."""
+    body = await _parse(request, service, _FEEDBACK_BODY, MAX_FEEDBACK_ROWS)
     if isinstance(body, list):
         return _json(_FEEDBACK_LIST.dump_json(await record_many(service, body)))
     return _json((await record_one(service, body)).model_dump_json().encode())

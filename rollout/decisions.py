@@ -1,19 +1,64 @@
-"""Decisions: apply the decision rule (rollout.decide) to the arms, and act when told to."""
+"""Decisions: the rule over the challengers, the champion's watches, the SRM check; act on them.
+
+Each run (every ``decision_interval_s``, or ``POST /admin/decide``):
+
+1. the sample-ratio test takes the decisions logged since the last run (arm and propensity);
+   a mismatch freezes automatic decisions and says why;
+2. the live performance watch takes the champion's new outcomes; an alarm emits
+   ``banditflow.performance.degraded`` (a retrain follows, even when no feature moved);
+3. after a promotion, the champion watch judges the new champion against the one it
+   replaced (kept in rotation on probation) and against the guardrails: roll back;
+4. otherwise the decision rule (rollout.decide) judges each other challenger on the plain
+   (undiscounted) sums, with the configured policy's posterior: promote the best / retire.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import weakref
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import contract
 from rollout import admin
+from rollout.events import emit
+from rollout.policies import ArmStats
 from rollout.schemas import Recommendation
+from rollout.srm import SampleRatioTest
+from rollout.watch import ChampionWatch, RewardWatch
 
 if TYPE_CHECKING:
+    from rollout.pool import PoolSnapshot
     from rollout.service import RolloutService
 
 _log = logging.getLogger(__name__)
+WATCH_KEY = admin.WATCH_KEY
+
+
+@dataclass
+class Watches:
+    """A service's sequential state between runs (per replica; rebuilt after a restart)."""
+
+    performance: RewardWatch
+    srm: SampleRatioTest = field(default_factory=SampleRatioTest)
+    champion: str | None = None
+    seen: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the champion's plain sums so far
+    logged_until: float = -math.inf  # decisions logged before this were given to the SRM
+    srm_reason: str | None = None
+    degraded: str | None = None
+
+
+_WATCHES: weakref.WeakKeyDictionary[Any, Watches] = weakref.WeakKeyDictionary()
+
+
+def watches(svc: RolloutService) -> Watches:
+    if svc not in _WATCHES:
+        _WATCHES[svc] = Watches(performance=RewardWatch(reward_kind=svc.policy.reward_kind))
+    return _WATCHES[svc]
 
 
 def decision_rule(svc: RolloutService) -> Any:
@@ -23,39 +68,138 @@ def decision_rule(svc: RolloutService) -> Any:
     return DecisionRule(**svc.settings.decision_params)
 
 
-async def run_decisions(svc: RolloutService) -> list[Recommendation]:
-    """Apply the decision rule; act on it when automatic decisions are on."""
-    from rollout.decide import decide
+def plain(svc: RolloutService, arm: str) -> ArmStats:
+    """Return an arm's undiscounted statistics since it joined (what the rules read)."""
+    s = svc.stats.get(arm)
+    return s.plain_stats() if s is not None else ArmStats(arm)
 
+
+async def run_decisions(svc: RolloutService) -> list[Recommendation]:
+    """Run the checks and the rule; act on them when automatic decisions are on."""
     await svc.refresh_state()
     snap = svc.pool.snapshot
-    if snap.champion is None or svc.frozen:
+    if snap.champion is None:
         svc.recommendations = []
         return []
-    challengers = [a for a in snap.rotation if a != snap.champion]
-    if not challengers:
-        svc.recommendations = []
-        return []
-    stats = {s.arm: s for s in svc.arm_stats([snap.champion, *challengers])}
-    decisions = decide(
-        stats[snap.champion],
-        [stats[a] for a in challengers],
-        svc.rule,
-        np.random.default_rng(svc.settings.seed),
-        reward_kind=svc.policy.reward_kind,
-    )
-    recs = []
-    for d in decisions:
-        rec = Recommendation(action=str(d.action), arm=d.arm, reason=d.reason)
-        if svc.settings.auto_decisions and rec.action in ("promote", "retire", "rollback"):
+    w = watches(svc)
+    await _check_sample_ratio(svc, w)
+    await _watch_performance(svc, w, snap.champion)
+    rollback = _watch_champion(svc, snap)
+    recs = [rollback] if rollback is not None else _judge_challengers(svc, snap)
+    blocked = svc.frozen or w.srm_reason is not None
+    for rec in recs:
+        if svc.settings.auto_decisions and not blocked and rec.action != "keep":
             try:
                 await act(svc, rec)
                 rec.applied = True
             except Exception as exc:
                 _log.error("could not %s %s: %s", rec.action, rec.arm, exc)
-        recs.append(rec)
+        elif w.srm_reason is not None and rec.action != "keep":
+            rec.reason += f" (not applied: automatic decisions frozen, {w.srm_reason})"
     svc.recommendations = recs
     return recs
+
+
+def _judge_challengers(svc: RolloutService, snap: PoolSnapshot) -> list[Recommendation]:
+    from rollout.decide import decide
+
+    champion = snap.champion
+    assert champion is not None
+    on_probation = _watched(svc, champion).get("replaced")
+    challengers = [a for a in snap.rotation if a not in (champion, on_probation)]
+    if not challengers:
+        return []
+    decisions = decide(
+        plain(svc, champion),
+        [plain(svc, a) for a in challengers],
+        svc.rule,
+        np.random.default_rng(svc.settings.seed),
+        policy=svc.policy,
+    )
+    return [Recommendation(action=str(d.action), arm=d.arm, reason=d.reason) for d in decisions]
+
+
+def _watched(svc: RolloutService, champion: str) -> dict[str, Any]:
+    """Return the watch of the promotion that made ``champion``, or {} if none runs."""
+    watch = svc.config.get(WATCH_KEY) or {}
+    return watch if watch.get("champion") == champion else {}
+
+
+def champion_watch(svc: RolloutService) -> ChampionWatch:
+    return ChampionWatch(false_rollback_rate=svc.rule.false_promotion_rate)
+
+
+def _watch_champion(svc: RolloutService, snap: PoolSnapshot) -> Recommendation | None:
+    """Return a rollback when the champion fails its watch; end the watch at its horizon."""
+    champion = snap.champion
+    assert champion is not None
+    watch = _watched(svc, champion)
+    breach = svc.guardrails.breach(champion)
+    if not watch and breach is None:
+        return None
+    if not watch and contract.PREVIOUS_CHAMPION not in snap.aliases:
+        return None  # nothing to roll back to: the guardrail is reported, the champion stays
+    now = plain(svc, champion)
+    n0, s0, q0 = watch.get("baseline", (0.0, 0.0, 0.0))
+    since = ArmStats(
+        champion, max(now.pulls - n0, 0.0), now.reward_sum - s0, max(now.reward_sq_sum - q0, 0.0)
+    )
+    replaced = str(watch.get("replaced", ""))
+    rule = champion_watch(svc)
+    why = rule.check(
+        since,
+        plain(svc, replaced) if replaced else ArmStats(champion),
+        reward_kind=svc.policy.reward_kind,
+        guardrail_breach=breach,
+    )
+    if why is not None:
+        return Recommendation(action="rollback", arm=champion, reason=f"roll back: {why}")
+    if watch and rule.finished(since):
+        return Recommendation(
+            action="end-watch",
+            arm=replaced,
+            reason=f"probation over: {champion} kept after {since.pulls:,.0f} outcomes",
+        )
+    return None
+
+
+async def _watch_performance(svc: RolloutService, w: Watches, champion: str) -> None:
+    """Feed the champion's new outcomes to the change detector; emit the event on an alarm."""
+    now = plain(svc, champion)
+    totals = (now.pulls, now.reward_sum, now.reward_sq_sum)
+    if champion != w.champion:
+        w.champion, w.seen, w.degraded = champion, totals, None
+        w.performance = RewardWatch(reward_kind=svc.policy.reward_kind)
+        return
+    dn, ds, dq = (a - b for a, b in zip(totals, w.seen, strict=True))
+    w.seen = totals
+    if not w.performance.update(dn, ds, dq):
+        return
+    w.degraded = w.performance.describe()
+    _log.warning("champion %s: %s", champion, w.degraded)
+    w.performance.reset()
+    version = champion.removeprefix("v")
+    await emit(
+        svc.settings,
+        svc.metrics,
+        contract.EVENT_PERFORMANCE_DEGRADED,
+        version,
+        w.degraded,
+        {"champion": version},
+    )
+
+
+async def _check_sample_ratio(svc: RolloutService, w: Watches) -> None:
+    """Give the decisions logged since the last run (arm, propensity) to the SRM test."""
+    counts, log_p, until = await asyncio.to_thread(
+        svc.store.logged_assignments, w.logged_until, svc.clock() - 1.0
+    )
+    w.logged_until = until
+    if not counts:
+        return
+    if w.srm.update_logged(counts, log_p) and w.srm_reason is None:
+        w.srm_reason = f"sample ratio mismatch: {w.srm.describe()}"
+        _log.error("automatic decisions frozen: %s", w.srm_reason)
 
 
 async def act(svc: RolloutService, rec: Recommendation) -> None:
@@ -66,3 +210,29 @@ async def act(svc: RolloutService, rec: Recommendation) -> None:
         await admin.retire_arm(svc, rec.arm, f"auto: {rec.reason}")
     elif rec.action == "rollback":
         await admin.rollback(svc, f"auto: {rec.reason}")
+    elif rec.action == "end-watch":
+        await admin.end_probation(svc, rec.arm, rec.reason)
+
+
+def status(svc: RolloutService) -> dict[str, Any]:
+    """What ``GET /arms`` shows of the decisions: stated rates, SRM, the watches."""
+    w = watches(svc)
+    rule = svc.rule
+    champion = svc.pool.snapshot.champion
+    return {
+        "rule": "always-valid mSPRT on plain sums since each arm joined, with the policy's "
+        "posterior for P(best) and expected loss",
+        "false_promotion_rate": getattr(rule, "false_promotion_rate", None),
+        "false_retirement_rate": getattr(rule, "false_retirement_rate", None),
+        "false_rollback_rate": getattr(rule, "false_promotion_rate", None),
+        "automatic": svc.settings.auto_decisions and not svc.frozen and w.srm_reason is None,
+        "frozen_reason": w.srm_reason,
+        "srm": {"e_value": w.srm.e_value, "units": w.srm.units, "mismatch": w.srm.mismatch},
+        "champion_watch": _watched(svc, champion) if champion else {},
+        "performance": {
+            "reference_mean": w.performance.reference_mean,
+            "statistic": w.performance.statistic,
+            "threshold": w.performance.threshold,
+            "last_alarm": w.degraded,
+        },
+    }

@@ -58,8 +58,8 @@ class Guardrails:
         error_rate = failures / len(w.failures)
         if failures >= self.min_failures and error_rate > self.max_error_rate:
             return (
-                f"guardrail: error rate {error_rate:.3f} > {self.max_error_rate} "
-                f"over the last {len(w.failures)} predictions"
+                f"guardrail: failed to predict at a rate of {error_rate:.3f} > "
+                f"{self.max_error_rate} over its last {len(w.failures)} predictions"
             )
         if w.since_check < _CHECK_EVERY or len(w.latencies) < self.min_requests:
             return None
@@ -68,6 +68,15 @@ class Guardrails:
         if p99_ms > self.max_p99_ms:
             return f"guardrail: p99 latency {p99_ms:.1f} ms > {self.max_p99_ms} ms"
         return None
+
+    def forgive(self, arm: str, rows: int) -> None:
+        """Take back the last ``rows`` failures of ``arm``: the input was at fault, not it."""
+        w = self._windows.get(arm)
+        if w is None:
+            return
+        for _ in range(min(rows, len(w.failures))):
+            w.failures.pop()
+            w.latencies.pop()
 
     def forget(self, arm: str) -> None:
         """Start an arm's window afresh (it was restored by an operator)."""

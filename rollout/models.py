@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from contract import TAG_ONNX_URI, TAG_SERVING_FLAVOUR
-from rollout.errors import FeatureError
+from rollout.errors import FeatureError, excerpt, listing
 
 MLFLOW_LOCK = threading.Lock()  # mlflow's tracking/registry URIs are process globals
 
 # Signature column types -> the JSON values they accept.
 _NUMERIC = {"double", "float", "long", "integer"}
 _INTEGRAL = {"long", "integer"}
+# What every serving flavour can carry: ONNX runs in float32, and 10**400 overflows a float.
+_FLOAT_LIMIT = 3.4e38
+_INT_LIMIT = {"long": 2**63, "integer": 2**31}
 
 
 def arm_name(version: str | int) -> str:
@@ -67,27 +70,45 @@ def check_features(
             continue
         value = features[c.name]
         if not _type_ok(value, c.type):
-            wrong.append(f"{c.name} (expected {c.type}, got {type(value).__name__} {value!r})")
+            wrong.append(
+                f"{c.name} (expected {_expected(c.type)}, got {type(value).__name__} "
+                f"{excerpt(value, 40)})"
+            )
     if missing or extra or wrong:
         parts = []
         if missing:
-            parts.append(f"missing features: {', '.join(missing)}")
+            parts.append(f"missing features: {listing(missing)}")
         if extra:
-            parts.append(f"unexpected features: {', '.join(extra)}")
+            parts.append(f"unexpected features: {listing(extra)}")
         if wrong:
-            parts.append(f"wrongly typed features: {'; '.join(wrong)}")
-        raise FeatureError("; ".join(parts), missing=missing, unexpected=extra, wrong_type=wrong)
+            parts.append(f"wrongly typed features: {'; '.join(wrong[:10])}")
+        raise FeatureError(
+            "; ".join(parts), missing=missing[:50], unexpected=extra[:50], wrong_type=wrong[:50]
+        )
+
+
+def _expected(kind: str) -> str:
+    if kind in _INTEGRAL:
+        return f"{kind} in [{-_INT_LIMIT[kind]}, {_INT_LIMIT[kind] - 1}]"
+    if kind in _NUMERIC:
+        return f"finite {kind} within +-{_FLOAT_LIMIT:.1e}"
+    return kind
 
 
 def _type_ok(value: Any, kind: str) -> bool:
+    """Whether the model can take ``value`` for a column of ``kind`` (type and range)."""
     if value is None:
         return kind in _NUMERIC and kind not in _INTEGRAL  # a missing number: imputed as NaN
     if kind in _NUMERIC:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         if kind in _INTEGRAL:
-            return isinstance(value, int) or float(value).is_integer()
-        return math.isfinite(value) if isinstance(value, float) else True
+            if isinstance(value, float) and not value.is_integer():
+                return False
+            return -_INT_LIMIT[kind] <= value < _INT_LIMIT[kind]
+        return -_FLOAT_LIMIT <= value <= _FLOAT_LIMIT
     if kind == "boolean":
         return isinstance(value, bool) or value in (0, 1)
     if kind == "string":

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from tenacity import Retrying, stop_after_attempt, wait_exponential
 
 from contract import CHAMPION, is_challenger_alias
 from rollout.models import (
@@ -124,8 +127,21 @@ class ModelPool:
         registry_uri: str,
         cache_dir: Path,
         loader: Loader | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        retry_base_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        load_attempts: int = 3,
     ) -> None:
         self.model_name = model_name
+        self.clock = clock
+        # A version that failed to load is tried again at the next refresh after a delay that
+        # doubles per failure (retry_base_s, 2x, 4x, ... up to retry_max_s); each try makes
+        # load_attempts quick attempts (tenacity) for a blip of the artifact store.
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.load_attempts = load_attempts
+        self._retry: dict[str, tuple[float, int]] = {}  # version -> (due at, failures so far)
+        self._errors: dict[str, str] = {}  # version -> why its last load failed
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.cache_dir = cache_dir
@@ -154,9 +170,9 @@ class ModelPool:
             try:
                 aliases = self.read_aliases()
             except Exception as exc:  # registry down or model missing: keep serving what we have
-                message = f"cannot read aliases of {self.model_name!r}: {type(exc).__name__}: {exc}"
+                message = f"cannot read aliases of {self.model_name!r} ({type(exc).__name__})"
                 if old.registry_error != message:
-                    _log.warning(message)
+                    _log.warning("%s: %s", message, exc)
                     self.snapshot = replace(old, registry_error=message)
                 return False
             roles: dict[str, tuple[str, str]] = {}  # arm -> (version, role)
@@ -174,6 +190,7 @@ class ModelPool:
                 and {a: (e.version, e.role) for a, e in old.arms.items()} == roles
                 and all(self._expected_error(a, old.arms[a]) == old.arms[a].error for a in roles)
                 and old.registry_error is None
+                and not self._retry_due(old)
             ):
                 return False
             arms: dict[str, ArmEntry] = {}
@@ -195,13 +212,40 @@ class ModelPool:
             return entry.error
         return self.pulled.get(arm)
 
+    def _retry_due(self, snap: PoolSnapshot) -> bool:
+        """Whether an arm that failed to load is due for another try."""
+        now = self.clock()
+        return any(
+            e.model is None and self._retry.get(e.version, (0.0, 0))[0] <= now
+            for e in snap.arms.values()
+        )
+
     def _try_load(self, version: str) -> tuple[ServingModel | None, str | None]:
+        due, failures = self._retry.get(version, (0.0, 0))
+        if failures and self.clock() < due:
+            return None, self._load_error(version)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.load_attempts),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            reraise=True,
+        )
         try:
-            return self._loader(self.model_name, version), None
+            model = retrying(self._loader, self.model_name, version)
         except Exception as exc:
             self.load_failures += 1
+            delay = min(self.retry_base_s * 2**failures, self.retry_max_s)
+            self._retry[version] = (self.clock() + delay, failures + 1)
+            self._errors[version] = (
+                f"failed to load ({type(exc).__name__}); retrying in {delay:g} s"
+            )
             _log.exception("model %s version %s failed to load", self.model_name, version)
-            return None, f"failed to load: {type(exc).__name__}: {exc}"[:500]
+            return None, self._load_error(version)
+        self._retry.pop(version, None)
+        self._errors.pop(version, None)
+        return model, None
+
+    def _load_error(self, version: str) -> str:
+        return self._errors.get(version, "failed to load")
 
     def set_pulled(self, pulled: Mapping[str, str]) -> None:
         """Take these arms out of rotation (reason per arm); others go back in."""

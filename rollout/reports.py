@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rollout.service import RolloutService
 
 _log = logging.getLogger(__name__)
+READINESS_PROBE = "readiness_probe"  # a config key /readyz writes to prove the store is writable
 
 
 async def arms_report(svc: RolloutService) -> ArmsResponse:
@@ -137,14 +138,18 @@ async def history(svc: RolloutService, minutes: float, buckets: int) -> dict[str
 
 
 def readiness(svc: RolloutService) -> tuple[bool, dict[str, Any]]:
-    """Whether the service can serve (champion loaded, store reachable), and the details."""
+    """Whether the service can serve (an arm to fall back on, the store writable), and why not.
+
+    The store check writes (a readiness probe row): read-only files or a full disk fail it.
+    """
     snap = svc.pool.snapshot
-    store_ok = True
-    store_detail = "ok"
+    store_ok, store_detail = True, "ok"
     try:
         svc.store.ping()
+        svc.store.set_config(READINESS_PROBE, svc.clock())
     except Exception as exc:
-        store_ok, store_detail = False, f"{type(exc).__name__}: {exc}"[:300]
+        store_ok, store_detail = False, f"cannot write the state store ({type(exc).__name__})"
+        svc.store_error = store_detail
     models = {
         arm: {
             "version": e.version,
@@ -156,16 +161,19 @@ def readiness(svc: RolloutService) -> tuple[bool, dict[str, Any]]:
         }
         for arm, e in sorted(snap.arms.items())
     }
-    champion_ok = snap.champion_model() is not None
-    ready = store_ok and champion_ok and svc.started
+    anchor = svc.anchor(snap)
+    ready = store_ok and anchor is not None and svc.started
     detail: dict[str, Any] = {
         "ready": ready,
         "champion": snap.champion,
+        "serving_from": anchor.arm if anchor is not None else None,
         "models": models,
         "store": store_detail,
     }
-    if not champion_ok:
+    if snap.champion_model() is None:
         detail["reason"] = svc.no_model_reason(snap)
+        if anchor is not None:
+            detail["reason"] += f"; serving from {anchor.arm}, the best loaded arm, meanwhile"
     if snap.registry_error:
         detail["registry"] = snap.registry_error
     return ready, detail

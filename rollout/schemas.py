@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    model_validator,
+)
 
 
 def jsonable(value: Any) -> Any:
@@ -13,8 +21,12 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+MAX_PREDICT_ROWS = 1000  # rows in one /predict batch
+MAX_FEEDBACK_ROWS = 5000  # rows in one /feedback batch
+
 Scalar = float | int | str | bool | None
 Identifier = Annotated[str, Field(min_length=1, max_length=200)]
+EntityValue = Annotated[str, Field(max_length=200)] | Annotated[int, Field(ge=-(2**63), lt=2**63)]
 
 
 class _Strict(BaseModel):
@@ -25,10 +37,14 @@ class PredictRequest(_Strict):
     """One row to score: features inline, or an entity key resolved through Feast."""
 
     features: dict[str, Any] | None = Field(
-        default=None, description="Feature name -> value, as in the model's signature."
+        default=None,
+        max_length=1000,
+        description="Feature name -> value, as in the model's signature.",
     )
-    entity: dict[str, str | int] | None = Field(
-        default=None, description="Entity key, e.g. {'customer_id': 42}, looked up in Feast."
+    entity: dict[Identifier, EntityValue] | None = Field(
+        default=None,
+        max_length=10,
+        description="Entity key, e.g. {'customer_id': 100001}, looked up in Feast.",
     )
     unit_id: Identifier | None = Field(
         default=None, description="Sticky unit: the same unit gets the same arm."
@@ -63,7 +79,9 @@ def _single_or_batch(value: Any) -> str:
 
 PredictBody = Annotated[
     Annotated[PredictRequest, Tag("single")]
-    | Annotated[list[PredictRequest], Field(min_length=1, max_length=1000), Tag("batch")],
+    | Annotated[
+        list[PredictRequest], Field(min_length=1, max_length=MAX_PREDICT_ROWS), Tag("batch")
+    ],
     Discriminator(_single_or_batch),
 ]
 
@@ -73,7 +91,9 @@ class FeedbackRequest(_Strict):
 
     request_id: Identifier
     reward: float = Field(
-        allow_inf_nan=False, description="In [0, 1] for Bernoulli policies, any real otherwise."
+        strict=True,  # true/false or "1" are refused, not read as 1.0
+        allow_inf_nan=False,
+        description="In [0, 1] for Bernoulli policies, any real otherwise.",
     )
 
 
@@ -88,7 +108,9 @@ class FeedbackResponse(BaseModel):
 
 FeedbackBody = Annotated[
     Annotated[FeedbackRequest, Tag("single")]
-    | Annotated[list[FeedbackRequest], Field(min_length=1, max_length=5000), Tag("batch")],
+    | Annotated[
+        list[FeedbackRequest], Field(min_length=1, max_length=MAX_FEEDBACK_ROWS), Tag("batch")
+    ],
     Discriminator(_single_or_batch),
 ]
 
@@ -140,7 +162,7 @@ class AddArmRequest(_Strict):
     version: Annotated[str, Field(min_length=1, max_length=20, pattern=r"^v?[0-9]+$")] = Field(
         description="Model version to add, e.g. '3' or 'v3'."
     )
-    shadow: bool = Field(default=False, description="Score alongside, off the response path.")
+    shadow: StrictBool = Field(default=False, description="Score alongside, off the response path.")
 
 
 class PolicyRequest(_Strict):
@@ -158,7 +180,7 @@ class RollbackRequest(_Strict):
 
 
 class FreezeRequest(_Strict):
-    frozen: bool = True
+    frozen: StrictBool = True
 
 
 class AdminResponse(BaseModel):
@@ -167,6 +189,20 @@ class AdminResponse(BaseModel):
     result: dict[str, Any] = Field(default_factory=dict)
 
 
+class ErrorItem(BaseModel):
+    """One problem with a rejected request: where it is and what is wrong."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: str | None = Field(default=None, description="A short excerpt of the bad value.")
+
+
 class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx body: a code, a message; 422s also list each problem."""
+
+    model_config = ConfigDict(extra="allow")
+
     error: str
     detail: str
+    errors: list[ErrorItem] | None = None

@@ -66,6 +66,8 @@ class RolloutService:
             tracking_uri=settings.tracking_uri,
             registry_uri=settings.registry_uri,
             cache_dir=settings.home / "rollout-models",
+            retry_base_s=settings.model_retry_base_s,
+            retry_max_s=settings.model_retry_max_s,
         )
         self.metrics = Metrics()
         self.rng = np.random.default_rng(settings.seed)
@@ -185,11 +187,28 @@ class RolloutService:
                 )
         return out
 
+    def anchor(self, snap: PoolSnapshot) -> ServingModel | None:
+        """The arm every fallback goes to: the champion, or while it cannot load the best
+        loaded arm in rotation (highest mean reward so far); None when nothing can serve."""
+        model = snap.champion_model()
+        if model is not None or snap.champion is None:
+            return model
+        loaded = [a for a in snap.rotation if a != snap.champion]
+        if not loaded:
+            return None
+        best = max(loaded, key=lambda a: (self._mean(a), a))
+        return snap.arms[best].model
+
+    def _mean(self, arm: str) -> float:
+        s = self.stats.get(arm)
+        return s.reward_sum / s.pulls if s is not None and s.pulls > 0 else float("-inf")
+
     def serving_arms(self, snap: PoolSnapshot) -> list[str]:
-        if snap.champion_model() is None:
+        anchor = self.anchor(snap)
+        if anchor is None:
             return []
         if self.frozen:
-            return [snap.champion]  # type: ignore[list-item]
+            return [anchor.arm]
         return snap.rotation
 
     def reallocate(self) -> None:
@@ -209,7 +228,8 @@ class RolloutService:
             self.allocation = self.policy.allocation(self.arm_stats(arms), self.rng)
         except PolicyError as exc:
             _log.error("policy %r cannot allocate over %s: %s", self.policy, arms, exc)
-            self.allocation = {snap.champion: 1.0} if snap.champion else {}
+            anchor = self.anchor(snap)
+            self.allocation = {anchor.arm: 1.0} if anchor is not None else {}
         self._allocation_key = key
 
     # --- predict ---------------------------------------------------------------------------
@@ -219,13 +239,13 @@ class RolloutService:
     async def predict_many(self, reqs: Sequence[PredictRequest]) -> list[PredictResponse]:
         """Route each row to an arm, score it, and queue the decisions; 422 names bad rows."""
         snap = self.pool.snapshot
-        champion_model = snap.champion_model()
-        if champion_model is None:
+        anchor = self.anchor(snap)
+        if anchor is None:
             self.metrics.errors.labels("no_model", "").inc()
             raise NoModelAvailable(self.no_model_reason(snap))
-        rows = await self._checked_rows(snap, champion_model, reqs)
-        arms = [await self._choose(snap, req.unit_id) for req in reqs]
-        predictions, scores, served = self._score_by_arm(snap, champion_model, rows, arms)
+        rows = await self._checked_rows(snap, anchor, reqs)
+        arms = [await self._choose(snap, anchor.arm, req.unit_id) for req in reqs]
+        predictions, scores, served = self._score_by_arm(snap, anchor, rows, arms)
         now = self.clock()
         out = []
         assert self.tokens is not None and self.writer is not None
@@ -269,41 +289,55 @@ class RolloutService:
     def _score_by_arm(
         self,
         snap: PoolSnapshot,
-        champion: ServingModel,
+        anchor: ServingModel,
         rows: list[dict[str, Any]],
         arms: list[str],
     ) -> tuple[list[Any], list[float | None], list[ServingModel]]:
-        """Score each arm's rows in one call; a failing challenger's rows go to the champion."""
+        """Score each arm's rows in one call; a failing arm's rows go to the anchor.
+
+        A failure counts against the arm (its guardrail window), it never pulls it alone;
+        rows the anchor cannot score either are the request's fault (422), not a model's.
+        """
         by_arm: dict[str, list[int]] = defaultdict(list)
         for i, arm in enumerate(arms):
             by_arm[arm].append(i)
         predictions: list[Any] = [None] * len(rows)
         scores: list[float | None] = [None] * len(rows)
-        served: list[ServingModel] = [champion] * len(rows)
+        served: list[ServingModel] = [anchor] * len(rows)
         for arm, idx in by_arm.items():
-            model = snap.arms[arm].model
-            assert model is not None
+            model = snap.arms[arm].model or anchor
+            part = [rows[i] for i in idx]
             try:
-                preds, scs = self._score(model, [rows[i] for i in idx])
+                preds, scs = self._score(model, part)
             except Exception as exc:
-                if arm == snap.champion:
-                    self.metrics.errors.labels("predict", arm).inc()
-                    raise NoModelAvailable(
-                        f"the champion ({arm}) failed to predict: {type(exc).__name__}: {exc}"
-                    ) from exc
-                self.pull(arm, f"failed to predict: {type(exc).__name__}: {exc}")
-                # Its traffic goes to the champion, now and from here on.
-                preds, scs = self._score(champion, [rows[i] for i in idx])
-                for i in idx:
-                    arms[i] = champion.arm
+                preds, scs = self._fallback(model, anchor, part, exc)
+                model = anchor
             for j, i in enumerate(idx):
-                predictions[i], scores[i] = preds[j], scs[j]
-                served[i] = snap.arms[arms[i]].model or champion
+                arms[i] = model.arm
+                predictions[i], scores[i], served[i] = preds[j], scs[j], model
+        self._check_guardrails(snap, anchor, list(by_arm))
         return predictions, scores, served
 
-    def _score(
-        self, model: ServingModel, rows: Sequence[Mapping[str, Any]]
+    def _fallback(
+        self, failed: ServingModel, anchor: ServingModel, rows: list[dict[str, Any]], exc: Exception
     ) -> tuple[list[Any], list[float | None]]:
+        """Score rows ``failed`` could not; say whose fault it was when the anchor cannot."""
+        why = type(exc).__name__
+        if failed is anchor:
+            raise NoModelAvailable(f"{anchor.arm} failed to predict ({why}); retry later") from exc
+        try:
+            return self._score(anchor, rows, count=False)
+        except Exception as second:
+            # Two models fail on the same rows: the rows are at fault; forgive the first.
+            self.guardrails.forgive(failed.arm, len(rows))
+            raise BadInput(
+                f"no model can score this input ({why}, {type(second).__name__}): check its values"
+            ) from second
+
+    def _score(
+        self, model: ServingModel, rows: Sequence[Mapping[str, Any]], *, count: bool = True
+    ) -> tuple[list[Any], list[float | None]]:
+        """Predict, timing it; ``count``: record the outcome in the arm's guardrail window."""
         start = time.perf_counter()
         ok = False
         try:
@@ -313,19 +347,24 @@ class RolloutService:
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.model_latency.labels(model.arm).observe(elapsed)
-            self._guard(model.arm, elapsed / max(len(rows), 1), ok, max(len(rows), 1))
+            if count or ok:
+                self._guard(model.arm, elapsed / max(len(rows), 1), ok, max(len(rows), 1))
 
     def _guard(self, arm: str, latency_s: float, ok: bool, rows: int) -> None:
-        """Record predictions of one arm; pull a challenger that breaks a guardrail."""
+        """Record predictions of one arm in its guardrail window."""
         self.guardrails.record(arm, latency_s, ok, rows)
         if not ok:
             self.errors_by_arm[arm] += 1
             self.metrics.errors.labels("predict", arm).inc()
-        if arm == self.pool.snapshot.champion:
-            return  # the champion is the fallback: report, never pull it
-        reason = self.guardrails.breach(arm)
-        if reason is not None:
-            self.pull(arm, reason)
+
+    def _check_guardrails(self, snap: PoolSnapshot, anchor: ServingModel, arms: list[str]) -> None:
+        """Pull each of ``arms`` that breaks a guardrail (never the champion or the anchor)."""
+        for arm in arms:
+            if arm in (snap.champion, anchor.arm):
+                continue  # the fallback: report, never pull it
+            reason = self.guardrails.breach(arm)
+            if reason is not None:
+                self.pull(arm, reason)
 
     def pull(self, arm: str, reason: str) -> None:
         """Take an arm out of rotation at once, here and (through the store) in every replica."""
@@ -348,19 +387,18 @@ class RolloutService:
             f"the champion ({snap.champion}) cannot serve: {entry.error if entry else 'not loaded'}"
         )
 
-    async def _choose(self, snap: PoolSnapshot, unit_id: str | None) -> str:
+    async def _choose(self, snap: PoolSnapshot, anchor: str, unit_id: str | None) -> str:
         arms = self.serving_arms(snap)
         if len(arms) == 1:
             return arms[0]
         if unit_id is not None:
-            fallback: str = snap.champion  # type: ignore[assignment]
-            return await self.units.arm_for(unit_id, arms, self.allocation, fallback)
+            return await self.units.arm_for(unit_id, arms, self.allocation, anchor)
         try:
             return self._next_choice(arms)
         except PolicyError as exc:
             self.metrics.errors.labels("policy", "").inc()
             _log.error("policy %r failed to choose, serving the champion: %s", self.policy, exc)
-            return snap.champion  # type: ignore[return-value]
+            return anchor
 
     def _next_choice(self, arms: list[str]) -> str:
         """Return the policy's next choice from the cached statistics.

@@ -60,6 +60,16 @@ class RolloutSettings(BaseSettings):
     # Shadow arms score this fraction of requests off the response path.
     shadow_fraction: float = Field(default=0.1, ge=0, le=1)
 
+    # A model version that failed to load is retried at alias polls, the delay doubling from
+    # model_retry_base_s up to model_retry_max_s.
+    model_retry_base_s: float = Field(default=1.0, gt=0)
+    model_retry_max_s: float = Field(default=60.0, gt=0)
+
+    # Bounds on what a client sends: the request body (413 above it) and the body size from
+    # which parsing and validation run in a worker thread (the event loop stays free).
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    parse_in_thread_bytes: int = Field(default=64_000, ge=0)
+
     # Caches and background cadences.
     alias_poll_s: float = Field(default=5.0, gt=0)
     stats_refresh_ms: float = Field(default=200.0, gt=0)
