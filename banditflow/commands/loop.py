@@ -12,22 +12,33 @@ from banditflow.cli import app
 
 @app.command()
 def demo(
-    quick: bool = typer.Option(False, help="Small data, few trials, short traffic (CI's size)."),
+    quick: bool = typer.Option(False, help="Small world, few trials, 12 live days (CI's size)."),
     fresh: bool = typer.Option(
         False, help="Empty the data folder first (an earlier demo's studies would resume)."
     ),
-    seed: int = typer.Option(0, help="Seed of the data, the studies and the traffic."),
+    seed: int = typer.Option(0, help="Seed of the world: data, visits, outcomes."),
+    drift: bool = typer.Option(True, help="Turn the drift knob on (off: a stationary world)."),
+    lock_step: bool = typer.Option(
+        True, help="Wait at each simulated day's end for the work its events started."
+    ),
+    rate: float = typer.Option(
+        0.0, min=0.0, help="Simulated seconds per wall second to keep pace with (0: no pace)."
+    ),
 ) -> None:
-    """Run the whole loop with embedded defaults and write a report."""
+    """Drive the world on a simulated clock; the deployed system closes the loop."""
+    from dataclasses import replace
+
     from banditflow.demo import DemoError, DemoPlan, run_demo
 
     plan = DemoPlan.quick() if quick else DemoPlan()
+    plan = replace(plan, lock_step=lock_step, rate=rate or None)
+    world = {"seed": seed} | ({} if drift else {"drift_day": None})
     try:
-        run_demo(plan, fresh=fresh, seed=seed)
+        run_demo(plan, fresh=fresh, **world)
     except DemoError as exc:
         typer.secho(
             f"demo failed: {exc}\n(everything the libraries printed is in the data folder's "
-            "demo.log)",
+            "demo.log; the stack's logs are in run/)",
             fg=typer.colors.RED,
             err=True,
         )

@@ -50,14 +50,21 @@ def _data(n: int = 6_000, drift: int = 3_000) -> ReportData:
         gates=gates,
         steps=[("generate", 1.0)],
         window=500,
+        reference="oracle",
+        timeline=pd.DataFrame(
+            [{"day": 3, "wall_s": 12.5, "kind": "event", "what": "banditflow.drift.detected"}]
+        ),
     )
 
 
 def test_summary_and_recovery() -> None:
     data = _data()
     table = summary_table(data).set_index("system")
-    assert table.loc["oracle", "vs oracle"] == pytest.approx(1.0)
+    assert table.loc["oracle", "vs reference"] == pytest.approx(1.0)
     assert table.loc["live system", "total reward"] < table.loc["oracle", "total reward"]
+    assert table.loc["live system", "vs reference"] < 1.0
+    after = data.served["reward"].to_numpy()[3_000:].sum() / data.baselines["oracle"][3_000:].sum()
+    assert table.loc["live system", "vs reference after drift"] == pytest.approx(after)
     live, oracle = data.served["reward"].to_numpy(), data.baselines["oracle"]
     visits, live_rate, oracle_rate = recovery(live, oracle, 3_000, 500)
     # The live system loses 0.02 per visit for 1,000 visits after the drift, then matches.
@@ -104,3 +111,4 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
         browser.close()
     assert len(widths) == 3 and all(w > 300 for w in widths), widths
     assert "promoted version 4" in text and "live system" in text and "passed" in text
+    assert "banditflow.drift.detected" in text
