@@ -1,42 +1,38 @@
 """Validation gates: what a registered candidate must prove on the hold-out before it gets traffic.
 
-Each gate comes from the spec's ``gates`` section and runs on rows the optimizer never saw:
+A gate is a :class:`Gate` subclass registered by name (:func:`register_gate`): it reads its
+settings from one key of the spec's ``gates`` section and answers
+``check(candidate, champion) -> GateResult``. The built-ins live in ``tasks.gate_checks``
+(performance, fairness, latency, size); a gate added from user code needs no edit here.
 
-- ``performance`` -- the candidate's hold-out metric is not worse than the current champion's
-  on the same rows by more than ``max_regression`` (no champion: the absolute ``floor``);
-- ``fairness.demographic_parity`` and ``fairness.equalized_odds`` -- fairlearn's differences
-  across the groups of the sensitive attribute, under their limits (plus a per-group report);
-- ``latency`` -- single-row predict p95 in milliseconds, under a budget;
-- ``size`` -- the serialized (cloudpickle, as logged) model in bytes, under a budget.
-
+Gates judge the flavour that will serve (:class:`tasks.onnx.ServingFlavour`): its
+predictions, its single-row latency and its bytes, the ONNX model when ONNX will serve.
 A :class:`GateReport` holds every result; :func:`record_gate_report` writes it to the
-version's run as artifacts (JSON, Markdown, HTML) and to the version's tags.
+version's run as artifacts (JSON, Markdown, HTML: ``tasks.gate_report``) and as tags.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES, TAG_HOLDOUT_PREFIX
+from tasks.gate_report import fmt
 from tasks.metrics import (
-    better,
     metrics_for,
     model_predictor,
     predictions,
+    score,
     score_model,
     serialized_bytes,
-    sign,
     single_row_latency_ms,
 )
 from tasks.spec import GatesSpec, TaskType
@@ -44,12 +40,9 @@ from tasks.spec import GatesSpec, TaskType
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from tasks.onnx import ServingFlavour
+
 GATE_ARTIFACT_DIR = "gates"
-PERFORMANCE = "performance"
-DEMOGRAPHIC_PARITY = "fairness.demographic_parity"
-EQUALIZED_ODDS = "fairness.equalized_odds"
-LATENCY = "latency"
-SIZE = "size"
 
 
 class GateError(ValueError):
@@ -86,6 +79,8 @@ class GateResult:
     threshold: float
     comparison: str  # "<=" or ">=": how value must relate to threshold to pass
     note: str = ""
+    # A per-group (or per-anything) breakdown the reports show as a table.
+    details: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def gate(self) -> str:
@@ -94,19 +89,152 @@ class GateResult:
 
     def tag_value(self) -> str:
         verdict = "pass" if self.passed else "fail"
-        bound = f"{self.comparison} threshold={_fmt(self.threshold)}"
-        text = f"{verdict}: value={_fmt(self.value)} {bound}"
+        text = (
+            f"{verdict}: value={fmt(self.value)} {self.comparison} threshold={fmt(self.threshold)}"
+        )
         return f"{text} ({self.note})" if self.note else text
 
 
 @dataclass
+class GateCandidate:
+    """A model as the gates see it: its serving flavour on the hold-out, measured once."""
+
+    model: Any
+    holdout: Holdout
+    task: TaskType
+    serving: ServingFlavour | None = None
+    latency_calls: int = 200
+    X: pd.DataFrame | None = None  # the hold-out in the model's own columns (None: absent)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.X is None:
+            self.X = self.holdout.X
+
+    @property
+    def flavour(self) -> str:
+        return self.serving.name if self.serving is not None else "sklearn"
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        return None if self.task == "regression" else np.asarray(self.model.classes_)
+
+    def outputs(self) -> np.ndarray:
+        """What the serving flavour returns on the hold-out rows (cached)."""
+        if "outputs" not in self._cache:
+            if self.X is None:
+                raise GateError("the hold-out lacks this model's input columns")
+            predict = self.serving.predict if self.serving else None
+            out = predict(self.X) if predict else predictions(self.model, self.X, self.task)
+            self._cache["outputs"] = out
+        return np.asarray(self._cache["outputs"])
+
+    def score(self, metric: str) -> float:
+        return score(metric, self.holdout.y, self.outputs(), classes=self.classes, task=self.task)
+
+    def latency_ms(self) -> float:
+        """p95 single-row CPU milliseconds of the serving flavour (tasks.metrics)."""
+        if self.serving is not None and self.serving.latency_ms is not None:
+            return self.serving.latency_ms
+        if "latency" not in self._cache:
+            assert self.X is not None
+            predict = (
+                self.serving.predict if self.serving else model_predictor(self.model, self.task)
+            )
+            self._cache["latency"] = single_row_latency_ms(
+                predict, self.X, calls=self.latency_calls
+            )
+        return float(self._cache["latency"])
+
+    def size_bytes(self) -> int:
+        """Bytes of the artifact that serves (the ONNX file, or the pickled pipeline)."""
+        if self.serving is not None:
+            return self.serving.size_bytes
+        return serialized_bytes(self.model)
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Compute once per candidate what several gates share (fairlearn's frame)."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+
+class Gate:
+    """A check a candidate must pass; subclasses set ``name`` and ``spec_key``.
+
+    ``spec_key`` is the key of the spec's ``gates`` section that turns the gate on (its value,
+    not None, is ``self.config``); several gates may share one key (the two fairness ones).
+    """
+
+    name: ClassVar[str]
+    spec_key: ClassVar[str]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def validate(self, task: TaskType) -> None:
+        """Raise :class:`GateError` before anything is measured if the gate cannot run."""
+
+    def check(self, candidate: GateCandidate, champion: GateCandidate | None) -> GateResult:
+        raise NotImplementedError
+
+
+_GATES: dict[str, type[Gate]] = {}
+
+
+def register_gate(cls: type[Gate], *, replace: bool = False) -> type[Gate]:
+    """Register a gate class under ``cls.name`` (usable as a class decorator)."""
+    name = getattr(cls, "name", None)
+    if not name or not getattr(cls, "spec_key", None):
+        raise GateError(f"gate class {cls.__name__} needs a 'name' and a 'spec_key'")
+    if name in _GATES and _GATES[name] is not cls and not replace:
+        raise GateError(f"gate {name!r} is already registered; pass replace=True to override")
+    _GATES[name] = cls
+    return cls
+
+
+def unregister_gate(name: str) -> None:
+    _GATES.pop(name, None)
+
+
+def registered_gates() -> dict[str, type[Gate]]:
+    """Return ``{gate name: class}`` in registration (and report) order."""
+    import tasks.gate_checks  # noqa: F401 - registers the built-ins
+
+    return dict(_GATES)
+
+
+def gate_spec_keys() -> set[str]:
+    """Return the keys of the spec's ``gates`` section that some registered gate reads."""
+    return {cls.spec_key for cls in registered_gates().values()}
+
+
+def configured_gates(gates: GatesSpec | Mapping[str, Any]) -> list[Gate]:
+    """Instantiate every registered gate whose spec key is set (not None) in ``gates``."""
+    if isinstance(gates, GatesSpec):  # the typed sub-models, and any extra gate's settings
+        values = {k: getattr(gates, k) for k in type(gates).model_fields}
+        values |= dict(gates.model_extra or {})
+    else:
+        values = dict(gates)
+    unknown = set(values) - gate_spec_keys()
+    if unknown:
+        raise GateError(f"no gate reads gates.{sorted(unknown)}; known: {sorted(gate_spec_keys())}")
+    return [
+        cls(values[cls.spec_key])
+        for cls in registered_gates().values()
+        if values.get(cls.spec_key) is not None
+    ]
+
+
+@dataclass
 class GateReport:
-    """Every gate's result for one candidate, plus the per-group fairness breakdown."""
+    """Every gate's result for one candidate, plus the per-group breakdowns."""
 
     results: list[GateResult]
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
     metric: str | None = None
     metric_value: float | None = None
+    serving_flavour: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -120,77 +248,24 @@ class GateReport:
         return {r.name: r for r in self.results}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "failures": self.failures,
-            "metric": self.metric,
-            "metric_value": self.metric_value,
-            "gates": [asdict(r) for r in self.results],
-            "groups": self.groups,
-        }
+        from tasks.gate_report import report_dict
+
+        return report_dict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+        from tasks.gate_report import to_json
+
+        return to_json(self)
 
     def to_markdown(self) -> str:
-        lines = [
-            f"## Gate report: {'PASSED' if self.passed else 'FAILED'}",
-            "",
-            "| gate | value | threshold | result | note |",
-            "|---|---:|---:|---|---|",
-        ]
-        for r in self.results:
-            verdict = "pass" if r.passed else "**fail**"
-            lines.append(
-                f"| {r.name} | {_fmt(r.value)} | {r.comparison} {_fmt(r.threshold)} "
-                f"| {verdict} | {r.note} |"
-            )
-        if self.groups:
-            metrics = sorted({m for row in self.groups.values() for m in row})
-            lines += ["", "### Per group", "", "| group | " + " | ".join(metrics) + " |"]
-            lines.append("|---|" + "---:|" * len(metrics))
-            for group, row in self.groups.items():
-                cells = " | ".join(_fmt(row.get(m, math.nan)) for m in metrics)
-                lines.append(f"| {group} | {cells} |")
-        return "\n".join(lines) + "\n"
+        from tasks.gate_report import to_markdown
+
+        return to_markdown(self)
 
     def to_html(self) -> str:
-        def cell(text: object, bad: bool = False) -> str:
-            style = ' style="color:#b00020;font-weight:bold"' if bad else ""
-            return f"<td{style}>{html.escape(str(text))}</td>"
+        from tasks.gate_report import to_html
 
-        rows = "".join(
-            "<tr>"
-            + cell(r.name)
-            + cell(_fmt(r.value))
-            + cell(f"{r.comparison} {_fmt(r.threshold)}")
-            + cell("pass" if r.passed else "fail", bad=not r.passed)
-            + cell(r.note)
-            + "</tr>"
-            for r in self.results
-        )
-        parts = [
-            "<html><body style='font-family:sans-serif'>",
-            f"<h3>Gate report: {'PASSED' if self.passed else 'FAILED'}</h3>",
-            "<table border='1' cellpadding='4' style='border-collapse:collapse'>",
-            "<tr><th>gate</th><th>value</th><th>threshold</th><th>result</th><th>note</th></tr>",
-            rows,
-            "</table>",
-        ]
-        if self.groups:
-            metrics = sorted({m for row in self.groups.values() for m in row})
-            head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
-            body = "".join(
-                f"<tr>{cell(group)}" + "".join(cell(_fmt(row.get(m, math.nan))) for m in metrics)
-                for group, row in self.groups.items()
-            )
-            parts += [
-                "<h4>Per group</h4>",
-                "<table border='1' cellpadding='4' style='border-collapse:collapse'>",
-                f"<tr><th>group</th>{head}</tr>{body}</table>",
-            ]
-        parts.append("</body></html>")
-        return "\n".join(parts)
+        return to_html(self)
 
     def version_tags(self) -> dict[str, str]:
         """Return the model-version tags that carry this report (the registry is the audit log)."""
@@ -206,17 +281,13 @@ class GateReport:
             groups=raw.get("groups") or {},
             metric=raw.get("metric"),
             metric_value=raw.get("metric_value"),
+            serving_flavour=raw.get("serving_flavour"),
         )
 
 
-# --- measurements (one way each: tasks.metrics) -----------------------------------------
-def predict_scores(model: Any, X: pd.DataFrame, task: TaskType) -> np.ndarray:
-    """Return what serving returns: class probabilities, or predictions for regression."""
-    return predictions(model, X, task)
-
-
+# --- running the gates ---------------------------------------------------------------------
 def score_metric(metric: str, model: Any, X: pd.DataFrame, y: np.ndarray, task: TaskType) -> float:
-    """Return ``metric`` of a fitted model on ``(X, y)`` (the spec's metric names)."""
+    """Return ``metric`` of a fitted sklearn model on ``(X, y)`` (the spec's metric names)."""
     supported = metrics_for(task)
     if metric not in supported:
         raise GateError(
@@ -229,110 +300,6 @@ def score_metric(metric: str, model: Any, X: pd.DataFrame, y: np.ndarray, task: 
     return score_model(metric, model, X, y, task)
 
 
-# --- the gates ---------------------------------------------------------------------------
-def performance_gate(
-    *,
-    metric: str,
-    direction: str,
-    value: float,
-    champion_value: float | None,
-    max_regression: float,
-    floor: float | None,
-) -> GateResult:
-    """Judge ``value`` against the champion's by a margin, or against the floor with no champion."""
-    comparison = ">=" if sign(direction) < 0 else "<="
-    if champion_value is not None:
-        threshold = champion_value + sign(direction) * max_regression
-        note = (
-            f"{metric}; champion {_fmt(champion_value)} on the same rows, margin {max_regression}"
-        )
-    elif floor is not None:
-        threshold, note = floor, f"{metric}; no champion: absolute bound"
-    else:
-        return GateResult(PERFORMANCE, True, value, math.nan, comparison, "no champion, no floor")
-    # NaN on either side fails: a score that cannot be computed proves nothing.
-    passed = not math.isnan(threshold) and (
-        value == threshold or better(value, threshold, direction)
-    )
-    return GateResult(PERFORMANCE, passed, value, threshold, comparison, note)
-
-
-def fairness_gates(
-    model: Any,
-    holdout: Holdout,
-    *,
-    max_demographic_parity_difference: float,
-    max_equalized_odds_difference: float,
-    task: TaskType,
-    decision_threshold: float = 0.5,
-) -> tuple[list[GateResult], dict[str, dict[str, float]]]:
-    """Return the two fairness checks (fairlearn) and the per-group report (MetricFrame).
-
-    The model's decision is P(positive) >= ``decision_threshold``: the cut the application
-    acts on, which is what treats groups alike or not.
-    """
-    from fairlearn.metrics import (
-        MetricFrame,
-        count,
-        demographic_parity_difference,
-        equalized_odds_difference,
-        false_positive_rate,
-        selection_rate,
-        true_positive_rate,
-    )
-    from sklearn.metrics import accuracy_score
-
-    if task != "binary":
-        raise GateError(
-            f"the fairness gate needs a binary task (demographic parity of a positive class), "
-            f"got task {task!r}: remove gates.fairness from the spec"
-        )
-    if holdout.sensitive is None:
-        raise GateError("the fairness gate needs the sensitive attribute's hold-out values")
-    classes = np.asarray(model.classes_)
-    y_true = (np.asarray(holdout.y) == classes[-1]).astype(int)
-    y_pred = (predict_scores(model, holdout.X, task)[:, -1] >= decision_threshold).astype(int)
-    sensitive = holdout.sensitive.astype(str).to_numpy()
-    dpd = float(demographic_parity_difference(y_true, y_pred, sensitive_features=sensitive))
-    eod = float(equalized_odds_difference(y_true, y_pred, sensitive_features=sensitive))
-    attr = holdout.sensitive.name or "sensitive attribute"
-    frame = MetricFrame(
-        metrics={
-            "count": count,
-            "accuracy": accuracy_score,
-            "selection_rate": selection_rate,
-            "true_positive_rate": true_positive_rate,
-            "false_positive_rate": false_positive_rate,
-        },
-        y_true=y_true,
-        y_pred=y_pred,
-        sensitive_features=sensitive,
-    )
-    by_group = frame.by_group
-    groups = {
-        str(group): {str(k): float(v) for k, v in row.items()} for group, row in by_group.iterrows()
-    }
-    results = [
-        GateResult(
-            DEMOGRAPHIC_PARITY,
-            dpd <= max_demographic_parity_difference,
-            dpd,
-            max_demographic_parity_difference,
-            "<=",
-            f"across {attr}, acting at P >= {decision_threshold:g}",
-        ),
-        GateResult(
-            EQUALIZED_ODDS,
-            eod <= max_equalized_odds_difference,
-            eod,
-            max_equalized_odds_difference,
-            "<=",
-            f"across {attr}, acting at P >= {decision_threshold:g}",
-        ),
-    ]
-    return results, groups
-
-
 def run_gates(
     gates: GatesSpec,
     model: Any,
@@ -341,72 +308,33 @@ def run_gates(
     task: TaskType,
     champion: Any | None = None,
     latency_calls: int = 200,
+    serving: ServingFlavour | None = None,
 ) -> GateReport:
-    """Run every gate the spec declares on one candidate; ``champion`` is the model to beat."""
-    if gates.fairness is not None and task != "binary":  # fail before the slow measurements
-        raise GateError(
-            f"the fairness gate needs a binary task (demographic parity of a positive class), "
-            f"got task {task!r}: remove gates.fairness from the spec"
-        )
-    results: list[GateResult] = []
-    groups: dict[str, dict[str, float]] = {}
-    metric_name: str | None = None
-    metric_value: float | None = None
-    if gates.performance is not None:
-        perf = gates.performance
-        direction = metrics_for(task).get(perf.metric)
-        if direction is None:
-            raise GateError(f"gates.performance.metric {perf.metric!r} is not defined for {task!r}")
-        metric_name = perf.metric
-        metric_value = score_metric(perf.metric, model, holdout.X, holdout.y, task)
-        champion_value, unscored = None, ""
-        if champion is not None:
-            champion_X = champion_inputs(champion, holdout)
-            if champion_X is None:
-                unscored = "; the champion needs columns these rows lack, so the floor applies"
-            else:
-                champion_value = score_metric(perf.metric, champion, champion_X, holdout.y, task)
-        result = performance_gate(
-            metric=perf.metric,
-            direction=direction,
-            value=metric_value,
-            champion_value=champion_value,
-            max_regression=perf.max_regression,
-            floor=perf.floor,
-        )
-        if unscored:
-            result = replace(result, note=result.note + unscored)
-        results.append(result)
-    if gates.fairness is not None:
-        fair, groups = fairness_gates(
-            model,
-            holdout,
-            max_demographic_parity_difference=gates.fairness.max_demographic_parity_difference,
-            max_equalized_odds_difference=gates.fairness.max_equalized_odds_difference,
-            task=task,
-            decision_threshold=gates.fairness.decision_threshold,
-        )
-        results += fair
-    if gates.latency_p95_ms is not None:
-        p95 = single_row_latency_ms(model_predictor(model, task), holdout.X, calls=latency_calls)
-        results.append(
-            GateResult(
-                LATENCY,
-                p95 <= gates.latency_p95_ms,
-                p95,
-                gates.latency_p95_ms,
-                "<=",
-                "ms, p95 CPU time per single-row call",
-            )
-        )
-    if gates.max_model_bytes is not None:
-        size = serialized_bytes(model)
-        results.append(
-            GateResult(
-                SIZE, size <= gates.max_model_bytes, size, gates.max_model_bytes, "<=", "bytes"
-            )
-        )
-    return GateReport(results, groups, metric_name, metric_value)
+    """Run every gate the spec turns on for one candidate; ``champion`` is the model to beat.
+
+    ``serving`` is the flavour that will serve (``tasks.onnx.serving_flavour``); without
+    it the sklearn model itself is judged.
+    """
+    checks = configured_gates(gates)
+    problems = []
+    for gate in checks:  # fail before the slow measurements, saying every problem at once
+        try:
+            gate.validate(task)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise GateError("; ".join(problems))
+    candidate = GateCandidate(model, holdout, task, serving, latency_calls)
+    rival = None
+    if champion is not None:
+        rival = GateCandidate(champion, holdout, task, None, latency_calls)
+        rival.X = champion_inputs(champion, holdout)
+    results = [gate.check(candidate, rival) for gate in checks]
+    groups = next((r.details for r in results if r.details), {})
+    perf = getattr(gates, "performance", None)
+    metric = perf.metric if perf is not None else None
+    value = next((r.value for r in results if r.name == "performance"), None)
+    return GateReport(results, groups, metric, value, candidate.flavour)
 
 
 def champion_inputs(champion: Any, holdout: Holdout) -> pd.DataFrame | None:
@@ -465,10 +393,33 @@ def gate_and_record(
     task: TaskType,
     champion: Any | None = None,
     latency_calls: int = 200,
+    convert_onnx: bool = True,
+    feature_types: Mapping[str, str] | None = None,
 ) -> GateReport:
-    """Run the gates on one registered version and write the report back to the registry."""
+    """Decide the serving flavour, gate that flavour, and write both back to the registry.
+
+    The flavour (ONNX when it converts, agrees with sklearn and is faster) is tagged first,
+    so the gates' verdict and the flavour that serves always belong together.
+    """
+    from tasks.onnx import record_serving_flavour, serving_flavour
+
+    serving = serving_flavour(
+        model,
+        holdout.X,
+        task=task,
+        convert=convert_onnx,
+        feature_types=feature_types,
+        timing_calls=latency_calls,
+    )
+    record_serving_flavour(client, name, version, run_id, serving.outcome, serving.onnx_bytes)
     report = run_gates(
-        gates, model, holdout, task=task, champion=champion, latency_calls=latency_calls
+        gates,
+        model,
+        holdout,
+        task=task,
+        champion=champion,
+        latency_calls=latency_calls,
+        serving=serving,
     )
     record_gate_report(client, name, version, run_id, report)
     if report.metric is not None and report.metric_value is not None:
@@ -526,28 +477,16 @@ def report_from_tags(tags: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _fmt(value: float | int | None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if math.isnan(value):
-        return "nan"
-    return f"{value:.6g}"
-
-
-def _json_default(obj: object) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-__all__: Sequence[str] = [
+__all__ = [
+    "Gate",
+    "GateCandidate",
     "GateError",
     "GateReport",
     "GateResult",
     "Holdout",
+    "gate_and_record",
     "record_gate_report",
+    "register_gate",
     "run_gates",
     "score_metric",
 ]

@@ -241,6 +241,77 @@ def convert_and_check(
     return outcome, onnx_bytes
 
 
+@dataclass
+class ServingFlavour:
+    """The flavour of a candidate that will serve: what the gates judge, and what it costs.
+
+    ``predict(frame)`` returns what serving returns (class probabilities in ``classes``
+    order, or regression predictions); ``size_bytes`` is the artifact that serves (the ONNX
+    file, or the cloudpickled pipeline); ``latency_ms`` is the one single-row measurement
+    (p95 CPU), already taken by the ONNX comparison when it ran.
+    """
+
+    name: str  # "onnx" | "sklearn"
+    predict: Callable[[pd.DataFrame], np.ndarray]
+    size_bytes: int
+    latency_ms: float | None
+    outcome: OnnxOutcome
+    onnx_bytes: bytes | None = None
+
+
+def serving_flavour(
+    model: Any,
+    holdout: pd.DataFrame,
+    *,
+    task: TaskType,
+    convert: bool = True,
+    feature_types: Mapping[str, str] | None = None,
+    timing_calls: int = 200,
+) -> ServingFlavour:
+    """Decide the flavour that will serve ``model`` (ONNX when it converts, agrees, is faster)."""
+    from tasks.metrics import predictions, serialized_bytes
+
+    if convert:
+        outcome, onnx_bytes = convert_and_check(
+            model, holdout, task=task, feature_types=feature_types, timing_calls=timing_calls
+        )
+    else:
+        reason = "registration.convert_onnx is off in the spec"
+        outcome, onnx_bytes = OnnxOutcome("sklearn", reason, converted=False), None
+    if outcome.flavour == "onnx" and onnx_bytes is not None:
+        session = load_session(onnx_bytes)
+        columns = list(model_inputs(model, holdout).columns)
+        return ServingFlavour(
+            "onnx",
+            _onnx_scores(session, task, columns),
+            len(onnx_bytes),
+            outcome.onnx_ms_p95,
+            outcome,
+            onnx_bytes,
+        )
+    return ServingFlavour(
+        "sklearn",
+        lambda frame: predictions(model, frame, task),
+        serialized_bytes(model),
+        outcome.sklearn_ms_p95,
+        outcome,
+    )
+
+
+def _onnx_scores(
+    session: Any, task: TaskType, columns: list[str]
+) -> Callable[[pd.DataFrame], np.ndarray]:
+    run = onnx_predictor(session)
+
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        outputs = run(frame[columns])
+        if task == "regression":
+            return np.asarray(outputs[0], dtype=float).reshape(-1)
+        return _classifier_outputs(session, outputs)[1]
+
+    return predict
+
+
 def record_serving_flavour(
     client: MlflowClient,
     name: str,

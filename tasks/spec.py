@@ -148,10 +148,29 @@ class FairnessGate(_Strict):
 
 
 class GatesSpec(_Strict):
+    """Which gates run (tasks.gates): a key per gate; a gate registered in user code reads
+    its own extra key (``gates: {my_gate: {...}}``), checked against the gate registry."""
+
+    model_config = ConfigDict(extra="allow")
+
     performance: PerformanceGate | None = Field(default_factory=PerformanceGate)
     fairness: FairnessGate | None = None
+    # Single-row p95 CPU milliseconds of the flavour that will serve (ONNX when it does).
     latency_p95_ms: float | None = Field(default=50.0, gt=0)
-    max_model_bytes: int | None = Field(default=50_000_000, gt=0)
+    max_model_bytes: int | None = Field(default=50_000_000, gt=0)  # of what serves
+
+    @model_validator(mode="after")
+    def _extra_keys_are_gates(self) -> GatesSpec:
+        if self.model_extra:
+            from tasks.gates import gate_spec_keys
+
+            unknown = sorted(set(self.model_extra) - gate_spec_keys())
+            if unknown:
+                raise ValueError(
+                    f"no registered gate reads {unknown}; known gates keys: "
+                    f"{sorted(gate_spec_keys())} (tasks.gates.register_gate adds one)"
+                )
+        return self
 
 
 class RegisterSpec(_Strict):

@@ -12,16 +12,18 @@ import pandas as pd
 import pytest
 
 from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES
-from tasks.gates import (
+from tasks.gate_checks import (
     DEMOGRAPHIC_PARITY,
     EQUALIZED_ODDS,
     LATENCY,
     PERFORMANCE,
     SIZE,
+    performance_gate,
+)
+from tasks.gates import (
     GateError,
     GateReport,
     Holdout,
-    performance_gate,
     run_gates,
     score_metric,
 )
@@ -308,7 +310,7 @@ def test_holdout_from_study_data_takes_the_attribute_from_the_raw_rows(data):
 
 def test_fairness_is_judged_at_the_decision_threshold_the_application_acts_on():
     """With rare positives a 0.5 cut selects no one and hides unfairness; the real cut shows it."""
-    from tasks.gates import fairness_gates
+    from tasks.gate_checks import fairness_gates
     from tasks.models import build_model
 
     rng = np.random.default_rng(5)
@@ -331,3 +333,130 @@ def test_fairness_is_judged_at_the_decision_threshold_the_application_acts_on():
     assert not dpd.passed and dpd.value > 0.2, dpd
     assert "P >= 0.08" in dpd.note
     assert groups_cut["A"]["selection_rate"] > groups_cut["B"]["selection_rate"] + 0.2
+
+
+# --- a gate is a registration -------------------------------------------------------------
+def test_a_gate_registered_in_test_code_runs_from_its_own_spec_key(data):
+    from tasks.gates import Gate, GateCandidate, GateResult, register_gate, unregister_gate
+    from tasks.spec import SpecError, StudySpec
+
+    class Calibration(Gate):
+        """Mean predicted probability within ``max_gap`` of the observed positive rate."""
+
+        name = "calibration"
+        spec_key = "calibration"
+
+        def check(self, candidate: GateCandidate, champion: GateCandidate | None) -> GateResult:
+            gap = abs(float(candidate.outputs()[:, 1].mean()) - float(candidate.holdout.y.mean()))
+            limit = float(self.config["max_gap"])
+            return GateResult(self.name, gap <= limit, gap, limit, "<=", "|mean P - rate|")
+
+    with pytest.raises(SpecError, match="no registered gate reads \\['calibration'\\]"):
+        StudySpec.parse({"name": "s", "gates": {"calibration": {"max_gap": 0.05}}})
+    register_gate(Calibration)
+    try:
+        spec = StudySpec.parse(
+            {"name": "s", "gates": {"calibration": {"max_gap": 0.05}, "fairness": None}}
+        )
+        X, y, holdout = data
+        report = run_gates(spec.gates, build_candidate("good", X, y), holdout, task="binary")
+        assert [r.name for r in report.results][-1] == "calibration"
+        result = report.by_name()["calibration"]
+        assert result.passed and 0 <= result.value <= 0.05
+        assert "| calibration |" in report.to_markdown()  # rendering knows no gate by name
+        strict = spec.gates.model_copy(update={"calibration": {"max_gap": 0.0}})
+        failed = run_gates(strict, build_candidate("good", X, y), holdout, task="binary")
+        assert failed.failures == ["calibration"]
+    finally:
+        unregister_gate("calibration")
+
+
+# --- the flavour that will serve is the one judged ----------------------------------------
+def test_the_gates_judge_the_onnx_flavour_that_will_serve(tmp_path, data):
+    """A forest too slow as sklearn but fast as ONNX registers; a fallback is judged as sklearn.
+
+    Tolerance: the 6 ms budget sits ~3x above the ONNX p95 (about 2 ms of CPU here) and ~4x
+    below sklearn's (about 23 ms); both are CPU time, so a busy machine moves neither much.
+    """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from contract import TAG_ONNX_FALLBACK, TAG_SERVING_FLAVOUR
+    from tasks.gates import gate_and_record
+    from tasks.metrics import model_predictor, serialized_bytes, single_row_latency_ms
+    from tasks.registry import register_trial
+    from tasks.settings import PipelineSettings
+    from tasks.spec import StudySpec
+    from tasks.tracking import configure_mlflow, ensure_experiment
+
+    X, y, holdout = data
+    features = {k: v for k, v in FEATURES.items()}
+    settings = PipelineSettings(home=tmp_path).ensure_dirs()
+    client = configure_mlflow(settings)
+    experiment_id = ensure_experiment("served-study", settings)
+    spec = StudySpec.parse(
+        {
+            "name": "served",
+            "model": {"family": "random_forest"},
+            "gates": {"latency_p95_ms": 6.0, "max_model_bytes": 20_000_000},
+        }
+    )
+    params = {"n_estimators": 200, "max_depth": 8}
+    version, model = register_trial(
+        client,
+        spec,
+        _Trial("1", params),
+        X[list(features)],
+        pd.Series(y),
+        study="served-study",
+        experiment_id=experiment_id,
+        feature_types=features,
+    )
+    assert model is not None
+    sklearn_ms = single_row_latency_ms(model_predictor(model, "binary"), holdout.X, calls=30)
+    assert sklearn_ms > 6.0  # the premise: as sklearn it would fail the budget
+    report = gate_and_record(
+        client, spec.name, version.version, version.run_id, model,
+        gates=spec.gates, holdout=holdout, task="binary", latency_calls=30,
+    )  # fmt: skip
+    assert report.passed, report.to_markdown()
+    assert report.serving_flavour == "onnx"
+    gates = report.by_name()
+    assert gates[LATENCY].value < 6.0 and "onnx" in gates[LATENCY].note
+    assert gates[SIZE].value < serialized_bytes(model)  # the ONNX file's bytes, not the pickle
+    tags = client.get_model_version(spec.name, version.version).tags
+    assert tags[TAG_SERVING_FLAVOUR] == "onnx" and tags[TAG_GATES] == "passed"
+
+    # skl2onnx cannot convert a custom step: the version falls back and is gated as sklearn.
+    custom = Pipeline([("custom", FunctionTransformer(_identity)), *model.steps])
+    fallback, _ = register_trial(
+        client,
+        spec,
+        _Trial("2", {"n_estimators": 10}),
+        X[list(features)],
+        pd.Series(y),
+        study="served-study",
+        experiment_id=experiment_id,
+        feature_types=features,
+    )
+    report = gate_and_record(
+        client, spec.name, fallback.version, fallback.run_id, custom.fit(X[list(features)], y),
+        gates=spec.gates, holdout=holdout, task="binary", latency_calls=30,
+    )  # fmt: skip
+    assert report.serving_flavour == "sklearn"
+    assert report.by_name()[SIZE].value == serialized_bytes(custom)
+    assert not report.passed and report.failures == [LATENCY]  # as sklearn it is too slow
+    tags = client.get_model_version(spec.name, fallback.version).tags
+    assert tags[TAG_SERVING_FLAVOUR] == "sklearn"
+    assert tags[TAG_ONNX_FALLBACK].startswith("conversion failed")
+
+
+def _identity(X: pd.DataFrame) -> pd.DataFrame:
+    return X
+
+
+class _Trial:
+    """What register_trial reads of a trial: an id, parameters and values."""
+
+    def __init__(self, trial_id: str, params: dict[str, Any]) -> None:
+        self.trial_id, self.params, self.values = trial_id, params, {}
