@@ -247,6 +247,12 @@ def _prepare_prefect(launch: _Launch, work_pool: str, deploy: bool) -> None:
     if deploy:
         launch.echo("deploying prefect.yaml ...")
         deploy_all(cwd, work_pool, env=env, rdir=run_dir(launch.home))
+        rollout = launch.components.get("rollout")
+        if rollout is not None and rollout.url:
+            from banditflow.triggers import create_reload_automation
+
+            token = env["BANDITFLOW_ROLLOUT_ADMIN_TOKEN"]
+            create_reload_automation(env["PREFECT_API_URL"], rollout.url, token)
     worker = [_bin("prefect"), "worker", "start", "--pool", work_pool, "--type", "process"]
     launch.start("worker", [*worker, "--name", f"banditflow-{work_pool}"], None, None)
 

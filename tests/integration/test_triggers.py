@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +29,16 @@ MODEL = "trigger-model"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
     home = tmp_path_factory.mktemp("triggers") / "home"
     settings = PipelineSettings(home=home, work_pool=POOL).ensure_dirs()
+    # The service's own alias poll is slowed to an hour: only the event can make it see
+    # a new challenger within this test.
+    service_env = {"BANDITFLOW_MODEL_NAME": MODEL, "BANDITFLOW_ALIAS_POLL_S": "3600"}
     with start_stack(
-        settings, with_rollout=False, with_mlflow=False, worker_poll_seconds=1
+        settings, with_mlflow=False, worker_poll_seconds=1, env=service_env
     ) as running:
-        from prefect.client.schemas.actions import WorkPoolUpdate
-
         with _client(running) as client:
             # Runs are created and read, never executed.
             client.update_work_pool(POOL, WorkPoolUpdate(is_paused=True))
@@ -163,3 +167,79 @@ def test_promotion_starts_no_retrain(stack: Stack) -> None:
         runs = _runs_since(client, "retrain/retrain-on-signal", since)
     assert marker.parameters == {"model": "marker-model"}
     assert [r.parameters["model"] for r in runs] == ["marker-model"]
+
+
+def _log_versions(tracking_uri: str, artifacts: Path, n: int) -> None:
+    """Log ``n`` small models as versions 1..n of MODEL (champion=1, challengers after)."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    from contract import CHAMPION, challenger_alias
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x1": rng.normal(size=200), "x2": rng.normal(size=200)})
+    y = (frame["x1"] - frame["x2"] > 0).astype(int)
+    experiment = mlflow.create_experiment("trigger-test", artifact_location=artifacts.as_uri())
+    for c in (1.0, 0.1, 0.01)[:n]:
+        model = LogisticRegression(C=c).fit(frame, y)
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=infer_signature(frame.head(5), model.predict(frame.head(5))),
+                serialization_format="cloudpickle",
+                pip_requirements=["scikit-learn"],
+                registered_model_name=MODEL,
+            )
+    client = MlflowClient(tracking_uri, tracking_uri)
+    client.set_registered_model_alias(MODEL, CHAMPION, "1")
+    for version in range(2, n + 1):
+        client.set_registered_model_alias(MODEL, challenger_alias(version - 1), str(version))
+
+
+def test_registration_makes_the_service_serve_the_new_challengers(stack: Stack) -> None:
+    import httpx
+
+    from tasks.register import emit_registered
+
+    assert stack.rollout_url is not None
+    _log_versions(stack.mlflow_uri, stack.home / "mlartifacts", 2)
+    before = httpx.get(f"{stack.rollout_url}/arms", timeout=10).json()
+    assert before["arms"] == [], "the service saw the aliases without the event"
+
+    summary = {
+        "model": MODEL,
+        "study": "trigger-study",
+        "versions": [
+            {"version": "1", "alias": "champion"},
+            {"version": "2", "alias": "challenger-1"},
+        ],
+    }
+    with _client(stack):
+        emit_registered(summary)
+        _flush()
+
+    def arms() -> dict[str, Any]:
+        body = httpx.get(f"{stack.rollout_url}/arms", timeout=10).json()
+        return {a["arm"]: a for a in body["arms"]}
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(arms()) < 2:
+        time.sleep(0.25)
+    seen = arms()
+    assert {a["role"] for a in seen.values()} == {"champion", "challenger-1"}, seen
+    assert all(a["in_rotation"] for a in seen.values()), seen
+    # Served at once: requests now reach the new challenger.
+    served = set()
+    for i in range(40):
+        body = {"features": {"x1": 0.3, "x2": -0.2}, "unit_id": f"u{i}"}
+        answer = httpx.post(f"{stack.rollout_url}/predict", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        served.add(str(answer.json()["model"]["version"]))
+    assert served == {"1", "2"}, served
