@@ -1,0 +1,76 @@
+"""The retrain's window starts at the change, and waits for labels from after it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from tasks.datagen import DRIFTED_FEATURES, FEATURES, GeneratorConfig, generate, labelled_sessions
+from tasks.retrain_window import change_start, rows_since, shared_drop_columns
+from tasks.spec import DriftSpec
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DRIFT_AT = START + timedelta(days=20)
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    folder: Path = tmp_path_factory.mktemp("window-data")
+    config = GeneratorConfig(
+        seed=2, n_customers=1_500, rows=24_000, days=30, drift_at=DRIFT_AT, drift_strength=2.0
+    )
+    generate(config, folder)
+    return labelled_sessions(folder)
+
+
+def _study_data(frame: pd.DataFrame) -> SimpleNamespace:
+    # The shape of tasks.data.StudyData the window needs: rows and their timestamps.
+    half = len(frame) * 4 // 5
+    return SimpleNamespace(
+        X_train=frame[list(FEATURES)].iloc[:half].reset_index(drop=True),
+        X_test=frame[list(FEATURES)].iloc[half:].reset_index(drop=True),
+        timestamps_train=frame["event_timestamp"].iloc[:half].reset_index(drop=True),
+        timestamps_test=frame["event_timestamp"].iloc[half:].reset_index(drop=True),
+    )
+
+
+def _window(frame: pd.DataFrame, lo: datetime, hi: datetime) -> pd.DataFrame:
+    stamps = frame["event_timestamp"]
+    return frame[(stamps >= pd.Timestamp(lo)) & (stamps < pd.Timestamp(hi))]
+
+
+def test_the_window_starts_on_the_day_the_drift_began(sessions: pd.DataFrame) -> None:
+    reference = _window(sessions, START, DRIFT_AT - timedelta(days=7))[list(FEATURES)]
+    recent = _window(sessions, DRIFT_AT - timedelta(days=5), DRIFT_AT + timedelta(days=3))
+    found = change_start(_study_data(recent), reference, DRIFTED_FEATURES, DriftSpec())
+    assert found.start == DRIFT_AT and not found.waiting, found
+    n = rows_since(_study_data(recent), found.start)
+    assert n == int((recent["event_timestamp"] >= pd.Timestamp(DRIFT_AT)).sum()) > 0
+
+
+def test_it_waits_while_no_label_from_after_the_change_has_arrived(sessions: pd.DataFrame) -> None:
+    reference = _window(sessions, START, DRIFT_AT - timedelta(days=7))[list(FEATURES)]
+    # The features drifted, but the labelled rows all predate the drift (labels lag).
+    recent = _window(sessions, DRIFT_AT - timedelta(days=7), DRIFT_AT)
+    found = change_start(_study_data(recent), reference, DRIFTED_FEATURES, DriftSpec())
+    assert found.start is None and found.waiting and "labels lag" in found.detail
+    # A feature that never moved places nothing either, and says so without waiting.
+    calm = change_start(_study_data(recent), reference, ["region"], DriftSpec())
+    assert calm.start is None and calm.waiting
+    none = change_start(_study_data(recent), reference, ["not-a-column"], DriftSpec())
+    assert none.start is None and not none.waiting
+
+
+def test_the_retrain_drops_only_what_every_arm_dropped() -> None:
+    def spec(drop: list[str]) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(drop_columns=drop))
+
+    baseline = spec(["sessions_7d", "cart_adds_7d", "age_band"])
+    assert shared_drop_columns([baseline, spec(["age_band"])]) == ["age_band"]
+    assert shared_drop_columns([baseline, spec([])]) == []
+    assert shared_drop_columns([baseline]) == ["sessions_7d", "cart_adds_7d", "age_band"]
+    assert shared_drop_columns([]) == []
