@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -68,9 +69,9 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> DemoPlan:
-        world = WorldPlan(customers=2_000, sessions_per_day=600, live_days=12, drift_day=4)
+        world = WorldPlan(customers=2_000, sessions_per_day=600, live_days=7, drift_day=3)
         return cls(
-            world=replace(world, visits_per_day=2_000),
+            world=replace(world, visits_per_day=6_000),
             hyperopt_trials=4,
             ax_trials=3,
             max_rows=20_000,
@@ -361,6 +362,8 @@ def run_demo(plan: DemoPlan | None = None, *, fresh: bool = False, **world: Any)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A stopped demo stops its stack: SIGTERM unwinds the context managers as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = plan or DemoPlan()
     if world:
         plan = replace(plan, world=replace(plan.world, **world))

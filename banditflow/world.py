@@ -31,10 +31,10 @@ class WorldPlan:
     customers: int = 6_000
     sessions_per_day: int = 1_300  # labelled sessions the generator makes per day
     history_days: int = 100  # the past the system starts from
-    live_days: int = 24
-    drift_day: int | None = 8  # the live day the drift knob turns on (None: knob off)
+    live_days: int = 10
+    drift_day: int | None = 4  # the live day the drift knob turns on (None: knob off)
     drift_strength: float = 2.0
-    visits_per_day: int = 2_500
+    visits_per_day: int = 12_000
     offer_cost: float = 0.08
     feedback_delay_mean_s: float = 3_600.0  # simulated seconds
     feedback_loss: float = 0.05
