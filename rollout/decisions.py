@@ -32,7 +32,7 @@ from rollout.srm import SampleRatioTest
 from rollout.watch import ChampionWatch, RewardWatch
 
 if TYPE_CHECKING:
-    from rollout.pool import PoolSnapshot
+    from rollout.pool import PoolSnapshot, ServingModel
     from rollout.service import RolloutService
 
 _log = logging.getLogger(__name__)
@@ -123,6 +123,13 @@ def _watched(svc: RolloutService, champion: str) -> dict[str, Any]:
     """Return the watch of the promotion that made ``champion``, or {} if none runs."""
     watch = svc.config.get(WATCH_KEY) or {}
     return watch if watch.get("champion") == champion else {}
+
+
+def standby(svc: RolloutService, snap: PoolSnapshot) -> ServingModel | None:
+    """Return the model to serve while the champion fails: the champion it replaced."""
+    replaced = _watched(svc, snap.champion or "").get("replaced")
+    entry = snap.arms.get(str(replaced)) if replaced else None
+    return entry.model if entry is not None and entry.serving else None
 
 
 def champion_watch(svc: RolloutService) -> ChampionWatch:
@@ -219,20 +226,33 @@ def status(svc: RolloutService) -> dict[str, Any]:
     w = watches(svc)
     rule = svc.rule
     champion = svc.pool.snapshot.champion
-    return {
-        "rule": "always-valid mSPRT on plain sums since each arm joined, with the policy's "
-        "posterior for P(best) and expected loss",
-        "false_promotion_rate": getattr(rule, "false_promotion_rate", None),
-        "false_retirement_rate": getattr(rule, "false_retirement_rate", None),
-        "false_rollback_rate": getattr(rule, "false_promotion_rate", None),
-        "automatic": svc.settings.auto_decisions and not svc.frozen and w.srm_reason is None,
-        "frozen_reason": w.srm_reason,
-        "srm": {"e_value": w.srm.e_value, "units": w.srm.units, "mismatch": w.srm.mismatch},
-        "champion_watch": _watched(svc, champion) if champion else {},
-        "performance": {
-            "reference_mean": w.performance.reference_mean,
-            "statistic": w.performance.statistic,
-            "threshold": w.performance.threshold,
-            "last_alarm": w.degraded,
-        },
-    }
+    return _finite(
+        {
+            "rule": "always-valid mSPRT on plain sums since each arm joined, with the policy's "
+            "posterior for P(best) and expected loss",
+            "false_promotion_rate": getattr(rule, "false_promotion_rate", None),
+            "false_retirement_rate": getattr(rule, "false_retirement_rate", None),
+            "false_rollback_rate": getattr(rule, "false_promotion_rate", None),
+            "automatic": svc.settings.auto_decisions and not svc.frozen and w.srm_reason is None,
+            "frozen_reason": w.srm_reason,
+            "srm": {"e_value": w.srm.e_value, "units": w.srm.units, "mismatch": w.srm.mismatch},
+            "champion_watch": _watched(svc, champion) if champion else {},
+            "performance": {
+                "reference_mean": w.performance.reference_mean,
+                "statistic": w.performance.statistic,
+                "threshold": w.performance.threshold,
+                "last_alarm": w.degraded,
+            },
+        }
+    )
+
+
+def _finite(value: Any) -> Any:
+    """Return ``value`` with NaN and infinities as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

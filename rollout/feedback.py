@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rollout.errors import FeedbackWindowClosed, RewardOutOfRange, UnknownRequest
+from rollout.errors import (
+    FeedbackWindowClosed,
+    RewardOutOfRange,
+    StoreUnavailable,
+    UnknownRequest,
+)
 from rollout.policies import Policy
 from rollout.schemas import FeedbackRequest, FeedbackResponse
 from rollout.store import FeedbackRow
@@ -57,8 +63,15 @@ async def record_many(
     now = svc.clock()
     results: list[FeedbackResponse | None] = [None] * len(reqs)
     to_write: list[tuple[int, FeedbackRow]] = []
+    tokens = [svc.tokens.verify(req.request_id) for req in reqs]
+    client = [r.request_id for r, t in zip(reqs, tokens, strict=True) if t is None]
+    try:
+        # A client's own id: its decision says when it was made (and by which arm).
+        known = await asyncio.to_thread(svc.client_ids.known, client) if client else {}
+    except Exception as exc:
+        raise StoreUnavailable(f"cannot read the state store ({type(exc).__name__})") from exc
     for i, req in enumerate(reqs):
-        token = svc.tokens.verify(req.request_id)
+        token = tokens[i] or known.get(req.request_id)
         arm = None
         if token is not None:
             arm, issued = token
@@ -69,7 +82,15 @@ async def record_many(
                 continue
         to_write.append((i, FeedbackRow(req.request_id, float(req.reward), arm, now)))
     if to_write:
-        statuses = await svc.writer.submit_feedback([row for _, row in to_write])
+        try:
+            statuses = await svc.writer.submit_feedback([row for _, row in to_write])
+        except Exception as exc:
+            # Nothing of this batch was committed: the client may send it all again.
+            svc.metrics.errors.labels("store", "").inc()
+            raise StoreUnavailable(
+                f"cannot write the state store ({type(exc).__name__}); nothing was recorded, "
+                "send the feedback again"
+            ) from exc
         for (i, row), (status, arm) in zip(to_write, statuses, strict=True):
             results[i] = FeedbackResponse(
                 request_id=row.request_id,
@@ -86,8 +107,6 @@ async def record_many(
 
 async def expire_decisions(svc: RolloutService) -> int:
     """Count decisions whose window closed without feedback (``expired`` setting)."""
-    import asyncio
-
     s = svc.settings
     return await asyncio.to_thread(
         svc.store.expire,

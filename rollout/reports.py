@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rollout import decisions
 from rollout.pool import ArmEntry
 from rollout.schemas import ArmReport, ArmsResponse, ModelRef, ShadowComparison, jsonable
 from rollout.store import StoredStats
@@ -49,6 +50,7 @@ async def arms_report(svc: RolloutService) -> ArmsResponse:
         share_window_s=svc.settings.share_window_s,
         arms=reports,
         recommendations=svc.recommendations,
+        decisions=decisions.status(svc),
     )
 
 
@@ -87,9 +89,7 @@ def posterior(svc: RolloutService, arms: Sequence[str]) -> dict[str, dict[str, f
 
     try:
         summary = posterior_summary(
-            svc.arm_stats(arms),
-            reward_kind=svc.policy.reward_kind,
-            rng=np.random.default_rng(0),
+            svc.arm_stats(arms), policy=svc.policy, rng=np.random.default_rng(0)
         )
     except Exception as exc:  # a report never fails on the Monte-Carlo step
         _log.error("posterior summary failed: %s", exc)

@@ -156,6 +156,8 @@ class ArmsResponse(BaseModel):
     share_window_s: float
     arms: list[ArmReport]
     recommendations: list[Recommendation]
+    # The rule's stated error rates, the SRM check and the champion's watches.
+    decisions: dict[str, Any] = Field(default_factory=dict)
 
 
 class AddArmRequest(_Strict):

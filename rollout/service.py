@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 
 import contract
-from rollout import decisions, feedback, lifecycle
-from rollout.errors import BadInput, NoModelAvailable
+from rollout import decisions, feedback, lifecycle, segments
+from rollout.errors import BadInput, NoModelAvailable, StoreUnavailable
 from rollout.guardrails import Guardrails
 from rollout.lookup import EntityLookup
 from rollout.metrics import Metrics
 from rollout.policies import ArmStats, Policy, PolicyError, get_policy
 from rollout.pool import ModelPool, PoolSnapshot, ServingModel
+from rollout.request_ids import ClientIds
 from rollout.schemas import (
     ModelRef,
     PredictRequest,
@@ -35,7 +36,7 @@ from rollout.schemas import (
 from rollout.settings import RolloutSettings
 from rollout.shadow import maybe_shadow
 from rollout.sticky import StickyUnits
-from rollout.store import DecisionRow, Store, StoredStats
+from rollout.store import Store, StoredStats
 from rollout.tokens import RequestTokens
 from rollout.writer import GroupCommitWriter
 
@@ -89,6 +90,7 @@ class RolloutService:
             min_failures=settings.guardrail_min_failures,
         )
         self.units = StickyUnits(self.store, cache_size=settings.unit_cache_size)
+        self.client_ids = ClientIds(self.store, cache_size=settings.unit_cache_size)
         self.lookup = EntityLookup(settings.feast_repo, settings.feast_feature_service)
         self.tasks: list[asyncio.Task[None]] = []
         self.background_tasks: set[asyncio.Task[Any]] = set()
@@ -252,7 +254,7 @@ class RolloutService:
         for i, req in enumerate(reqs):
             arm = arms[i]
             request_id = req.request_id or self.tokens.issue(arm, now)
-            self.writer.add_decision(DecisionRow(request_id, arm, now, req.unit_id))
+            self.writer.add_decision(segments.decision(self, request_id, arm, now, req, rows[i]))
             self.metrics.pulls.labels(arm).inc()
             out.append(
                 PredictResponse(
@@ -265,6 +267,34 @@ class RolloutService:
             )
         maybe_shadow(self, snap, rows, out)
         return out
+
+    async def _reuse_client_ids(
+        self, snap: PoolSnapshot, anchor: str, reqs: Sequence[PredictRequest], arms: list[str]
+    ) -> set[int]:
+        """Give a reused client request id the arm of its first decision; return those rows."""
+        ids = [r.request_id for r in reqs if r.request_id is not None]
+        if not ids:
+            return set()
+        try:
+            known = await asyncio.to_thread(self.client_ids.known, ids)
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot read the state store ({type(exc).__name__})") from exc
+        reused: set[int] = set()
+        first: dict[str, int] = {}
+        serving = set(self.serving_arms(snap))
+        for i, req in enumerate(reqs):
+            rid = req.request_id
+            if rid is None:
+                continue
+            if rid in known:
+                arms[i] = known[rid][0] if known[rid][0] in serving else anchor
+                reused.add(i)
+            elif rid in first:
+                arms[i] = arms[first[rid]]
+                reused.add(i)
+            else:
+                first[rid] = i
+        return reused
 
     async def _checked_rows(
         self, snap: PoolSnapshot, champion: ServingModel, reqs: Sequence[PredictRequest]
@@ -310,8 +340,10 @@ class RolloutService:
             try:
                 preds, scs = self._score(model, part)
             except Exception as exc:
-                preds, scs = self._fallback(model, anchor, part, exc)
-                model = anchor
+                # The anchor failing falls back to the arm on probation (rollout.decisions).
+                target = decisions.standby(self, snap) if model is anchor else None
+                preds, scs = self._fallback(model, target or anchor, part, exc)
+                model = target or anchor
             for j, i in enumerate(idx):
                 arms[i] = model.arm
                 predictions[i], scores[i], served[i] = preds[j], scs[j], model
@@ -420,6 +452,8 @@ class RolloutService:
 
     # --- the other jobs, for the background loops -------------------------------------------
     async def expire_decisions(self) -> int:
+        """Settle decisions past the feedback window, and forget sticky units past their TTL."""
+        await asyncio.to_thread(self.units.expire, self.clock() - self.settings.unit_ttl_s)
         return await feedback.expire_decisions(self)
 
     async def run_decisions(self) -> list[Recommendation]:

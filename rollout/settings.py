@@ -76,11 +76,15 @@ class RolloutSettings(BaseSettings):
     share_window_s: float = Field(default=300.0, gt=0)
     writer_max_batch: int = Field(default=512, ge=1)
     unit_cache_size: int = Field(default=100_000, ge=0)
+    # A sticky unit keeps its arm this long; older stored assignments are deleted.
+    unit_ttl_s: float = Field(default=30 * 24 * 3600.0, gt=0)
 
     # Decision rule (rollout.decide) and whether the service acts on it.
-    auto_decisions: bool = False
+    auto_decisions: bool = True
     decision_interval_s: float = Field(default=60.0, gt=0)
     decision_params: dict[str, Any] = Field(default_factory=dict)
+    # Request features whose values make a unit's segment (logged with each decision).
+    segment_by: list[str] = Field(default_factory=list, max_length=8)
 
     # Guardrails: an arm past either limit is pulled from rotation: its failure rate over
     # its recent predictions (once it failed min_failures times), or its p99 latency (once

@@ -12,7 +12,11 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
+from sqlalchemy import delete
+
+from rollout.errors import StoreUnavailable
 from rollout.store import Store
+from rollout.store_schema import units
 
 
 def unit_point(unit_id: str, fingerprint: str) -> float:
@@ -56,20 +60,36 @@ class StickyUnits:
         key = (unit_id, fingerprint)
         arm = self._units.get(key)
         if arm is None:
-            arm = await asyncio.to_thread(self.store.unit_arm, unit_id, fingerprint)
-            if arm is None:
-                shares = {a: allocation.get(a, 0.0) for a in arms}
-                if sum(shares.values()) <= 0:
-                    shares = dict.fromkeys(arms, 1.0)
-                chosen = arm_at(unit_point(unit_id, fingerprint), shares)
-                # The first writer wins, so replicas agree even when they race.
-                arm = await asyncio.to_thread(self.store.assign_unit, unit_id, fingerprint, chosen)
+            shares = {a: allocation.get(a, 0.0) for a in arms}
+            if sum(shares.values()) <= 0:
+                shares = dict.fromkeys(arms, 1.0)
+            chosen = arm_at(unit_point(unit_id, fingerprint), shares)
+            try:
+                arm = await asyncio.to_thread(self._stored_or_assign, unit_id, fingerprint, chosen)
+            except Exception as exc:
+                raise StoreUnavailable(
+                    f"cannot reach the state store for sticky units ({type(exc).__name__})"
+                ) from exc
             self._units[key] = arm
             if len(self._units) > self.cache_size:
                 self._units.popitem(last=False)
         else:
             self._units.move_to_end(key)
         return arm if arm in arms else fallback
+
+    def _stored_or_assign(self, unit_id: str, fingerprint: str, chosen: str) -> str:
+        arm = self.store.unit_arm(unit_id, fingerprint)
+        if arm is None:
+            # The first writer wins, so replicas agree even when they race.
+            arm = self.store.assign_unit(unit_id, fingerprint, chosen)
+        return arm
+
+    def expire(self, before: float) -> int:
+        """Forget stored assignments made before ``before`` (the table stays bounded)."""
+        with self.store.engine.begin() as conn:
+            deleted = conn.execute(delete(units).where(units.c.created_at < before)).rowcount
+        self._units.clear()  # the cache may hold some of them; it refills from the store
+        return int(deleted or 0)
 
     def __len__(self) -> int:
         return len(self._units)
