@@ -140,6 +140,16 @@ def evaluate_trial(
     return outcome
 
 
+@dataclass
+class _Folds:
+    """What the fold loop has measured so far."""
+
+    per_fold: dict[str, list[float]]
+    fit_seconds: list[float] = field(default_factory=list)
+    fold_seconds: list[float] = field(default_factory=list)
+    running: list[float] = field(default_factory=list)
+
+
 def _evaluate(
     config: EvalConfig,
     params: dict[str, Any],
@@ -161,60 +171,85 @@ def _evaluate(
     )
     splits = _splits(config, data)
     metric_names = [m for m in metrics_for(config.task) if m not in SYSTEM_METRICS]  # type: ignore[arg-type]
-    per_fold: dict[str, list[float]] = {m: [] for m in metric_names}
-    fit_seconds: list[float] = []
-    fold_seconds: list[float] = []
-    running: list[float] = []
-    pruning = config.pruning_metric
+    folds = _Folds({m: [] for m in metric_names})
     fitted = None
     for fold, (train_idx, valid_idx) in enumerate(splits, start=1):
         fold_started = time.perf_counter()
         fitted = clone(pipeline)
         t0 = time.perf_counter()
         fitted.fit(X.iloc[train_idx], y.iloc[train_idx])
-        fit_seconds.append(time.perf_counter() - t0)
+        folds.fit_seconds.append(time.perf_counter() - t0)
         scores = score_fold(fitted, X.iloc[valid_idx], y.iloc[valid_idx], config.task)
         for name in metric_names:
-            per_fold[name].append(scores[name])
-        fold_seconds.append(time.perf_counter() - fold_started)
+            folds.per_fold[name].append(scores[name])
+        folds.fold_seconds.append(time.perf_counter() - fold_started)
         elapsed = time.perf_counter() - started
-        if pruning is not None:
-            running.append(float(np.mean(per_fold[pruning[0]])))
-            if not math.isfinite(scores[pruning[0]]):
-                return TrialOutcome(
-                    params,
-                    "failed",
-                    reason=f"{pruning[0]} is NaN on fold {fold}",
-                    running_scores=running,
-                    folds_done=fold,
-                )
-            if (
-                prune_threshold is not None
-                and config.prune_after_folds is not None
-                and fold == config.prune_after_folds
-                and fold < len(splits)
-                and better(prune_threshold, running[-1], pruning[1])
-            ):
-                left = len(splits) - fold
-                return TrialOutcome(
-                    params,
-                    "pruned",
-                    values={pruning[0]: running[-1], "fit_seconds": float(np.mean(fit_seconds))},
-                    reason=(
-                        f"median rule: {pruning[0]}={running[-1]:.4g} after {fold} folds is "
-                        f"worse than the median {prune_threshold:.4g} of completed trials"
-                    ),
-                    running_scores=running,
-                    folds_done=fold,
-                    # The folds not run, at this trial's own pace (+ the latency measurement).
-                    compute_saved_seconds=left * float(np.mean(fold_seconds)),
-                )
+        stop = _stop_early(config, params, folds, fold, len(splits), prune_threshold)
+        if stop is not None:
+            return stop
         if config.timeout_seconds is not None and elapsed > config.timeout_seconds:
             raise TrialTimeout(
                 f"timeout: {elapsed:.1f} s after {fold} of {len(splits)} folds exceeds "
                 f"budget.trial_timeout_seconds={config.timeout_seconds:g}"
             )
-    means = {name: float(np.mean(v)) for name, v in per_fold.items()}
+    assert fitted is not None  # at least one split
+    return _completed(config, params, folds, len(splits), fitted, X)
+
+
+def _stop_early(
+    config: EvalConfig,
+    params: dict[str, Any],
+    folds: _Folds,
+    fold: int,
+    n_folds: int,
+    prune_threshold: float | None,
+) -> TrialOutcome | None:
+    """Fail a NaN pruning metric; prune by the median rule; else None (go on)."""
+    pruning = config.pruning_metric
+    if pruning is None:
+        return None
+    metric, direction = pruning
+    folds.running.append(float(np.mean(folds.per_fold[metric])))
+    if not math.isfinite(folds.per_fold[metric][-1]):
+        return TrialOutcome(
+            params,
+            "failed",
+            reason=f"{metric} is NaN on fold {fold}",
+            running_scores=folds.running,
+            folds_done=fold,
+        )
+    if (
+        prune_threshold is None
+        or config.prune_after_folds is None
+        or fold != config.prune_after_folds
+        or fold >= n_folds
+        or not better(prune_threshold, folds.running[-1], direction)
+    ):
+        return None
+    return TrialOutcome(
+        params,
+        "pruned",
+        values={metric: folds.running[-1], "fit_seconds": float(np.mean(folds.fit_seconds))},
+        reason=(
+            f"median rule: {metric}={folds.running[-1]:.4g} after {fold} folds is "
+            f"worse than the median {prune_threshold:.4g} of completed trials"
+        ),
+        running_scores=folds.running,
+        folds_done=fold,
+        # The folds not run, at this trial's own pace (+ the latency measurement).
+        compute_saved_seconds=(n_folds - fold) * float(np.mean(folds.fold_seconds)),
+    )
+
+
+def _completed(
+    config: EvalConfig,
+    params: dict[str, Any],
+    folds: _Folds,
+    n_folds: int,
+    fitted: Any,
+    X: pd.DataFrame,
+) -> TrialOutcome:
+    means = {name: float(np.mean(v)) for name, v in folds.per_fold.items()}
     values = {k: v for k, v in means.items() if math.isfinite(v)}
     # A NaN objective fails the trial; a NaN metric nobody optimizes is just left out.
     nan = sorted(k for k in config.objectives if k in means and k not in values)
@@ -224,10 +259,9 @@ def _evaluate(
             "failed",
             values=values,
             reason=f"NaN objective(s): {', '.join(nan)}",
-            running_scores=running,
-            folds_done=len(splits),
+            running_scores=folds.running,
+            folds_done=n_folds,
         )
-    assert fitted is not None  # at least one split
     # The last fold's model stands in for the final one: same family and params, one fit
     # fewer per trial; size and latency barely depend on 20 % more rows.
     values["latency_ms"] = single_row_latency_ms(
@@ -236,9 +270,9 @@ def _evaluate(
         calls=config.latency_calls,
     )
     values["model_bytes"] = float(serialized_bytes(fitted))
-    values["fit_seconds"] = float(np.mean(fit_seconds))
+    values["fit_seconds"] = float(np.mean(folds.fit_seconds))
     return TrialOutcome(
-        params, "completed", values=values, running_scores=running, folds_done=len(splits)
+        params, "completed", values=values, running_scores=folds.running, folds_done=n_folds
     )
 
 

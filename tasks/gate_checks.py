@@ -112,16 +112,7 @@ def fairness_gates(
     acts on, which is what treats groups alike or not. ``proba``: the serving flavour's
     probabilities on the hold-out (default: the sklearn model's).
     """
-    from fairlearn.metrics import (
-        MetricFrame,
-        count,
-        demographic_parity_difference,
-        equalized_odds_difference,
-        false_positive_rate,
-        selection_rate,
-        true_positive_rate,
-    )
-    from sklearn.metrics import accuracy_score
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
     if task != "binary":
         raise _fairness_task_error(task)
@@ -135,22 +126,7 @@ def fairness_gates(
     dpd = float(demographic_parity_difference(y_true, y_pred, sensitive_features=sensitive))
     eod = float(equalized_odds_difference(y_true, y_pred, sensitive_features=sensitive))
     attr = holdout.sensitive.name or "sensitive attribute"
-    frame = MetricFrame(
-        metrics={
-            "count": count,
-            "accuracy": accuracy_score,
-            "selection_rate": selection_rate,
-            "true_positive_rate": true_positive_rate,
-            "false_positive_rate": false_positive_rate,
-        },
-        y_true=y_true,
-        y_pred=y_pred,
-        sensitive_features=sensitive,
-    )
-    groups = {
-        str(group): {str(k): float(v) for k, v in row.items()}
-        for group, row in frame.by_group.iterrows()
-    }
+    groups = _by_group(y_true, y_pred, sensitive)
     note = f"across {attr}, acting at P >= {decision_threshold:g}"
     results = [
         GateResult(
@@ -173,6 +149,37 @@ def fairness_gates(
         ),
     ]
     return results, groups
+
+
+def _by_group(
+    y_true: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Return fairlearn's per-group table: count, accuracy, selection and error rates."""
+    from fairlearn.metrics import (
+        MetricFrame,
+        count,
+        false_positive_rate,
+        selection_rate,
+        true_positive_rate,
+    )
+    from sklearn.metrics import accuracy_score
+
+    frame = MetricFrame(
+        metrics={
+            "count": count,
+            "accuracy": accuracy_score,
+            "selection_rate": selection_rate,
+            "true_positive_rate": true_positive_rate,
+            "false_positive_rate": false_positive_rate,
+        },
+        y_true=y_true,
+        y_pred=y_pred,
+        sensitive_features=sensitive,
+    )
+    return {
+        str(group): {str(k): float(v) for k, v in row.items()}
+        for group, row in frame.by_group.iterrows()
+    }
 
 
 class _FairnessGate(Gate):

@@ -1,17 +1,97 @@
-"""Render a gate report as JSON, Markdown or HTML: generic over GateResult, any gate."""
+"""A gate report: each gate's result, and its renderings (JSON, Markdown, HTML).
+
+The renderings are generic over :class:`GateResult`: a gate added by registration shows up
+in every format with no edit here.
+"""
 
 from __future__ import annotations
 
 import html
 import json
 import math
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tasks.gates import GateReport
+from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict: its measured value against its threshold."""
+
+    name: str
+    passed: bool
+    value: float
+    threshold: float
+    comparison: str  # "<=" or ">=": how value must relate to threshold to pass
+    note: str = ""
+    # A per-group (or per-anything) breakdown the reports show as a table.
+    details: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def gate(self) -> str:
+        """The spec-level gate this check belongs to (``fairness.*`` -> ``fairness``)."""
+        return self.name.split(".", 1)[0]
+
+    def tag_value(self) -> str:
+        verdict = "pass" if self.passed else "fail"
+        text = (
+            f"{verdict}: value={fmt(self.value)} {self.comparison} threshold={fmt(self.threshold)}"
+        )
+        return f"{text} ({self.note})" if self.note else text
+
+
+@dataclass
+class GateReport:
+    """Every gate's result for one candidate, plus the per-group breakdowns."""
+
+    results: list[GateResult]
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    metric: str | None = None
+    metric_value: float | None = None
+    serving_flavour: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[str]:
+        return [r.name for r in self.results if not r.passed]
+
+    def by_name(self) -> dict[str, GateResult]:
+        return {r.name: r for r in self.results}
+
+    def to_dict(self) -> dict[str, Any]:
+        return report_dict(self)
+
+    def to_json(self) -> str:
+        return to_json(self)
+
+    def to_markdown(self) -> str:
+        return to_markdown(self)
+
+    def to_html(self) -> str:
+        return to_html(self)
+
+    def version_tags(self) -> dict[str, str]:
+        """Return the model-version tags that carry this report (the registry is the audit log)."""
+        tags = {TAG_GATE_PREFIX + r.name: r.tag_value() for r in self.results}
+        tags[TAG_GATES] = "passed" if self.passed else "failed"
+        tags[TAG_GATE_FAILURES] = ",".join(self.failures)
+        return tags
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> GateReport:
+        return cls(
+            results=[GateResult(**g) for g in raw["gates"]],
+            groups=raw.get("groups") or {},
+            metric=raw.get("metric"),
+            metric_value=raw.get("metric_value"),
+            serving_flavour=raw.get("serving_flavour"),
+        )
 
 
 def report_dict(report: GateReport) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES, TAG_HOLDOUT_PREFIX
-from tasks.gate_report import fmt
+from tasks.gate_report import GateReport, GateResult
 from tasks.metrics import (
     metrics_for,
     model_predictor,
@@ -67,32 +67,6 @@ class Holdout:
             raise GateError(
                 f"hold-out sensitive attribute has {len(self.sensitive)} rows, X has {len(self.X)}"
             )
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """One gate's verdict: its measured value against its threshold."""
-
-    name: str
-    passed: bool
-    value: float
-    threshold: float
-    comparison: str  # "<=" or ">=": how value must relate to threshold to pass
-    note: str = ""
-    # A per-group (or per-anything) breakdown the reports show as a table.
-    details: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def gate(self) -> str:
-        """The spec-level gate this check belongs to (``fairness.*`` -> ``fairness``)."""
-        return self.name.split(".", 1)[0]
-
-    def tag_value(self) -> str:
-        verdict = "pass" if self.passed else "fail"
-        text = (
-            f"{verdict}: value={fmt(self.value)} {self.comparison} threshold={fmt(self.threshold)}"
-        )
-        return f"{text} ({self.note})" if self.note else text
 
 
 @dataclass
@@ -224,65 +198,6 @@ def configured_gates(gates: GatesSpec | Mapping[str, Any]) -> list[Gate]:
         for cls in registered_gates().values()
         if values.get(cls.spec_key) is not None
     ]
-
-
-@dataclass
-class GateReport:
-    """Every gate's result for one candidate, plus the per-group breakdowns."""
-
-    results: list[GateResult]
-    groups: dict[str, dict[str, float]] = field(default_factory=dict)
-    metric: str | None = None
-    metric_value: float | None = None
-    serving_flavour: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    @property
-    def failures(self) -> list[str]:
-        return [r.name for r in self.results if not r.passed]
-
-    def by_name(self) -> dict[str, GateResult]:
-        return {r.name: r for r in self.results}
-
-    def to_dict(self) -> dict[str, Any]:
-        from tasks.gate_report import report_dict
-
-        return report_dict(self)
-
-    def to_json(self) -> str:
-        from tasks.gate_report import to_json
-
-        return to_json(self)
-
-    def to_markdown(self) -> str:
-        from tasks.gate_report import to_markdown
-
-        return to_markdown(self)
-
-    def to_html(self) -> str:
-        from tasks.gate_report import to_html
-
-        return to_html(self)
-
-    def version_tags(self) -> dict[str, str]:
-        """Return the model-version tags that carry this report (the registry is the audit log)."""
-        tags = {TAG_GATE_PREFIX + r.name: r.tag_value() for r in self.results}
-        tags[TAG_GATES] = "passed" if self.passed else "failed"
-        tags[TAG_GATE_FAILURES] = ",".join(self.failures)
-        return tags
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> GateReport:
-        return cls(
-            results=[GateResult(**g) for g in raw["gates"]],
-            groups=raw.get("groups") or {},
-            metric=raw.get("metric"),
-            metric_value=raw.get("metric_value"),
-            serving_flavour=raw.get("serving_flavour"),
-        )
 
 
 # --- running the gates ---------------------------------------------------------------------
@@ -475,18 +390,3 @@ def report_from_tags(tags: dict[str, str]) -> dict[str, str]:
         for key, value in tags.items()
         if key.startswith(TAG_GATE_PREFIX)
     }
-
-
-__all__ = [
-    "Gate",
-    "GateCandidate",
-    "GateError",
-    "GateReport",
-    "GateResult",
-    "Holdout",
-    "gate_and_record",
-    "record_gate_report",
-    "register_gate",
-    "run_gates",
-    "score_metric",
-]

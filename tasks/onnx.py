@@ -168,6 +168,42 @@ def onnx_predictor(session: Any) -> Callable[[pd.DataFrame], list[np.ndarray]]:
     return predict
 
 
+def check_agreement(
+    model: Any, session: Any, holdout: pd.DataFrame, *, task: TaskType, atol: float = DEFAULT_ATOL
+) -> tuple[dict[str, Any], str]:
+    """Compare the session's outputs with the sklearn model's; return (figures, "" or why not)."""
+    outputs = session_predict(session, holdout)
+    if task == "regression":
+        expected = np.asarray(model.predict(holdout), dtype=float)
+        got = np.asarray(outputs[0], dtype=float).reshape(-1)
+        diff = float(np.max(np.abs(expected - got))) if len(got) else 0.0
+        # Regression has no probabilities: hold the prediction to the same tolerance, relative.
+        scale = max(1.0, float(np.max(np.abs(expected))) if len(expected) else 1.0)
+        agreement = {"max_probability_diff": diff, "label_mismatches": 0, "ties": 0}
+        if diff > atol * scale:
+            return agreement, f"predictions differ by up to {diff:.3g} (> {atol} x {scale:.3g})"
+        return agreement, ""
+    expected_proba = np.asarray(model.predict_proba(holdout), dtype=float)
+    labels, proba = _classifier_outputs(session, outputs)
+    diff = float(np.max(np.abs(expected_proba - proba))) if len(proba) else 0.0
+    expected_labels = np.asarray(model.predict(holdout))
+    ordered = np.sort(expected_proba, axis=1)
+    ties = (ordered[:, -1] - ordered[:, -2]) <= atol if ordered.shape[1] > 1 else None
+    mismatched = expected_labels.astype(str) != np.asarray(labels).astype(str)
+    if ties is not None:
+        mismatched &= ~ties
+    agreement = {
+        "max_probability_diff": diff,
+        "label_mismatches": int(mismatched.sum()),
+        "ties": int(ties.sum()) if ties is not None else 0,
+    }
+    if diff > atol:
+        return agreement, f"probabilities differ by up to {diff:.3g} (> {atol})"
+    if mismatched.any():
+        return agreement, f"{int(mismatched.sum())} labels differ from sklearn's"
+    return agreement, ""
+
+
 def convert_and_check(
     model: Any,
     holdout: pd.DataFrame,
@@ -191,41 +227,8 @@ def convert_and_check(
         reason = f"onnxruntime cannot load the graph: {type(exc).__name__}: {str(exc)[:200]}"
         return OnnxOutcome("sklearn", reason, converted=False), None
 
-    outputs = session_predict(session, holdout)
     common = {"converted": True, "rows_checked": len(holdout), "onnx_bytes": len(onnx_bytes)}
-    if task == "regression":
-        expected = np.asarray(model.predict(holdout), dtype=float)
-        got = np.asarray(outputs[0], dtype=float).reshape(-1)
-        diff = float(np.max(np.abs(expected - got))) if len(got) else 0.0
-        # Regression has no probabilities: hold the prediction to the same tolerance, relative.
-        scale = max(1.0, float(np.max(np.abs(expected))) if len(expected) else 1.0)
-        agreement = {"max_probability_diff": diff, "label_mismatches": 0, "ties": 0}
-        disagreement = (
-            f"predictions differ by up to {diff:.3g} (> {atol} x {scale:.3g})"
-            if diff > atol * scale
-            else ""
-        )
-    else:
-        expected_proba = np.asarray(model.predict_proba(holdout), dtype=float)
-        labels, proba = _classifier_outputs(session, outputs)
-        diff = float(np.max(np.abs(expected_proba - proba))) if len(proba) else 0.0
-        expected_labels = np.asarray(model.predict(holdout))
-        ordered = np.sort(expected_proba, axis=1)
-        ties = (ordered[:, -1] - ordered[:, -2]) <= atol if ordered.shape[1] > 1 else None
-        mismatched = expected_labels.astype(str) != np.asarray(labels).astype(str)
-        n_ties = int(ties.sum()) if ties is not None else 0
-        if ties is not None:
-            mismatched &= ~ties
-        agreement = {
-            "max_probability_diff": diff,
-            "label_mismatches": int(mismatched.sum()),
-            "ties": n_ties,
-        }
-        disagreement = ""
-        if diff > atol:
-            disagreement = f"probabilities differ by up to {diff:.3g} (> {atol})"
-        elif mismatched.any():
-            disagreement = f"{int(mismatched.sum())} labels differ from sklearn's"
+    agreement, disagreement = check_agreement(model, session, holdout, task=task, atol=atol)
     if disagreement:
         reason = f"ONNX disagrees with sklearn on the hold-out: {disagreement}"
         return OnnxOutcome("sklearn", reason, **common, **agreement), None  # type: ignore[arg-type]
