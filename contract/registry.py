@@ -108,6 +108,9 @@ def rollback(client: MlflowClient, name: str, reason: str) -> dict[str, Any]:
             "promote a version instead"
         )
     current = aliases.get(CHAMPION)
+    for alias, held_by in aliases.items():
+        if held_by == previous and is_challenger_alias(alias):
+            client.delete_registered_model_alias(name, alias)  # it was on probation
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_model_version_tag(name, previous, TAG_ROLE, CHAMPION)
     record_event(client, name, previous, "restored", reason)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 import contract
 from rollout.errors import BadInput, Conflict, UnknownArm
 from rollout.events import emit
@@ -156,8 +158,13 @@ async def set_policy(svc: RolloutService, name: str, params: dict[str, Any]) -> 
     """Change the policy (stored, so every replica picks it up)."""
     try:
         policy = get_policy(name, **params)
+        arms = svc.serving_arms(svc.pool.snapshot)
+        if arms:  # a policy that cannot split the arms serving now would fall back silently
+            policy.allocation(svc.arm_stats(arms), np.random.default_rng(0))
     except PolicyError as exc:
         raise BadInput(str(exc)) from exc
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"invalid parameters for policy {name!r} ({type(exc).__name__})") from exc
     stored = {"name": name, "params": params}
     await asyncio.to_thread(svc.store.set_config, "policy", stored)
     svc.use_policy(policy, stored)
