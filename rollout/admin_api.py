@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rollout import admin
@@ -30,13 +30,23 @@ async def require_admin(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """401 without a bearer token, 403 with a wrong one (or when no token is configured)."""
-    if credentials is None or not credentials.credentials:
+    check_token(service.settings.admin_token, credentials.credentials if credentials else None)
+
+
+def check_token(expected: str, given: str | None) -> None:
+    """Raise 401/403 unless ``given`` is the admin token (also before a body is parsed)."""
+    if not given:
         raise NotAuthenticated("admin routes need 'Authorization: Bearer <token>'")
-    expected = service.settings.admin_token
     if not expected:
         raise Forbidden("admin routes are disabled: set BANDITFLOW_ROLLOUT_ADMIN_TOKEN")
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+    if not hmac.compare_digest(given.encode(), expected.encode()):
         raise Forbidden("wrong admin token")
+
+
+def bearer_of(request: Request) -> str | None:
+    """The bearer token of a request, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {

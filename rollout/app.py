@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from rollout import api
-from rollout.admin_api import admin_router
+from rollout.admin_api import admin_router, bearer_of, check_token
 from rollout.docs import mount_docs
 from rollout.errors import RolloutError, StoreUnavailable, excerpt
 from rollout.limits import BodyLimitMiddleware
@@ -82,7 +82,13 @@ def _install_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path.startswith("/admin"):
+            # FastAPI decodes a JSON body before the admin dependency runs: the token first.
+            try:
+                check_token(request.app.state.settings.admin_token, bearer_of(request))
+            except RolloutError as denied:
+                return JSONResponse(denied.to_json(), status_code=denied.status)
         return JSONResponse(validation_body(exc.errors()), status_code=422)
 
     @app.exception_handler(HTTPException)

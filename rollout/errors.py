@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
+
+EXCERPT_CHARS = 80  # an error body quotes at most this much of a bad value
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """Return a short, always-encodable description of ``value`` for an error message."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan, inf: not JSON, but fine inside a message string
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"  # repr() of a huge int may raise
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails (very long ints): describe the type only
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def listing(names: Sequence[str], limit: int = 10) -> str:
+    """Join names for a message, at most ``limit`` of them (each cut to a short excerpt)."""
+    shown = [n if len(n) <= 40 else n[:37] + "..." for n in names[:limit]]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown) + more
 
 
 class RolloutError(Exception):
