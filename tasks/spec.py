@@ -230,6 +230,9 @@ class StudySpec(_Strict):
     registration: RegisterSpec = Field(default_factory=RegisterSpec)
     # Points enqueued before the optimizer's own suggestions (the retrain's warm start).
     warm_start: list[dict[str, Any]] = Field(default_factory=list)
+    # Evaluate the family's library defaults first, so tuning is never worse than no tuning
+    # on the study's own evaluation, and the result says by how much it won.
+    defaults_first: bool = True
     drift: DriftSpec = Field(default_factory=DriftSpec)
 
     @field_validator("optimizer")

@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.settings import PipelineSettings, get_settings
+from tasks.study_meta import (
+    DefaultsUnavailable,
+    StudyMeta,
+    changed_fields,
+    library_defaults,
+    meta_path,
+    search_fields,
+)
 from tasks.study_record import (
     MlflowWriter,
     StudyNotFoundError,
@@ -95,6 +103,7 @@ class Study:
         # Each completed trial's running score at the pruning fold: the median rule's input.
         self._prune_scores: dict[str, float] = {}
         self._suggest_seconds: dict[str, float] = {}
+        self.meta = StudyMeta.load(meta_path(self.state_path))
         self.optimizer = self._open_optimizer()
         self.client, self.experiment_id, self.parent_run_id = open_parent_run(
             spec, self.settings, resume=self.resumed
@@ -117,27 +126,35 @@ class Study:
         return default_space(self.spec.model.family)
 
     def _open_optimizer(self) -> Optimizer:
-        from tasks.optimizers import get_optimizer, load_optimizer
+        from tasks.optimizers import load_optimizer
 
         spec = self.spec
-        if self.state_path.exists():
-            optimizer = load_optimizer(self.state_path)
-            if optimizer.name != spec.optimizer or dict(optimizer.objectives) != dict(
-                spec.objectives
-            ):
-                raise StudyStateError(
-                    f"study {spec.name!r} was saved with optimizer {optimizer.name!r} and "
-                    f"objectives {optimizer.objectives}; this spec asks for {spec.optimizer!r} "
-                    f"and {dict(spec.objectives)}: rename the study, or delete {self.state_path}"
-                )
-            self.resumed = True
-            # Trials pending at a crash were never told: evaluate them again (same id and
-            # params), so no budget is lost and no finished trial is re-run.
-            self._replay = optimizer.pending()
-            for record in optimizer.trials():
-                if PRUNE_SCORE in record.values:
-                    self._prune_scores[record.id] = record.values[PRUNE_SCORE]
-            return optimizer
+        if not self.state_path.exists():
+            return self._new_optimizer()
+        optimizer = load_optimizer(self.state_path)
+        changed = [] if self.meta is None else changed_fields(self.meta.search, spec)
+        if optimizer.name != spec.optimizer or dict(optimizer.objectives) != dict(spec.objectives):
+            changed.insert(0, f"optimizer/objectives ({optimizer.name} {optimizer.objectives})")
+        if changed:
+            raise StudyStateError(
+                f"study {spec.name!r} was saved with another spec; changed: "
+                f"{'; '.join(changed[:6])}. Resume with the saved spec, give the study a new "
+                f"name (e.g. {spec.name}-v2), or delete {self.state_path} to start over"
+            )
+        self.resumed = True
+        # Trials pending at a crash were never told: evaluate them again (same id and
+        # params), so no budget is lost and no finished trial is re-run.
+        self._replay = optimizer.pending()
+        for record in optimizer.trials():
+            if PRUNE_SCORE in record.values:
+                self._prune_scores[record.id] = record.values[PRUNE_SCORE]
+        return optimizer
+
+    def _new_optimizer(self) -> Optimizer:
+        """Build the optimizer; enqueue the library defaults, then the warm starts."""
+        from tasks.optimizers import get_optimizer
+
+        spec = self.spec
         optimizer = get_optimizer(
             spec.optimizer,
             self._space(),
@@ -145,15 +162,29 @@ class Study:
             seed=spec.seed,
             **spec.optimizer_options,
         )
-        for point in spec.warm_start:
-            optimizer.enqueue({**point})
+        meta = StudyMeta(search=search_fields(spec))
+        points: list[tuple[str, dict[str, Any]]] = []
+        if spec.defaults_first:
+            try:
+                point, meta.notes = library_defaults(
+                    spec.model.family, optimizer.space, spec.task, spec.seed
+                )
+                points.append(("defaults", point))
+            except DefaultsUnavailable as exc:
+                meta.notes = [str(exc)]
+        points += [("warm_start", {**p}) for p in spec.warm_start]
+        for number, (role, point) in enumerate(points):
+            optimizer.enqueue(point)
+            getattr(meta, role).append(str(number))
+        meta.save(meta_path(self.state_path))
+        self.meta = meta
         optimizer.save(self.state_path)
         return optimizer
 
     # -- the loop's questions ----------------------------------------------------------------
     def role(self, trial_id: str) -> str:
-        """Return why a trial was run: ``warm_start`` (enqueued first) or ``search``."""
-        return "warm_start" if int(trial_id) < len(self.spec.warm_start) else "search"
+        """Return why a trial ran: ``defaults``, ``warm_start`` (both enqueued) or ``search``."""
+        return self.meta.role(trial_id) if self.meta is not None else "search"
 
     def records(self) -> list[TrialRecord]:
         """Return the finished trials (completed, failed, pruned) in id order."""
@@ -313,6 +344,7 @@ class Study:
             stop_reason=self.stop_reason or "budget spent",
             state_path=str(self.state_path),
             resumed=self.resumed,
+            defaults_notes=self.meta.notes if self.meta else [],
         )
 
     def finish(self) -> StudyResult:

@@ -45,6 +45,7 @@ class StudyResult(BaseModel):
     defaults: TrialRecord | None = None  # the family's library defaults, evaluated first
     # best - defaults on the primary objective, positive when tuning won (None: not measured)
     tuning_gain: float | None = None
+    defaults_notes: list[str] = Field(default_factory=list)  # defaults moved into the space
     n_trials: int = 0
     n_completed: int = 0
     n_failed: int = 0

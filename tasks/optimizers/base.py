@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from tasks.metrics import sign
 from tasks.optimizers.space import Space, normalise_space
 
 Status = Literal["completed", "failed", "pruned"]
@@ -92,7 +93,7 @@ def loss_sign(direction: str) -> float:
     """Return the factor that turns a metric of ``direction`` into a loss (lower is better)."""
     if direction not in DIRECTIONS:
         raise ConfigurationError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
-    return -1.0 if direction == "maximize" else 1.0
+    return sign(direction)  # the project's one direction-to-sign function
 
 
 def dominates(a: list[float], b: list[float]) -> bool:

@@ -73,10 +73,12 @@ def _flatten(sample: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
 class HyperoptOptimizer(Optimizer):
     """Tree-structured Parzen estimator (single objective; hyperopt minimizes).
 
-    Options: ``n_startup_jobs`` (random points before TPE, default 10), ``n_EI_candidates``
-    (24), ``gamma`` (0.25), ``prior_weight`` (1.0). A batch is asked one point at a time with
-    a fresh seed, the pending points in ``Trials`` with an unknown (infinite) loss, because
-    asking ``tpe.suggest`` for several ids at once returns the same point several times.
+    Options: ``n_startup_jobs`` (random points before TPE, default 10; hyperopt's own is 20),
+    ``n_EI_candidates`` (24), ``gamma`` (0.25), ``prior_weight`` (1.0). A batch is asked one
+    point at a time with the next seed of fmin's stream, the pending points in ``Trials``
+    with an unknown (infinite) loss as fmin's parallel back ends leave them, because asking
+    ``tpe.suggest`` for several ids at once returns the same point several times. Failed and
+    pruned trials are told as ``STATUS_FAIL`` (infinite loss), as fmin tells an exception.
     """
 
     name = "hyperopt"
@@ -120,7 +122,10 @@ class HyperoptOptimizer(Optimizer):
         self._domain = Domain(_objective_never_called, self._expr)
         self._trials = Trials()
         self._docs: dict[int, dict[str, Any]] = {}
-        self._asks = 0  # seeds derive from (seed, asks): a resumed study continues the same way
+        # fmin's own seed stream (one draw of rstate.integers(2**31 - 1) per suggestion), so
+        # at q=1 this adapter suggests exactly what ``fmin(rstate=default_rng(seed))`` would;
+        # the generator's state is saved, so a resumed study continues the same stream.
+        self._rstate = np.random.default_rng(self.seed)
         self._algo_options = {
             "n_startup_jobs": n_startup_jobs,
             "n_EI_candidates": n_EI_candidates,
@@ -138,8 +143,7 @@ class HyperoptOptimizer(Optimizer):
                 raise RuntimeError(f"hyperopt trial ids out of step: {tid}, expected {expected}")
             taken = [r.params for r in self._history.values()] + points
             for _attempt in range(_RETRIES):
-                seed = int(np.random.SeedSequence([self.seed, self._asks]).generate_state(1)[0])
-                self._asks += 1
+                seed = int(self._rstate.integers(2**31 - 1))
                 (doc,) = tpe.suggest(
                     [tid], self._domain, self._trials, seed, verbose=False, **self._algo_options
                 )
@@ -177,10 +181,13 @@ class HyperoptOptimizer(Optimizer):
         self._trials.refresh()
 
     def _backend_state(self) -> dict[str, Any]:
-        return {"asks": self._asks}
+        return {"rstate": self._rstate.bit_generator.state}
 
     def _restore_backend_state(self, state: Mapping[str, Any]) -> None:
-        self._asks = int(state.get("asks", 0))
+        if "rstate" in state:
+            self._rstate.bit_generator.state = state["rstate"]
+        else:  # a state saved before the stream was fmin's: continue as many draws on
+            self._rstate.integers(2**31 - 1, size=int(state.get("asks", 0)))
 
     # -- conversions ---------------------------------------------------------------------
     def _insert(self, doc: dict[str, Any]) -> None:

@@ -241,8 +241,12 @@ def test_study_budget_patience_and_pruning_median(flow_settings, tmp_path) -> No
         for i, score in enumerate(scores):
             assert not study.done
             (trial,) = study.ask(1)
-            if i == 0:
-                assert trial.params == {"C": 0.5, "penalty": "l2"}  # the warm start first
+            if i == 0:  # the library defaults first (scikit-learn's C=1.0, l2), then warm start
+                assert trial.params == {"C": 1.0, "penalty": "l2"}
+                assert study.role(trial.id) == "defaults"
+            if i == 1:
+                assert trial.params == {"C": 0.5, "penalty": "l2"}
+                assert study.role(trial.id) == "warm_start"
             outcome = TrialOutcome(
                 trial.params,
                 "completed",
@@ -258,4 +262,6 @@ def test_study_budget_patience_and_pruning_median(flow_settings, tmp_path) -> No
     finally:
         study.close()
     assert result.n_completed == 5 and result.best.values["roc_auc"] == 0.80
-    assert result.best.trial_id == "1"
+    assert result.best.trial_id == "1" and result.best.role == "warm_start"
+    assert result.defaults.trial_id == "0"
+    assert result.tuning_gain == pytest.approx(0.10)  # 0.80 best - 0.70 defaults

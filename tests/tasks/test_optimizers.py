@@ -397,15 +397,16 @@ def best_after(backend: str, space: dict[str, Any], fn: Any, seed: int, budget: 
 
 @pytest.mark.slow
 def test_hyperopt_beats_random_on_hartmann6() -> None:
-    """Mean best of 5 seeds after 40 trials.
+    """Mean best of 20 seeds after 40 trials (hyperopt's TPE costs ~0.3 s a study).
 
-    Measured over 20 seeds: hyperopt -2.15, random -1.62 (per-seed sd about 0.55 each);
-    seeds 0-4 give -2.50 against -1.89. The margin 0.25 is about half the expected gap.
+    Measured with fmin's seed stream: hyperopt -1.97, random -1.62 (per-seed sd 0.38 and
+    0.59, so the difference has a standard error of about 0.16). The margin 0.15 is about
+    half the measured gap.
     """
-    seeds = range(5)
+    seeds = range(20)
     tpe = np.mean([best_after("hyperopt", HARTMANN6_SPACE, hartmann6, s, 40, 1) for s in seeds])
     rnd = np.mean([best_after("random", HARTMANN6_SPACE, hartmann6, s, 40, 1) for s in seeds])
-    assert tpe < rnd - 0.25, (tpe, rnd)
+    assert tpe < rnd - 0.15, (tpe, rnd)
 
 
 @pytest.mark.slow
@@ -478,3 +479,104 @@ def test_ax_model_phase_on_a_mixed_space() -> None:
 
     assert isinstance(optimizer, AxOptimizer)
     assert optimizer.fallback_batches == 0  # the model generated them, not the fallback
+
+
+# --- the hyperopt adapter against hyperopt's own loop -------------------------------------
+MIXED: dict[str, Any] = {
+    "x1": {"type": "float", "low": 1e-4, "high": 10.0, "log": True},
+    "x2": {"type": "float", "low": -5.0, "high": 5.0},
+    "n": {"type": "int", "low": 1, "high": 50},
+    "m": {"type": "int", "low": 2, "high": 256, "log": True},
+    "c": {"type": "categorical", "choices": ["a", "b", "c", None]},
+    "penalty": {"type": "categorical", "choices": ["l2", "elasticnet"]},
+    "ratio": {"type": "float", "low": 0.0, "high": 1.0, "condition": {"penalty": ["elasticnet"]}},
+}
+
+
+def mixed_loss(p: dict[str, Any]) -> float:
+    """A smooth mixed-type loss with its optimum inside the space (minimum 0)."""
+    return (
+        (math.log10(p["x1"]) - 0.3) ** 2
+        + 0.3 * (p["x2"] - 1.2) ** 2
+        + ((p["n"] - 17) / 10) ** 2
+        + (math.log2(p["m"]) - 5) ** 2 / 4
+        + {"a": 0.5, "b": 0.0, "c": 0.8, None: 1.0}[p["c"]]
+        + (abs(p["ratio"] - 0.7) if p["penalty"] == "elasticnet" else 0.4)
+    )
+
+
+def fmin_points(seed: int, budget: int) -> list[dict[str, Any]]:
+    """The points hyperopt's own ``fmin`` with TPE evaluates, in order (it minimizes)."""
+    from hyperopt import STATUS_OK, Trials, fmin, tpe
+
+    from tasks.optimizers.hyperopt import _flatten, build_hyperopt_space
+    from tasks.optimizers.space import normalise_space
+
+    space = normalise_space(MIXED)
+    points: list[dict[str, Any]] = []
+
+    def objective(sample: dict[str, Any]) -> dict[str, Any]:
+        point = space.validate_point(_flatten(sample, {}), clip=True)
+        points.append(point)
+        return {"loss": mixed_loss(point), "status": STATUS_OK}
+
+    fmin(
+        objective,
+        build_hyperopt_space(space),
+        algo=tpe.suggest,
+        max_evals=budget,
+        trials=Trials(),
+        rstate=np.random.default_rng(seed),
+        show_progressbar=False,
+    )
+    return points
+
+
+def adapter_points(seed: int, budget: int, q: int = 1, **options: Any) -> list[dict[str, Any]]:
+    """The points the adapter hands out, q at a time, told as a score to maximize."""
+    optimizer = get_optimizer("hyperopt", MIXED, {"score": "maximize"}, seed=seed, **options)
+    points: list[dict[str, Any]] = []
+    while len(points) < budget:
+        batch = optimizer.ask(min(q, budget - len(points)))
+        for trial in batch:
+            optimizer.tell(trial.id, {"score": -mixed_loss(trial.params)})
+            points.append(trial.params)
+    return points
+
+
+def test_hyperopt_adapter_suggests_what_fmin_evaluates_at_q1() -> None:
+    """Same seed, hyperopt's own options: the adapter is fmin's TPE, point for point.
+
+    This covers the sign flip (a maximized score told as a minimized loss), the seed
+    stream, hp.choice indices (the conditional branch) and log/int conversions.
+    """
+    ours = adapter_points(seed=3, budget=40, n_startup_jobs=20)
+    theirs = fmin_points(seed=3, budget=40)
+    assert ours == theirs
+
+
+def test_hyperopt_adapter_is_not_clearly_worse_than_fmin() -> None:
+    """Mean best over 10 seeds: the adapter with its own defaults vs fmin with hyperopt's.
+
+    Measured (seeds 0-9, 40 trials): fmin 1.44, adapter q=1 1.31, q=4 1.78, random 2.24.
+    Tolerance: 0.25 in loss against fmin (about one standard error over these seeds). At
+    q=4 the pending points count as unknown (infinitely bad) losses, as in hyperopt's own
+    parallel back ends; a batch loses part of TPE's gain, so q=4 is held to beating random
+    search by 0.25, not to fmin's sequential loop.
+    """
+    from tasks.optimizers.space import normalise_space
+
+    seeds, budget = range(10), 40
+
+    def mean_best(runs: list[list[dict[str, Any]]]) -> float:
+        return float(np.mean([min(mixed_loss(p) for p in run) for run in runs]))
+
+    fmin_best = mean_best([fmin_points(s, budget) for s in seeds])
+    q1 = mean_best([adapter_points(s, budget) for s in seeds])
+    q4 = mean_best([adapter_points(s, budget, q=4) for s in seeds])
+    space, rng = normalise_space(MIXED), np.random.default_rng(0)
+    random_best = mean_best([[space.sample(rng) for _ in range(budget)] for _ in seeds])
+    print(f"mean best: fmin {fmin_best:.3f}, q=1 {q1:.3f}, q=4 {q4:.3f}, random {random_best:.3f}")
+    assert fmin_best < random_best - 0.25  # the problem separates TPE from random search
+    assert q1 <= fmin_best + 0.25
+    assert q4 <= random_best - 0.25

@@ -116,3 +116,75 @@ def test_finish_and_read_back_build_the_same_result(settings) -> None:
     assert rebuilt.best.trial_id == result.best.trial_id
     assert [r.trial_id for r in rebuilt.top] == [r.trial_id for r in result.top]
     assert (rebuilt.n_completed, rebuilt.n_failed) == (result.n_completed, result.n_failed)
+
+
+def test_defaults_first_then_warm_start_and_the_gain_of_tuning(settings) -> None:
+    from tasks.study import Study
+
+    spec = make_spec(
+        name="defaults",
+        model={"family": "hist_gradient_boosting"},
+        budget={"max_trials": 4},
+        warm_start=[
+            {
+                "learning_rate": 0.05,
+                "max_iter": 200,
+                "max_leaf_nodes": 16,
+                "min_samples_leaf": 10,
+                "l2_regularization": 0.1,
+            }
+        ],
+    )
+    study = Study.open(spec, settings)
+    try:
+        first, second = study.ask(2)
+        # scikit-learn's own defaults; l2_regularization=0.0 is below the log space's 1e-6
+        assert first.params == {
+            "learning_rate": 0.1,
+            "max_iter": 100,
+            "max_leaf_nodes": 31,
+            "min_samples_leaf": 20,
+            "l2_regularization": 1e-6,
+        }
+        assert second.params["learning_rate"] == 0.05
+        assert [study.role(first.id), study.role(second.id)] == ["defaults", "warm_start"]
+        from tasks.evaluate import TrialOutcome
+
+        study.tell(first, TrialOutcome(first.params, "completed", values={"roc_auc": 0.81}))
+        study.tell(second, TrialOutcome(second.params, "completed", values={"roc_auc": 0.84}))
+        tell_scores(study, [0.79, 0.83])
+        result = study.finish()
+    finally:
+        study.close()
+    assert result.defaults.trial_id == "0" and result.defaults.role == "defaults"
+    assert result.best.trial_id == "1"
+    assert result.tuning_gain == pytest.approx(0.03)
+    assert any("l2_regularization" in note for note in result.defaults_notes)
+
+
+def test_defaults_gain_is_never_negative_for_a_minimized_metric(settings) -> None:
+    from tasks.evaluate import TrialOutcome
+    from tasks.study import Study
+
+    spec = make_spec(name="minimize", objectives={"log_loss": "minimize"}, budget={"max_trials": 3})
+    study = Study.open(spec, settings)
+    try:
+        for value in (0.40, 0.45, 0.50):  # the defaults are the best: tuning won nothing
+            (trial,) = study.ask(1)
+            study.tell(trial, TrialOutcome(trial.params, "completed", values={"log_loss": value}))
+        result = study.finish()
+    finally:
+        study.close()
+    assert result.best.role == "defaults" and result.tuning_gain == 0.0
+
+
+def test_resuming_with_a_changed_spec_is_refused_naming_the_field(settings) -> None:
+    from tasks.study import Study, StudyStateError
+
+    spec = make_spec(name="changed", budget={"max_trials": 5})
+    Study.open(spec, settings).close()
+    more = make_spec(name="changed", budget={"max_trials": 50}, q=4)  # budget may change
+    Study.open(more, settings).close()
+    other = make_spec(name="changed", evaluation={"folds": 5, "latency_calls": 10})
+    with pytest.raises(StudyStateError, match=r"evaluation\.folds \(3 -> 5\).*changed-v2"):
+        Study.open(other, settings)
