@@ -1,11 +1,15 @@
-"""The retrain flow: drift check -> if drifted, optimize again warm-started -> register -> gates.
+"""The retrain flow: drift check of every serving arm -> warm-started study -> register -> gates.
 
-The steps are in ``tasks/retrain.py`` (window, drift check, the retrain study's spec) and
-``tasks/register.py``; this module chains them with the optimize and register flows.
+Started by a feature update or the daily schedule, it checks the recent window against the
+training data of every serving version (``tasks/drift_check.py``) and emits
+``banditflow.drift.detected`` when something moved; started by a signal (``reason``: the
+drift event, a degraded champion, a rollback), it skips the check. Either way a retrain is
+a study of the recent window warm-started from the previous best points
+(``tasks/retrain.py``), whose candidates go through registration and the gates.
 
 Concurrency: the deployment has ``concurrency_limit: 1`` with ``CANCEL_NEW``
-(prefect.yaml), so two feature updates at once start one retrain; the other run is
-cancelled by the server before it starts.
+(prefect.yaml), so two feature updates at once start one retrain; and a retrain study is
+named after the window's end, so a second signal for the same window starts nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +20,8 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.retrain import (
-    RetrainOutcome,
-    check_model,
-    feature_view_name,
-    models_with_champion,
-    run_logger,
-)
+from tasks.drift_check import plan_model
+from tasks.retrain import RetrainOutcome, feature_view_name, models_with_champion, run_logger
 from tasks.settings import PipelineSettings, get_settings
 from tasks.spec import StudySpec
 
@@ -47,17 +46,13 @@ def optimize_and_register(
 
 
 def retrain_model(
-    model: str,
-    start: datetime | None,
-    end: datetime | None,
-    *,
-    settings: PipelineSettings,
-    warm_start_top: int,
+    model: str, start: datetime | None, end: datetime | None, **how: Any
 ) -> RetrainOutcome:
-    """Check one model's drift and retrain it when drifted."""
-    plan = check_model(model, start, end, settings=settings, warm_start_top=warm_start_top)
+    """Check one model (unless a signal's ``reason`` is given) and retrain it when due."""
+    plan = plan_model(model, start, end, **how)
     if plan.spec is not None:
-        plan.outcome.registered = optimize_and_register(plan.spec, model, plan.data, settings)
+        registered = optimize_and_register(plan.spec, model, plan.data, how["settings"])
+        plan.outcome.registered = registered
     return plan.outcome
 
 
@@ -68,8 +63,16 @@ def retrain(
     end: datetime | None = None,
     model: str | None = None,
     warm_start_top: int = 3,
+    reason: str | None = None,
+    drifted_features: list[str] | None = None,
+    retrain_on_drift: bool = True,
 ) -> list[dict[str, Any]]:
-    """Check drift for each model with a champion (or ``model``); retrain the drifted ones."""
+    """Check drift for each model with a champion (or ``model``); retrain the drifted ones.
+
+    ``reason`` (a signal's name, e.g. ``{{ event.event }}``): retrain ``model`` on the window
+    without a check. ``retrain_on_drift=False``: only check and emit the drift event, and
+    leave the retrain to its consumer.
+    """
     from tasks.tracking import configure_mlflow
 
     settings = get_settings()
@@ -81,7 +84,16 @@ def retrain(
     if view:
         log.info("feature view %s updated (%s .. %s)", view, start, end)
     outcomes = [
-        retrain_model(name, start, end, settings=settings, warm_start_top=warm_start_top)
+        retrain_model(
+            name,
+            start,
+            end,
+            settings=settings,
+            warm_start_top=warm_start_top,
+            reason=reason,
+            drifted_features=drifted_features,
+            retrain_on_drift=retrain_on_drift,
+        )
         for name in names
     ]
     return [asdict(o) for o in outcomes]

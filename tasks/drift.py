@@ -1,4 +1,4 @@
-"""Drift of the recent window against the champion's training data: per feature and on the metric.
+"""Drift of the recent window against a serving model's training data: per feature and on labels.
 
 The reference window is the data the champion was trained on, re-derived from its study
 spec (``data.start``/``data.end``) the first time it is needed and then kept as a parquet
@@ -14,26 +14,16 @@ alone flag everything.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from scipy import stats
 
-from contract import (
-    EVENT_DRIFT_DETECTED,
-    TAG_DRIFTED,
-    TAG_KIND,
-    TAG_MODEL_VERSION,
-    TAG_STUDY,
-    model_resource_id,
-)
+from contract import EVENT_DRIFT_DETECTED, model_resource_id
 from tasks.metrics import sign
 from tasks.spec import DriftSpec
 
@@ -42,6 +32,9 @@ if TYPE_CHECKING:
 
 # Empty bins would make PSI infinite: floor each share at this.
 _PSI_EPSILON = 1e-4
+# The champion's calibration on recent labels: a p-value and a relative gap, both needed.
+CALIBRATION_ALPHA = 0.01
+CALIBRATION_MIN_RELATIVE_GAP = 0.15
 
 
 class DriftError(ValueError):
@@ -65,7 +58,8 @@ class FeatureDrift:
 
 @dataclass(frozen=True)
 class MetricDrift:
-    """The champion's metric on recent labelled rows against its hold-out value."""
+    """The champion on recent labelled rows: its metric against its hold-out value, and
+    (binary tasks) its calibration: the conversions it predicts against those observed."""
 
     metric: str
     direction: Literal["minimize", "maximize"]
@@ -73,6 +67,10 @@ class MetricDrift:
     recent: float
     margin: float
     degraded: bool
+    predicted_rate: float | None = None  # mean predicted probability on the recent rows
+    observed_rate: float | None = None  # share of positives among the recent rows
+    calibration_p: float | None = None  # two-sided p of observed vs predicted positives
+    reason: str = ""
 
 
 @dataclass
@@ -93,23 +91,6 @@ class DriftReport:
     def drifted(self) -> bool:
         return bool(self.drifted_features) or bool(self.metric and self.metric.degraded)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Return the report as table rows (one per feature), rounded for display."""
-        return [
-            {
-                "feature": f.feature,
-                "kind": f.kind,
-                "psi": round(f.psi, 4),
-                "test": f.test,
-                "statistic": round(f.statistic, 4),
-                "p_value": float(f"{f.p_value:.3g}"),
-                "effect_size": round(f.effect_size, 4),
-                "drifted": f.drifted,
-                "reason": f.reason,
-            }
-            for f in self.features
-        ]
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "drifted": self.drifted,
@@ -120,34 +101,6 @@ class DriftReport:
             "metric": asdict(self.metric) if self.metric else None,
             "features": [asdict(f) for f in self.features],
         }
-
-    def to_markdown(self) -> str:
-        """Return a markdown summary and table (the Prefect artifact's body)."""
-        verdict = "**drift detected**" if self.drifted else "no drift"
-        lines = [
-            f"# Drift report: {verdict}",
-            "",
-            f"Reference rows: {self.n_reference}; recent rows: {self.n_current}; "
-            f"window: {self.window.get('start')} to {self.window.get('end')}.",
-            "",
-        ]
-        if self.metric is not None:
-            m = self.metric
-            lines += [
-                f"Champion {m.metric}: hold-out {m.holdout:.4f}, recent {m.recent:.4f} "
-                f"(margin {m.margin}) -> {'degraded' if m.degraded else 'ok'}",
-                "",
-            ]
-        lines += [
-            "| feature | kind | PSI | test | statistic | p-value | effect | drifted |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in self.rows():
-            lines.append(
-                f"| {r['feature']} | {r['kind']} | {r['psi']} | {r['test']} | {r['statistic']} "
-                f"| {r['p_value']} | {r['effect_size']} | {'yes' if r['drifted'] else ''} |"
-            )
-        return "\n".join(lines)
 
 
 # --- statistics ------------------------------------------------------------------------
@@ -247,8 +200,64 @@ def metric_drift(
     margin: float,
 ) -> MetricDrift:
     """Compare the champion's recent metric with its hold-out value; worse by > margin degrades."""
-    worse_by = sign(direction) * (recent - holdout)
-    return MetricDrift(metric, direction, holdout, recent, margin, bool(worse_by > margin))
+    worse_by = -sign(direction) * (holdout - recent)
+    degraded = bool(worse_by > margin)
+    reason = (
+        f"{metric} {recent:.4g} vs hold-out {holdout:.4g} (margin {margin})" if degraded else ""
+    )
+    return MetricDrift(metric, direction, holdout, recent, margin, degraded, reason=reason)
+
+
+def calibration_gap(y: np.ndarray, proba: np.ndarray) -> tuple[float, float, float]:
+    """Return (predicted rate, observed rate, two-sided p) of a binary model on labelled rows.
+
+    Calibration in the large: under a calibrated model the number of positives has mean
+    sum(p) and variance sum(p(1-p)) (a Poisson-binomial), so the z-score of the observed
+    count is the test. A concept drift that moves the base rate shows here even when the
+    ranking (ROC AUC) of the model still holds and no input feature moved.
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
+    if y.size == 0 or y.size != p.size:
+        raise DriftError(f"calibration needs as many labels as predictions, got {y.size}/{p.size}")
+    expected, variance = float(p.sum()), float((p * (1.0 - p)).sum())
+    z = (float(y.sum()) - expected) / math.sqrt(max(variance, 1e-12))
+    return expected / y.size, float(y.mean()), float(2.0 * stats.norm.sf(abs(z)))
+
+
+def recent_metric_check(
+    metric: str,
+    direction: Literal["minimize", "maximize"],
+    holdout: float,
+    recent: float,
+    spec: DriftSpec,
+    *,
+    calibration: tuple[float, float, float] | None = None,
+) -> MetricDrift:
+    """Judge the champion on recent labels: the metric's margin, then its calibration.
+
+    Degraded when the metric is worse than its hold-out value by more than
+    ``drift.metric_margin``, or when the observed positive rate is off the predicted one
+    with p < ``CALIBRATION_ALPHA`` and by at least ``CALIBRATION_MIN_RELATIVE_GAP`` of it
+    (the effect-size guard: at large n, p-values alone flag everything).
+    """
+    base = metric_drift(metric, direction, holdout, recent, spec.metric_margin)
+    if calibration is None:
+        return base
+    predicted, observed, p = calibration
+    gap = abs(observed - predicted) / max(predicted, 1e-12)
+    off = p < CALIBRATION_ALPHA and gap >= CALIBRATION_MIN_RELATIVE_GAP
+    reasons = [base.reason] if base.degraded else []
+    if off:
+        reasons.append(f"observed rate {observed:.4g} vs predicted {predicted:.4g} (p={p:.2g})")
+    return replace(
+        base,
+        degraded=base.degraded or off,
+        predicted_rate=predicted,
+        observed_rate=observed,
+        calibration_p=p,
+        reason="; ".join(reasons),
+    )
 
 
 def detect_drift(
@@ -309,151 +318,54 @@ def keep_reference(
     return path
 
 
-# --- reporting -------------------------------------------------------------------------
-def plot_feature(name: str, reference: pd.Series, current: pd.Series, out_dir: Path) -> Path:
-    """Draw the reference and recent distributions of one feature into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if _is_numeric(reference) and _is_numeric(current):
-        both = np.r_[reference.dropna().to_numpy(float), current.dropna().to_numpy(float)]
-        bins = np.histogram_bin_edges(both, bins=30).tolist()
-        ax.hist(reference.dropna(), bins=bins, density=True, alpha=0.5, label="reference")
-        ax.hist(current.dropna(), bins=bins, density=True, alpha=0.5, label="recent")
-    else:
-        shares = pd.DataFrame(
-            {
-                "reference": reference.astype(str).value_counts(normalize=True),
-                "recent": current.astype(str).value_counts(normalize=True),
-            }
-        ).fillna(0)
-        shares.plot.bar(ax=ax)
-    ax.set_title(f"{name}: reference vs recent")
-    ax.legend()
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"drift_{name}.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
-def log_report_to_mlflow(
-    report: DriftReport,
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    *,
-    study: str,
-    settings: PipelineSettings,
-    tags: dict[str, str] | None = None,
-) -> str:
-    """Log the report (metrics, JSON, a plot per drifted feature) as an MLflow run; return it."""
-    import tempfile
-
-    from tasks.tracking import configure_mlflow, ensure_experiment
-
-    client = configure_mlflow(settings)
-    experiment_id = ensure_experiment(f"{study}-drift", settings)
-    run = client.create_run(
-        experiment_id,
-        run_name="drift-check",
-        tags={TAG_STUDY: study, TAG_KIND: "drift", **(tags or {})},
-    )
-    run_id = run.info.run_id
-    from mlflow.entities import Metric, Param
-
-    now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
-    metrics = [Metric(f"psi.{f.feature}", f.psi, now, 0) for f in report.features]
-    metrics += [Metric(f"effect.{f.feature}", f.effect_size, now, 0) for f in report.features]
-    metrics.append(Metric("drifted_features", float(len(report.drifted_features)), now, 0))
-    if report.metric is not None:
-        metrics.append(Metric(f"recent.{report.metric.metric}", report.metric.recent, now, 0))
-    params = [
-        Param("n_reference", str(report.n_reference)),
-        Param("n_current", str(report.n_current)),
-        Param("window_start", str(report.window.get("start"))),
-        Param("window_end", str(report.window.get("end"))),
-    ]
-    client.log_batch(run_id, metrics=metrics, params=params)
-    client.set_tag(run_id, TAG_DRIFTED, str(report.drifted).lower())
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "drift_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-        (folder / "drift_report.md").write_text(report.to_markdown())
-        client.log_artifact(run_id, str(folder / "drift_report.json"))
-        client.log_artifact(run_id, str(folder / "drift_report.md"))
-        for name in report.drifted_features:
-            png = plot_feature(name, reference[name], current[name], folder / "plots")
-            client.log_artifact(run_id, str(png), artifact_path="plots")
-    client.set_terminated(run_id)
-    return run_id
-
-
+# --- reporting: the report's key and event (the MLflow run and plots: tasks/drift_report.py)
 def artifact_key(study: str) -> str:
     """Return the Prefect artifact key of a study's drift report (lowercase, digits, dashes)."""
     slug = "".join(c if c.isalnum() else "-" for c in study.lower()).strip("-")
     return f"drift-report-{slug}"
 
 
-def publish_report(report: DriftReport, *, study: str, mlflow_run_id: str | None) -> None:
-    """Create the Prefect artifacts of a report: a table and a markdown summary."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+def drift_payload(
+    report: DriftReport,
+    *,
+    model: str,
+    version: str | None,
+    arms: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Return the ``banditflow.drift.detected`` payload: what drifted, for which model, when.
 
-    key = artifact_key(study)
-    where = f"\n\nMLflow run `{mlflow_run_id}` holds the plots." if mlflow_run_id else ""
-    create_table_artifact(
-        key=key,
-        table=report.rows(),
-        description=f"Drift of {study}: {', '.join(report.drifted_features) or 'none'}",
-    )
-    create_markdown_artifact(key=f"{key}-summary", markdown=report.to_markdown() + where)
+    ``start``/``end`` (also under ``window``) are the recent window the retrain learns from;
+    ``arms`` maps each serving version checked to its alias and drifted features.
+    """
+    return {
+        "model": model,
+        "version": version,
+        "drifted_features": report.drifted_features,
+        "metric_degraded": bool(report.metric and report.metric.degraded),
+        "metric_reason": report.metric.reason if report.metric else "",
+        "start": report.window.get("start"),
+        "end": report.window.get("end"),
+        "window": report.window,
+        "n_current": report.n_current,
+        "arms": arms or {},
+    }
 
 
-def emit_drift_detected(report: DriftReport, *, model: str, version: str | None) -> None:
-    """Emit ``banditflow.drift.detected`` for the model whose inputs drifted."""
+def emit_drift_detected(
+    report: DriftReport,
+    *,
+    model: str,
+    version: str | None,
+    arms: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Emit ``banditflow.drift.detected`` for the model whose inputs (or labels) drifted."""
     from prefect.events import emit_event
 
     emit_event(
         event=EVENT_DRIFT_DETECTED,
         resource={
             "prefect.resource.id": model_resource_id(model, version),
-            "prefect.resource.name": model,  # the retrain trigger's `model` parameter
+            "prefect.resource.name": model,
         },
-        payload={
-            "drifted_features": report.drifted_features,
-            "metric_degraded": bool(report.metric and report.metric.degraded),
-            "window": report.window,
-            "n_current": report.n_current,
-        },
+        payload=drift_payload(report, model=model, version=version, arms=arms),
     )
-
-
-@task(name="check-drift", cache_policy=NO_CACHE)
-def check_drift_task(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    spec: DriftSpec,
-    *,
-    study: str,
-    model_version: str | None,
-    settings: PipelineSettings,
-    metric: MetricDrift | None = None,
-    window: dict[str, str | None] | None = None,
-) -> DriftReport:
-    """Detect drift, log the report to MLflow and Prefect, and emit the event when drifted."""
-    report = detect_drift(reference, current, spec, metric=metric, window=window)
-    run_id = log_report_to_mlflow(
-        report,
-        reference,
-        current,
-        study=study,
-        settings=settings,
-        tags={TAG_MODEL_VERSION: str(model_version)},
-    )
-    publish_report(report, study=study, mlflow_run_id=run_id)
-    if report.drifted:
-        emit_drift_detected(report, model=study, version=model_version)
-    return report

@@ -1,14 +1,12 @@
-"""The retrain steps: which window, drift of the recent window, the warm-started retrain study.
+"""The retrain steps: which window, which serving arms, and the warm-started retrain study.
 
-``flows/retrain.py`` chains them. A retrain is started by ``banditflow.features.updated`` (a
-deployment trigger passes the feature view and the new data's time range) or by the daily
-schedule (no range: the last ``drift.recent_days`` before the newest labelled row). For
-each registered model holding a ``champion`` alias (or the one named), :func:`check_model`
-compares the recent window with the champion's training data (kept beside the champion,
-see ``tasks/drift.py``) and, when labels are there, the champion's metric on recent rows
-with its hold-out value. Not drifted: the report is recorded and nothing else happens.
-Drifted: it returns the retrain study's spec (the recent window, first trials the previous
-study's best points), which the flow optimizes and registers under the model.
+``flows/retrain.py`` chains them. A retrain starts from a feature update or the daily
+schedule (then the drift check of ``tasks/drift_check.py`` decides), or from a signal
+whose producer has judged already (``banditflow.drift.detected``, a degraded champion, a
+rollback: :func:`plan_from_signal`). The window is the event's range, else the last
+``drift.recent_days`` before the newest labelled row. The retrain study keeps the
+champion's model family and search, learns from the recent window, and starts from the
+previous study's best points; the flow optimizes it and registers its candidates.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -26,19 +24,11 @@ from prefect.cache_policies import NO_CACHE
 
 from contract import (
     CHAMPION,
-    TAG_HOLDOUT_PREFIX,
-    TAG_METRIC_PREFIX,
     TAG_STUDY,
+    aliases_of,
+    challenger_number,
     feature_view_of,
-)
-from tasks.drift import (
-    DriftError,
-    DriftReport,
-    MetricDrift,
-    check_drift_task,
-    keep_reference,
-    metric_drift,
-    reference_path,
+    is_challenger_alias,
 )
 from tasks.settings import PipelineSettings
 from tasks.spec import StudySpec
@@ -56,7 +46,7 @@ class RetrainOutcome:
     """What the retrain flow did for one model."""
 
     model: str
-    status: str  # no-champion | no-recent-data | not-drifted | retrained
+    status: str  # no-champion | no-recent-data | not-drifted | already-retrained | retrained
     champion_version: str | None = None
     previous_study: str | None = None
     window: dict[str, str | None] = field(default_factory=dict)
@@ -66,6 +56,9 @@ class RetrainOutcome:
     warm_start: list[dict[str, Any]] = field(default_factory=list)
     registered: dict[str, str | None] = field(default_factory=dict)  # version -> alias
     detail: str = ""
+    # Each serving version checked: alias, study, drifted features, the champion's metric.
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reason: str | None = None  # the signal that started a retrain without a check
 
 
 # --- plain functions (testable without a flow run) --------------------------------------
@@ -137,8 +130,10 @@ def top_points(trials: list[Any], spec: StudySpec, k: int) -> list[dict[str, Any
     """Return the params of the ``k`` best completed trials, best first, without duplicates."""
     if k <= 0:
         return []
+    from tasks.metrics import sign as loss_sign
+
     metric, direction = spec.primary_objective
-    sign = -1.0 if direction == "maximize" else 1.0
+    sign = loss_sign(direction)
     scored = []
     for t in trials:
         status = getattr(t, "status", "completed")
@@ -184,22 +179,6 @@ def frame_of(data: Any) -> tuple[pd.DataFrame, pd.Series]:
     return X, y
 
 
-# --- tasks -------------------------------------------------------------------------------
-@task(name="load-reference-window", cache_policy=NO_CACHE)
-def load_reference(
-    model: str, version: str, spec: StudySpec, settings: PipelineSettings
-) -> pd.DataFrame:
-    """Return the champion's reference sample; derive and keep it on first use."""
-    path = reference_path(settings, model, version)
-    if path.exists():
-        return pd.read_parquet(path)
-    from tasks.data import load_study_data
-
-    X, _ = frame_of(load_study_data(spec, settings))
-    keep_reference(X, settings, model, version, max_rows=spec.drift.max_reference_rows)
-    return pd.read_parquet(path)
-
-
 @task(name="load-recent-window", cache_policy=NO_CACHE)
 def load_recent(spec: StudySpec, settings: PipelineSettings) -> Any:
     """Return the recent window's ``StudyData`` (features and labels)."""
@@ -208,29 +187,15 @@ def load_recent(spec: StudySpec, settings: PipelineSettings) -> Any:
     return load_study_data(spec, settings)
 
 
-@task(name="champion-metric-on-recent-rows", cache_policy=NO_CACHE)
-def champion_metric(
-    client: MlflowClient,
-    model: str,
-    version: str,
-    spec: StudySpec,
-    X: pd.DataFrame,
-    y: pd.Series,
-) -> MetricDrift | None:
-    """Score the champion on recent labelled rows against its recorded hold-out value."""
-    from tasks.gates import score_metric
-    from tasks.registry import load_version_model
+@dataclass
+class Arm:
+    """A serving version of the model (the champion or a challenger) and what made it."""
 
-    metric, direction = spec.primary_objective
-    if metric in {"latency_ms", "model_bytes"} or y.empty:
-        return None
-    tags = client.get_model_version(model, version).tags or {}
-    recorded = tags.get(f"{TAG_HOLDOUT_PREFIX}{metric}") or tags.get(f"{TAG_METRIC_PREFIX}{metric}")
-    if recorded is None:
-        return None
-    champion = load_version_model(model, version)
-    recent = score_metric(metric, champion, X, y.to_numpy(), spec.task)
-    return metric_drift(metric, direction, float(recorded), recent, spec.drift.metric_margin)
+    alias: str
+    version: str
+    study: str
+    spec: StudySpec
+    previous: Any  # the StudyResult of the study that made it
 
 
 @dataclass
@@ -242,121 +207,131 @@ class RetrainPlan:
     data: Any = None  # the recent window's StudyData the candidates are registered on
 
 
-def _champion_study(
-    client: MlflowClient, model: str, settings: PipelineSettings
-) -> tuple[str | None, str | None]:
-    """Return ``(champion version, its study)``; raise when the model is unknown."""
+def serving_arms(client: MlflowClient, model: str, settings: PipelineSettings) -> list[Arm]:
+    """Return the model's serving versions, champion first; raise when the model is unknown.
+
+    A challenger without a study tag (added by hand) is skipped: its training data is
+    unknown. A champion without one is an error: the retrain would not know what to redo.
+    """
     from mlflow.exceptions import MlflowException
 
+    from tasks.register import load_study_spec
+    from tasks.study import load_study_result
+
     try:
-        aliases = dict(client.get_registered_model(model).aliases or {})
+        aliases = aliases_of(client, model)
     except MlflowException as exc:
         raise RetrainError(
             f"no registered model {model!r} at {settings.registry_uri}: run optimize and "
             "register first, or leave `model` empty to check every model with a champion"
         ) from exc
-    version = aliases.get(CHAMPION)
-    if version is None:
-        return None, None
-    tags = client.get_model_version(model, str(version)).tags or {}
-    study = tags.get(TAG_STUDY)
-    if not study:
-        raise RetrainError(
-            f"champion {model} v{version} has no {TAG_STUDY!r} tag: register it through the "
-            "optimize flow so the retrain knows which study (data window, search) made it"
-        )
-    return str(version), study
+    serving = sorted(
+        (a for a in aliases if a == CHAMPION or is_challenger_alias(a)),
+        key=lambda a: (a != CHAMPION, challenger_number(a) or 0),
+    )
+    arms: list[Arm] = []
+    specs: dict[str, tuple[StudySpec, Any]] = {}
+    for alias in serving:
+        version = aliases[alias]
+        study = (client.get_model_version(model, version).tags or {}).get(TAG_STUDY)
+        if not study:
+            if alias == CHAMPION:
+                raise RetrainError(
+                    f"champion {model} v{version} has no {TAG_STUDY!r} tag: register it "
+                    "through the optimize flow so the retrain knows which study (data "
+                    "window, search) made it"
+                )
+            run_logger().info("%s v%s (%s) has no study tag: not checked", model, version, alias)
+            continue
+        if study not in specs:
+            previous = load_study_result(study, settings)
+            specs[study] = (load_study_spec(previous.parent_run_id, settings), previous)
+        spec, previous = specs[study]
+        arms.append(Arm(alias, version, study, spec, previous))
+    return arms
 
 
-def check_model(
+def recent_for(
+    spec: StudySpec, outcome: RetrainOutcome, settings: PipelineSettings, cache: dict[str, Any]
+) -> Any:
+    """Return the recent window's ``StudyData`` for a spec (or the error), loaded once."""
+    lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
+    windowed_spec = windowed(spec, lo, hi)
+    key = windowed_spec.data.model_dump_json()
+    if key not in cache:
+        try:
+            cache[key] = load_recent(windowed_spec, settings)
+        except ValueError as exc:  # DataError: no or too few labelled rows in the window
+            cache[key] = exc
+    return cache[key]
+
+
+def study_exists(name: str, settings: PipelineSettings) -> bool:
+    """Return whether a study of this name has started (its MLflow experiment exists)."""
+    from tasks.tracking import configure_mlflow
+
+    return configure_mlflow(settings).get_experiment_by_name(name) is not None
+
+
+def plan_retrain(
+    outcome: RetrainOutcome, champ: Arm, recent: Any, settings: PipelineSettings, top: int
+) -> RetrainPlan:
+    """Plan the retrain study of the window, warm-started from the champion's study's best.
+
+    A study is named after the model and the window's end, so a second signal for the
+    same window (a feature update and its drift event, say) finds it and starts nothing.
+    """
+    lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
+    previous = champ.previous
+    trials = list(previous.top) or [t for t in [previous.best, *previous.pareto] if t]
+    warm = top_points(trials, champ.spec, top)
+    new_spec = retrain_spec(champ.spec, outcome.model, lo, hi, warm)
+    outcome.new_study = new_spec.name
+    if study_exists(new_spec.name, settings):
+        outcome.status = "already-retrained"
+        outcome.detail = f"study {new_spec.name} already covers this window"
+        return RetrainPlan(outcome)
+    run_logger().info(
+        "%s: retraining as study %s warm-started from %d points (%s)",
+        outcome.model,
+        new_spec.name,
+        len(warm),
+        ", ".join(outcome.drifted_features) or outcome.reason or "metric",
+    )
+    outcome.status, outcome.warm_start = "retrained", warm
+    return RetrainPlan(outcome, new_spec, recent)
+
+
+def plan_from_signal(
     model: str,
     start: datetime | None,
     end: datetime | None,
     *,
     settings: PipelineSettings,
     warm_start_top: int,
+    reason: str,
+    drifted_features: list[str] | None = None,
 ) -> RetrainPlan:
-    """Check one model's drift; when drifted, plan its warm-started retrain study."""
-    from tasks.register import load_study_spec
-    from tasks.study import load_study_result
+    """Plan the retrain a signal asks for (drift detected, performance degraded, rollback).
+
+    The signal's producer has judged already: no drift check runs again.
+    """
     from tasks.tracking import configure_mlflow
 
-    log = run_logger()
-    client = configure_mlflow(settings)
-    version, study = _champion_study(client, model, settings)
-    if version is None or study is None:
-        outcome = RetrainOutcome(
-            model, "no-champion", detail="no champion alias: run optimize first"
-        )
-        return RetrainPlan(outcome)
-    previous = load_study_result(study, settings)
-    spec = load_study_spec(previous.parent_run_id, settings)
-    lo, hi = resolve_window(start, end, spec, settings)
+    arms = serving_arms(configure_mlflow(settings), model, settings)
+    if not arms or arms[0].alias != CHAMPION:
+        detail = "no champion alias: run optimize first"
+        return RetrainPlan(RetrainOutcome(model, "no-champion", detail=detail))
+    champ = arms[0]
+    lo, hi = resolve_window(start, end, champ.spec, settings)
     window: dict[str, str | None] = {"start": lo.isoformat(), "end": hi.isoformat()}
-    outcome = RetrainOutcome(model, "not-drifted", version, study, window)
-
-    checked = _check_drift(client, outcome, spec, settings, lo, hi)
-    if checked is None:
+    outcome = RetrainOutcome(model, "retrained", champ.version, champ.study, window)
+    outcome.reason, outcome.drifted_features = reason, list(drifted_features or [])
+    recent = recent_for(champ.spec, outcome, settings, {})
+    if isinstance(recent, Exception):
+        outcome.status, outcome.detail = "no-recent-data", str(recent)
         return RetrainPlan(outcome)
-    report, recent = checked
-    outcome.drifted_features = report.drifted_features
-    outcome.metric_degraded = bool(report.metric and report.metric.degraded)
-    if not report.drifted:
-        outcome.detail = "no feature drifted and the champion's metric held: nothing to do"
-        log.info("%s v%s: no drift in %s..%s; stopping", model, version, lo, hi)
-        return RetrainPlan(outcome)
-
-    trials = list(previous.top) or [t for t in [previous.best, *previous.pareto] if t]
-    warm = top_points(trials, spec, warm_start_top)
-    new_spec = retrain_spec(spec, model, lo, hi, warm)
-    log.info(
-        "%s drifted (%s); retraining as study %s warm-started from %d points",
-        model,
-        ", ".join(report.drifted_features) or "metric",
-        new_spec.name,
-        len(warm),
-    )
-    outcome.status, outcome.new_study, outcome.warm_start = "retrained", new_spec.name, warm
-    return RetrainPlan(outcome, new_spec, recent)
-
-
-def _check_drift(
-    client: MlflowClient,
-    outcome: RetrainOutcome,
-    spec: StudySpec,
-    settings: PipelineSettings,
-    lo: datetime,
-    hi: datetime,
-) -> tuple[DriftReport, Any] | None:
-    """Run the champion's drift check on ``[lo, hi)``; None (and why, in ``outcome``) if none."""
-    model, version = outcome.model, str(outcome.champion_version)
-    log = run_logger()
-    reference = cast(pd.DataFrame, load_reference(model, version, spec, settings))
-    try:
-        recent = load_recent(windowed(spec, lo, hi), settings)
-    except ValueError as exc:  # DataError: no or too few labelled rows in the window
-        outcome.status, outcome.detail = "no-recent-data", str(exc)
-        log.info("%s: no recent data to check (%s)", model, exc)
-        return None
-    X, y = frame_of(recent)
-    features = [c for c in reference.columns if c in X.columns]
-    metric = champion_metric(client, model, version, spec, X, y)
-    try:
-        report = check_drift_task(
-            reference[features],
-            X[features],
-            spec.drift,
-            study=model,
-            model_version=version,
-            settings=settings,
-            metric=metric,
-            window=outcome.window,
-        )
-    except DriftError as exc:
-        outcome.status, outcome.detail = "no-recent-data", str(exc)
-        log.info("%s: %s", model, exc)
-        return None
-    return report, recent
+    return plan_retrain(outcome, champ, recent, settings, warm_start_top)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
