@@ -60,6 +60,10 @@ TAG_KIND = "banditflow.kind"  # what a run is: "drift" for drift checks
 TAG_DRIFTED = "banditflow.drifted"  # "true" | "false" on a drift-check run
 TAG_MODEL_VERSION = "banditflow.model_version"  # the version a drift check judged
 
+# --- MLflow's own experiment tag: a classic ML experiment, not the UI's GenAI view ------
+MLFLOW_EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_CLASSIC_ML = "custom_model_development"
+
 # --- Prefect events --------------------------------------------------------------------
 EVENT_FEATURES_UPDATED = "banditflow.features.updated"
 EVENT_PERFORMANCE_DEGRADED = "banditflow.performance.degraded"
@@ -122,6 +126,8 @@ __all__ = [
     "TAG_KIND",
     "TAG_DRIFTED",
     "TAG_MODEL_VERSION",
+    "MLFLOW_EXPERIMENT_KIND_TAG",
+    "EXPERIMENT_KIND_CLASSIC_ML",
     "EVENT_FEATURES_UPDATED",
     "EVENT_PERFORMANCE_DEGRADED",
     "EVENT_DRIFT_DETECTED",

@@ -1,7 +1,9 @@
-"""Register a study's candidates: load -> register -> gates -> aliases -> convert -> tell the world.
+"""Register a study's candidates: load -> register -> gates -> describe -> aliases -> tell.
 
 Run it right after ``optimize`` (the demo chains them) or with ``banditflow register STUDY``.
-The steps are tasks in ``tasks/register.py``; the result is described there.
+The steps are tasks in ``tasks/register.py``; the result is described there. Every tag
+(serving flavour, gates) and the description are written before any alias moves: a running
+service that sees a new challenger alias loads it in the flavour that passed the gates.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from prefect import flow
 from tasks.register import (
     assign_candidate_aliases,
     convert_candidates,
+    describe_candidates,
     emit_registered,
     gate_candidates,
     log_summary,
@@ -40,9 +43,10 @@ def register_trials(
 
     holdout = holdout_from(data, spec.gates)
     states = register_candidates(spec, study, trials, data, settings, parent_run_id)
-    states = gate_candidates(spec, states, holdout, settings)
-    states = assign_candidate_aliases(spec, study, states, settings)
+    states = gate_candidates(spec, states, holdout, settings, getattr(data, "feature_types", None))
     states = convert_candidates(spec, states, holdout, settings)
+    states = describe_candidates(spec, study, states, settings)
+    states = assign_candidate_aliases(spec, study, states, settings)  # last: tags are all set
     summary = summarize(spec, study, states, settings)
     emit_registered(summary)
     log_summary(summary)

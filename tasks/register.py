@@ -10,6 +10,7 @@ alias, serving_flavour, gates, ...}], "registered": {version: alias or None}}``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,11 @@ from prefect.cache_policies import NO_CACHE
 
 from contract import (
     EVENT_CANDIDATES_REGISTERED,
+    TAG_FAMILY,
     TAG_GATE_PREFIX,
+    TAG_METRIC_PREFIX,
     TAG_ONNX_FALLBACK,
+    TAG_PREFIX,
     TAG_SERVING_FLAVOUR,
     model_resource_id,
 )
@@ -127,9 +131,13 @@ def register_candidates(
 
 @task(name="run-gates", cache_policy=NO_CACHE)
 def gate_candidates(
-    spec: StudySpec, states: list[VersionState], holdout: Holdout, settings: PipelineSettings
+    spec: StudySpec,
+    states: list[VersionState],
+    holdout: Holdout,
+    settings: PipelineSettings,
+    feature_types: Mapping[str, str] | None = None,
 ) -> list[VersionState]:
-    """Run the spec's gates on each version not gated before; record the reports."""
+    """Decide each new version's serving flavour and gate it; record flavour and reports."""
     from tasks.gates import gate_and_record, recorded_verdict
     from tasks.registry import champion
 
@@ -152,6 +160,8 @@ def gate_candidates(
                 # A version is not judged against itself (a re-run after a crash).
                 champion=None if current is None or current[0] == state.version else current[1],
                 latency_calls=spec.evaluation.latency_calls,
+                convert_onnx=spec.registration.convert_onnx,
+                feature_types=feature_types,
             )
             passed, failures, score = report.passed, report.failures, report.metric_value
         state.passed, state.failures, state.score = passed, failures, score
@@ -184,7 +194,10 @@ def assign_candidate_aliases(
 def convert_candidates(
     spec: StudySpec, states: list[VersionState], holdout: Holdout, settings: PipelineSettings
 ) -> list[VersionState]:
-    """Give each passing version its serving flavour: ONNX when it agrees and is faster."""
+    """Give each passing version without one its serving flavour (the gates decide it first).
+
+    A version gated before the gates tagged flavours (an older registry) gets it here.
+    """
     from tasks.onnx import OnnxOutcome, convert_and_check, record_serving_flavour
 
     client = configure_mlflow(settings)
@@ -212,14 +225,69 @@ def convert_candidates(
     return states
 
 
+@task(name="describe-candidates", cache_policy=NO_CACHE)
+def describe_candidates(
+    spec: StudySpec, study: str, states: list[VersionState], settings: PipelineSettings
+) -> list[VersionState]:
+    """Write each version's human summary (gates, scores, flavour) as its description."""
+    client = configure_mlflow(settings)
+    for state in states:
+        tags = client.get_model_version(spec.name, state.version).tags or {}
+        text = version_description(spec, study, state, tags)
+        client.update_model_version(spec.name, state.version, description=text)
+    return states
+
+
+def version_description(
+    spec: StudySpec, study: str, state: VersionState, tags: Mapping[str, str]
+) -> str:
+    """Return a version's summary for the registry's page; the tags stay the audit log."""
+    verdict = "passed every gate" if state.passed else f"FAILED {', '.join(state.failures)}"
+    family = tags.get(TAG_FAMILY, spec.model.family)
+    lines = [f"**{verdict}** - study {study}, trial {state.registered.trial_id} ({family})", ""]
+    metric = spec.gates.performance.metric if spec.gates.performance else None
+    if metric and state.score is not None:
+        lines.append(f"- hold-out {metric}: {state.score:.4g}")
+    scores = {
+        k[len(TAG_METRIC_PREFIX) :]: v for k, v in tags.items() if k.startswith(TAG_METRIC_PREFIX)
+    }
+    if scores:
+        lines.append(
+            "- cross-validation: " + ", ".join(f"{k} {v}" for k, v in sorted(scores.items()))
+        )
+    lines += [f"- gate {name}: {value}" for name, value in sorted(gate_tags(tags).items())]
+    fallback = tags.get(TAG_ONNX_FALLBACK)
+    flavour = tags.get(TAG_SERVING_FLAVOUR, "-") + (f" ({fallback})" if fallback else "")
+    lines += [
+        f"- serves as: {flavour}",
+        f"- candidate run: {state.registered.run_id}",
+        "",
+        f"Every step is also a `{TAG_PREFIX}*` tag of this version (the audit log).",
+    ]
+    return "\n".join(lines)
+
+
+def gate_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Return ``{gate: "pass|fail: value=... threshold=..."}`` from a version's tags."""
+    return {k[len(TAG_GATE_PREFIX) :]: v for k, v in tags.items() if k.startswith(TAG_GATE_PREFIX)}
+
+
 def summarize(
     spec: StudySpec, study: str, states: list[VersionState], settings: PipelineSettings
 ) -> dict[str, Any]:
     """Return the flow's result (also the event's payload): each version and its verdict."""
+    from contract import aliases_of
+
     client = configure_mlflow(settings)
+    held: dict[str, list[str]] = {}
+    for alias, version in aliases_of(client, spec.name).items():
+        held.setdefault(version, []).append(alias)
     versions = []
     for state in states:
         tags = client.get_model_version(spec.name, state.version).tags or {}
+        # What the version holds now: a champion promoted before (by hand, or a re-run)
+        # shows as champion, not "-".
+        state.alias = ", ".join(sorted(held.get(state.version, []))) or state.alias
         versions.append(
             {
                 "version": state.version,
@@ -232,11 +300,8 @@ def summarize(
                 "alias": state.alias,
                 "serving_flavour": state.flavour,
                 "onnx_fallback_reason": tags.get(TAG_ONNX_FALLBACK),
-                "gates": {
-                    k[len(TAG_GATE_PREFIX) :]: v
-                    for k, v in tags.items()
-                    if k.startswith(TAG_GATE_PREFIX)
-                },
+                "description": client.get_model_version(spec.name, state.version).description,
+                "gates": gate_tags(tags),
             }
         )
     return {

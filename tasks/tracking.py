@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from contract import EXPERIMENT_KIND_CLASSIC_ML, MLFLOW_EXPERIMENT_KIND_TAG
 from tasks.settings import PipelineSettings, get_settings
 
 if TYPE_CHECKING:
@@ -26,5 +27,11 @@ def ensure_experiment(name: str, settings: PipelineSettings | None = None) -> st
     client = configure_mlflow(settings)
     existing = client.get_experiment_by_name(name)
     if existing is not None:
+        if (existing.tags or {}).get(MLFLOW_EXPERIMENT_KIND_TAG) is None:
+            client.set_experiment_tag(
+                existing.experiment_id, MLFLOW_EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_CLASSIC_ML
+            )
         return str(existing.experiment_id)
-    return str(client.create_experiment(name, artifact_location=settings.artifact_root))
+    # Tagged as a classic ML experiment, so the MLflow UI opens its runs table, not GenAI.
+    kind = {MLFLOW_EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_CLASSIC_ML}
+    return str(client.create_experiment(name, artifact_location=settings.artifact_root, tags=kind))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,12 @@ RUNNER_HELP = "Where trials run: threads | processes (warm pool) | dask (default
 def optimize(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="The study spec.")],
     trials: Annotated[
-        int | None, typer.Option("--trials", help="Override budget.max_trials.")
+        int | None,
+        typer.Option(
+            "--trials",
+            help="Run N more trials: on a resumed study, N after those it already has "
+            "(budget.max_trials becomes done + N); on a new one, N in all.",
+        ),
     ] = None,
     q: Annotated[int | None, typer.Option("--q", help="Trials in flight at once.")] = None,
     optimizer: Annotated[
@@ -26,9 +31,9 @@ def optimize(
 ) -> None:
     """Optimize a model family as the spec says; print the best trial (or the Pareto set)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tasks.spec import SpecError, StudySpec
+    from tasks.study import StudyStateError, check_resume, trials_so_far
 
     console = Console()
     if runner is not None and runner not in ("threads", "processes", "dask", "prefect-processes"):
@@ -37,56 +42,62 @@ def optimize(
     try:
         spec = StudySpec.from_yaml(spec_path)
         raw = spec.model_dump(mode="json")
+        done = trials_so_far(spec.name)
         if trials is not None:
-            raw["budget"]["max_trials"] = trials
+            if trials < 1:
+                raise SpecError(f"--trials must be at least 1, got {trials}")
+            raw["budget"]["max_trials"] = done + trials
         if q is not None:
             raw["q"] = q
         if optimizer is not None:
             raw["optimizer"] = optimizer
         spec = StudySpec.parse(raw, source=str(spec_path))
-    except SpecError as exc:
+        check_resume(spec)  # before Prefect starts: a changed spec is refused in a second
+    except (SpecError, StudyStateError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
 
+    from banditflow.commands.progress import StudyProgress
     from flows.optimize import optimize as optimize_flow
     from tasks.study import add_progress_listener
 
+    total = spec.budget.max_trials
+    if done:
+        more = f"{trials} more" if trials is not None else f"up to {max(total - done, 0)} more"
+        console.print(
+            f"resuming study {spec.name!r}: {done} trials so far, {more} (budget {total})"
+        )
     metric, direction = spec.primary_objective
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("best {task.fields[best]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"{spec.name} trials", total=spec.budget.max_trials, best="-")
-
-        def on_tell(event: dict[str, Any]) -> None:
-            best = event["best"]
-            shown = f"{metric}={best:.4g} ({direction})" if best is not None else "-"
-            progress.update(bar, completed=event["finished"], best=shown)
-
-        remove = add_progress_listener(on_tell)
-        try:
+    bar = StudyProgress(console, spec.name, total, done, metric, direction)
+    remove = add_progress_listener(bar.on_event)
+    try:
+        with bar.running():
             result = optimize_flow(spec, runner=runner)
-        finally:
-            remove()
+    finally:
+        remove()
     summary = (
         f"{result.n_completed} completed, {result.n_pruned} pruned, {result.n_failed} failed "
         f"in {result.wall_seconds:.1f} s ({result.stop_reason})"
     )
     console.print(summary)
+    if result.tuning_gain is not None and result.defaults is not None:
+        base = result.defaults.values.get(metric)
+        console.print(
+            f"tuning won {result.tuning_gain:+.4g} {metric} over the library defaults "
+            f"(trial {result.defaults.trial_id}: {metric}={base:.4g})"
+        )
     shown = [result.best] if result.best else result.pareto
     title = "best trial" if result.best else f"Pareto set ({len(result.pareto)} trials)"
     console.print(
-        f"[bold]{title}[/] (MLflow experiment {result.experiment_id}, run {result.parent_run_id})"
+        f"[bold]{title}[/] (MLflow experiment {result.experiment_id}, study run "
+        f"{result.parent_run_id})"
     )
     for record in shown:
         values = ", ".join(
             f"{k}={record.values[k]:.4g}" for k in spec.objectives if k in record.values
         )
-        console.print(f"  trial {record.trial_id}: {values}  params={record.params}")
+        run = f" (run {record.run_id})" if record.run_id else ""
+        console.print(f"  trial {record.trial_id}{run}: {values}  params={record.params}")
     if not shown:
         console.print("[yellow]no trial completed: see the failed trials' reasons in MLflow[/]")
         raise typer.Exit(code=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,6 +72,20 @@ def register_command(
 
     EventsWorker.drain_all(timeout=10)
     _print_summary(summary)
+    if not any(v["passed"] for v in summary["versions"]):
+        typer.secho(
+            f"error: no candidate of study {study} passed the gates, so nothing will serve.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        for line in failure_advice(summary):
+            typer.echo(f"  {line}", err=True)
+        typer.echo(
+            "Change the spec and run optimize and register again, or promote a version "
+            "anyway with `banditflow promote NAME VERSION --force`.",
+            err=True,
+        )
+        raise typer.Exit(code=2)
 
 
 @app.command()
@@ -79,21 +95,39 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why (kept in the version's history).")] = (
         "promoted by hand"
     ),
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote a version that failed its gates.")
+    ] = False,
 ) -> None:
     """Make VERSION the champion; the old champion becomes previous-champion."""
     from mlflow.exceptions import MlflowException
 
-    from contract import EVENT_ROLLOUT_PROMOTED
+    from contract import EVENT_ROLLOUT_PROMOTED, TAG_GATE_FAILURES, TAG_GATES, record_event
     from contract import promote as promote_version
 
     client = _client()
     try:
-        client.get_model_version(name, version)
-        result = promote_version(client, name, version, reason)
+        tags = client.get_model_version(name, version).tags or {}
     except MlflowException as exc:
         raise _fail(
             RuntimeError(f"model {name!r} has no version {version!r}: {exc.message}")
         ) from exc
+    failed = tags.get(TAG_GATES) == "failed"
+    failures = tags.get(TAG_GATE_FAILURES) or "unknown gates"
+    if failed and not force:
+        raise _fail(
+            RuntimeError(
+                f"{name} version {version} failed its gates ({failures}): `banditflow models "
+                f"{name}` shows by how much; add --force to promote it anyway (the force is "
+                "kept in its history)"
+            )
+        )
+    if failed:
+        record_event(
+            client, name, version, "forced", f"promoted despite failed gates ({failures}): {reason}"
+        )
+        reason = f"forced past failed gates ({failures}): {reason}"
+    result = promote_version(client, name, version, reason)
     _emit(EVENT_ROLLOUT_PROMOTED, name, version, {"reason": reason, **result})
     previous = result["previous"]
     typer.echo(
@@ -205,18 +239,49 @@ def model_tables(client: Any, name: str, *, history: bool = True) -> list[Any]:
     return tables
 
 
+_GATE_VALUE = re.compile(r"value=(\S+) (<=|>=) threshold=(\S+)")
+_ADVICE = {
+    "performance": "lower gates.performance.floor or max_regression in the spec, or search "
+    "longer (budget.max_trials) or a wider space",
+    "fairness": "raise the gates.fairness limits, or review the sensitive attribute and the "
+    "features that stand in for it",
+    "latency": "raise gates.latency_p95_ms, keep registration.convert_onnx on (ONNX serves "
+    "faster), or pick a lighter model family",
+    "size": "raise gates.max_model_bytes, or bound the model's size in the search space "
+    "(fewer, shallower trees)",
+}
+
+
+def failure_advice(summary: Mapping[str, Any]) -> list[str]:
+    """Return one line per failed gate of each version: by how much, and what to change."""
+    lines = []
+    for v in summary["versions"]:
+        failed = {g: t for g, t in v["gates"].items() if t.startswith("fail")}
+        for gate in sorted(failed) or v["failures"]:
+            text = failed.get(gate, "failed")
+            by = ""
+            if m := _GATE_VALUE.search(text):
+                try:
+                    by = f" (off by {abs(float(m.group(1)) - float(m.group(3))):.4g})"
+                except ValueError:
+                    by = ""
+            advice = _ADVICE.get(gate.split(".", 1)[0], "see the version's gate report")
+            lines.append(f"version {v['version']}: {gate} {text}{by}: {advice}")
+    return lines
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{summary['model']} <- study {summary['study']}")
-    for column in ("version", "trial", "new", "gates", "alias", "serving"):
+    for column in ("version", "trial (run)", "new", "gates", "alias", "serving"):
         table.add_column(column)
     for v in summary["versions"]:
         gates = "passed" if v["passed"] else f"failed: {', '.join(v['failures'])}"
         table.add_row(
             v["version"],
-            str(v["trial_id"]),
+            f"{v['trial_id']} ({v.get('run_id') or '-'})",
             "yes" if v["created"] else "no",
             gates,
             v["alias"] or "-",
