@@ -73,3 +73,85 @@ def test_retrain_of_an_unknown_model_says_what_to_do(settings) -> None:
 
     with pytest.raises(RetrainError, match="no registered model 'nope'"):
         retrain_model("nope", None, None, settings=settings, warm_start_top=3)
+
+
+def _drift_events(model: str, timeout: float = 30.0) -> list:
+    """Read the ``banditflow.drift.detected`` events of a model from the Prefect API."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.worker import EventsWorker
+
+    from contract import EVENT_DRIFT_DETECTED, model_resource_id
+
+    EventsWorker.drain_all(timeout=10)
+    wanted = EventFilter(
+        event=EventNameFilter(name=[EVENT_DRIFT_DETECTED]),
+        resource=EventResourceFilter(id_prefix=[model_resource_id(model)]),
+    )
+    deadline, events = time.monotonic() + timeout, []
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            events = list(client.read_events(filter=wanted, limit=10).events)
+            if events:
+                break
+            time.sleep(0.5)
+    return events
+
+
+@pytest.mark.slow
+def test_every_serving_arm_is_checked_and_a_signal_retrains_once(settings, prefect_harness) -> None:
+    from contract import CHAMPION, aliases_of
+    from flows.optimize import optimize
+    from flows.register import register
+    from flows.retrain import retrain
+    from tasks.datagen import GeneratorConfig, generate, labelled_sessions
+    from tasks.drift_check import check_model
+    from tasks.tracking import configure_mlflow
+
+    config = GeneratorConfig(
+        seed=1, n_customers=600, rows=9_000, start=START, days=60, drift_at=DRIFT_AT
+    )
+    generate(config, settings.data_dir)
+    table = settings.data_dir / "training.parquet"
+    labelled_sessions(settings.data_dir).to_parquet(table, index=False)
+    # The champion learnt from the drifted days; a challenger from the days before them.
+    late = small_spec("arms", table)
+    late = late.model_copy(
+        update={"data": late.data.model_copy(update={"start": DRIFT_AT, "end": config.end})}
+    )
+    early = small_spec("arms-early", table)
+    optimize(late)
+    register("arms", late)
+    optimize(early)
+    register("arms-early", early, model_name="arms")
+    client = configure_mlflow(settings)
+    aliases = aliases_of(client, "arms")
+    champion, challenger = aliases[CHAMPION], aliases.get("challenger-1")
+    assert challenger is not None, aliases
+
+    # The recent window is the champion's own: only the challenger's data has drifted.
+    plan = check_model("arms", DRIFT_AT, config.end, settings=settings, warm_start_top=2)
+    outcome = plan.outcome
+    assert set(outcome.arms) == {champion, challenger}
+    assert outcome.arms[champion]["drifted_features"] == []
+    assert "discount_rate_7d" in outcome.arms[challenger]["drifted_features"]
+    assert outcome.status == "retrained" and plan.spec is not None
+    [event] = _drift_events("arms")
+    assert event.payload["model"] == "arms"
+    assert event.payload["version"] == champion
+    assert "discount_rate_7d" in event.payload["arms"][challenger]["drifted_features"]
+    assert event.payload["start"] == outcome.window["start"]
+
+    # The event's consumer retrains without checking again, warm-started...
+    [signalled] = retrain(
+        model="arms", start=DRIFT_AT, end=config.end, reason="banditflow.drift.detected"
+    )
+    assert signalled["status"] == "retrained", signalled
+    assert signalled["new_study"] == plan.spec.name and signalled["warm_start"]
+    assert signalled["arms"] == {}  # no check ran
+    # ... and a second look at the same window starts nothing and emits nothing.
+    again = check_model("arms", DRIFT_AT, config.end, settings=settings, warm_start_top=2)
+    assert again.outcome.status == "already-retrained" and again.spec is None
+    assert len(_drift_events("arms")) == 1
