@@ -114,11 +114,11 @@ def onnx_feeds(
     """Build the session's feeds from a frame, given ``[(input name, onnx type), ...]``."""
     feeds = {}
     for name, onnx_type in input_names_types:
-        column = frame[[name]]
+        column = frame[name]  # a Series: a tenth of the cost of a one-column frame per row
         if onnx_type == "tensor(string)":
-            feeds[name] = column.astype(str).to_numpy()
+            feeds[name] = column.astype(str).to_numpy().reshape(-1, 1)
         else:
-            feeds[name] = column.to_numpy(dtype=np.float32)
+            feeds[name] = column.to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
     return feeds
 
 
