@@ -45,6 +45,7 @@ from rollout.store_schema import (
     shadow_log,
     sum_feedback,
 )
+from rollout.store_segments import SegmentCounters
 
 __all__ = [
     "DecisionRow",
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class Store(StoreReads):
+class Store(StoreReads, SegmentCounters):
     """SQL state of the rollout; safe to share between threads, processes and replicas."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
@@ -206,6 +207,7 @@ class Store(StoreReads):
             self._increment(
                 conn, {arm: (0.0, 0.0, 0.0, n, 0, 0.0, 0.0) for arm, n in served.items()}
             )
+            self._count_segment_decisions(conn, new_decisions)
         if shadows:
             conn.execute(
                 shadow_log.insert(),
@@ -259,6 +261,9 @@ class Store(StoreReads):
         inserted = self._insert_feedback(conn, list(candidates.values()))
         ordered = [candidates[rid] for rid in candidates if rid in inserted]
         self._count_rewards(conn, [(row["arm"], row["reward"]) for row in ordered], discount)
+        self._count_segment_rewards(
+            conn, [(row["request_id"], row["arm"], row["reward"]) for row in ordered]
+        )
         for i, f in enumerate(new_feedback):
             if statuses[i] == "accepted" and f.request_id not in inserted:
                 statuses[i] = "duplicate"
@@ -360,6 +365,14 @@ class Store(StoreReads):
                     (c["arm"], default_reward) for c in candidates if c["request_id"] in inserted
                 ]
                 self._count_rewards(conn, counted, discount)
+                self._count_segment_rewards(
+                    conn,
+                    [
+                        (c["request_id"], c["arm"], default_reward)
+                        for c in candidates
+                        if c["request_id"] in inserted
+                    ],
+                )
             conn.execute(
                 update(decisions)
                 .where(decisions.c.request_id.in_([rid for rid, _ in rows]))

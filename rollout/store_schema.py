@@ -88,6 +88,17 @@ _COUNTERS = (
 )
 Increment = tuple[float, float, float, int, int, float, float]
 
+segment_stats = Table(
+    "rollout_segment_stats",
+    metadata,
+    Column("segment", String(200), primary_key=True),
+    Column("arm", String(200), primary_key=True),
+    Column("served", Integer, nullable=False, default=0),
+    Column("outcomes", Integer, nullable=False, default=0),
+    Column("reward_sum", Float, nullable=False, default=0.0),
+    Column("reward_sq_sum", Float, nullable=False, default=0.0),
+)
+
 units = Table(
     "rollout_units",
     metadata,

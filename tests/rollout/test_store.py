@@ -192,3 +192,22 @@ def test_decisions_keep_propensity_policy_and_segment(store: Store) -> None:
     counts, log_p, _ = store.logged_assignments(now - 1, now)
     assert counts == {"v1": 1, "v2": 1}  # the sticky unit's decision is not counted
     assert log_p == pytest.approx(math.log(0.25) + math.log(0.75))
+
+
+def test_segment_counters_follow_each_decisions_segment(store: Store) -> None:
+    now = time.time()
+    store.apply_batch(
+        [
+            DecisionRow("n1", "v1", now, None, 0.5, None, "region=north"),
+            DecisionRow("n2", "v2", now, None, 0.5, None, "region=north"),
+            DecisionRow("s1", "v1", now - 100, None, 0.5, None, "region=south"),
+            DecisionRow("x1", "v1", now, None, 0.5, None, None),
+        ],
+        [FeedbackRow("n1", 1.0, "v1", now), FeedbackRow("x1", 1.0, "v1", now)],
+    )
+    store.apply_batch([], [FeedbackRow("n2", 0.5, "v2", now), FeedbackRow("n1", 1.0, "v1", now)])
+    store.expire(now - 10, mode="default", default_reward=0.0)  # s1 counts as a 0
+    seg = store.read_segment_stats()
+    assert seg["region=north"] == {"v1": (1, 1, 1.0, 1.0), "v2": (1, 1, 0.5, 0.25)}
+    assert seg["region=south"] == {"v1": (1, 1, 0.0, 0.0)}
+    assert set(seg) == {"region=north", "region=south"}
