@@ -46,6 +46,7 @@ _BUILTINS = {
     "ucb1": "rollout.policies.ucb:UCB1",
     "epsilon-greedy": "rollout.policies.epsilon:EpsilonGreedy",
     "fixed": "rollout.policies.fixed:FixedSplit",
+    "contextual-thompson": "rollout.policies.contextual:ContextualThompson",
 }
 
 _REQUIRED_ATTRIBUTES = ("name", "params", "reward_kind", "reward_range", "discount")

@@ -37,6 +37,7 @@ POLICY_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("epsilon-greedy", {"epsilon": 0.2}),
     ("fixed", {}),
     ("fixed", {"weights": {"a": 3.0, "b": 1.0, "c": 0.0}}),
+    ("contextual-thompson", {"pool_weight": 10.0, "min_share": 0.1}),
 ]
 
 ARM_SETS: dict[str, list[ArmStats]] = {
@@ -378,3 +379,20 @@ def test_get_policy_finds_a_third_party_policy(installed_plugin: Path) -> None:
     }
     with pytest.raises(InvalidPolicyParamsError, match="slack=-1"):
         get_policy("least-pulled", slack=-1)
+
+
+def test_contextual_thompson_routes_each_segment_by_its_own_evidence() -> None:
+    from rollout.policies.contextual import ContextualThompson
+
+    policy = get_policy("contextual-thompson")
+    assert isinstance(policy, ContextualThompson)
+    pooled = [ArmStats("a", 20_000, 1_200), ArmStats("b", 20_000, 1_000)]
+    north = [ArmStats("a", 5_000, 200), ArmStats("b", 5_000, 400)]  # b wins here
+    empty = [ArmStats("a"), ArmStats("b")]
+    rng = np.random.default_rng(0)
+    assert policy.segment_allocation(north, pooled, rng)["b"] > 0.99
+    # A segment with no outcomes follows the pooled rates (a: 6 % against 5 %), shrunk.
+    share = policy.segment_allocation(empty, pooled, rng)["a"]
+    assert 0.5 < share < 0.9
+    with pytest.raises(InvalidArmsError, match="same arms"):
+        policy.segment_draws(north, pooled[::-1], rng, 10)
