@@ -147,3 +147,27 @@ def test_optimize_then_register_crowns_a_champion_and_gates_a_challenger(
     assert len(client.search_model_versions(f"name='{spec.name}'")) == 2
     assert aliases_of(client, spec.name)[CHAMPION] == champion["version"]
     assert read_history(client, spec.name) == history
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_register_command_fails_and_says_what_to_change_when_no_candidate_passes(
+    prefect_harness, settings, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from banditflow.cli import app
+    from flows.optimize import optimize
+
+    spec = study_spec(write_rows(tmp_path / "rows.csv"))
+    # No model answers a single row in a nanosecond: every candidate fails on latency.
+    gates = spec.gates.model_copy(update={"latency_p95_ms": 1e-6})
+    spec = spec.model_copy(update={"name": "too-strict", "gates": gates})
+    optimize(spec)
+
+    result = CliRunner().invoke(app, ["register", "too-strict"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "no candidate of study too-strict passed the gates" in result.output
+    assert "latency fail: value=" in result.output and "off by" in result.output
+    assert "raise gates.latency_p95_ms" in result.output
+    assert "--force" in result.output
