@@ -25,7 +25,7 @@ Statistics must be plain sums (undiscounted): discounting shrinks the evidence t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -260,6 +260,7 @@ def decide(
     *,
     policy: Policy | None = None,
     reward_kind: RewardKind | None = None,
+    blocker: Callable[[str], str | None] | None = None,
 ) -> list[Decision]:
     """Return one decision per challenger (in order); at most one is "promote".
 
@@ -274,7 +275,9 @@ def decide(
     Pure: call it as often as you like (after every outcome if you wish); the
     always-valid test keeps the wrong-promotion rate at ``rule.false_promotion_rate``.
     Pass the *plain* (undiscounted) statistics (``StoredStats.plain_stats``) and the
-    configured policy, whose posterior gives P(best) and expected loss.
+    configured policy, whose posterior gives P(best) and expected loss. ``blocker(arm)``
+    may veto a promotion with a reason (``rollout.multimetric``: a guardrail metric not
+    shown non-inferior); the best of the promotions it lets through is chosen.
     """
     reward_kind = _kind(policy, reward_kind)
     if not challengers:
@@ -293,9 +296,11 @@ def decide(
         head_to_head = posterior_summary(
             [champion, ch], rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
         )[ch.arm].p_best
-        decisions.append(
-            _judge(champion, ch, summary[ch.arm], head_to_head, rule, reward_kind, bars)
-        )
+        d = _judge(champion, ch, summary[ch.arm], head_to_head, rule, reward_kind, bars)
+        veto = blocker(ch.arm) if blocker is not None and d.action == "promote" else None
+        if veto is not None:
+            d = _keep(ch.arm, f"keep {ch.arm}: {veto}", summary[ch.arm], d.evidence)
+        decisions.append(d)
     return _one_promotion(decisions, summary)
 
 
