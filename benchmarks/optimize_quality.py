@@ -1,13 +1,18 @@
 """Bayesmark-style quality of the optimizers: best CV score after N trials, normalised.
 
 For each (model family x sklearn dataset) problem, each method (ours: hyperopt, ax, random;
-Optuna's TPE as the outside reference) runs studies of the largest budget with q points
-per round (ask q, tell q) over several seeds. The score at a budget is normalised per
-problem: 0 = random search's mean best at that budget, 100 = the best value any method
-found on the problem. Writes benchmarks/results/optimize_quality.{json,md}.
+hyperopt's own ``fmin`` loop and Optuna's TPE as the outside references) runs studies of
+the largest budget with q points per round (ask q, tell q) over several seeds. The score
+at a budget is normalised per problem: 0 = random search's mean best at that budget,
+100 = the best value any method found on the problem.
+Writes benchmarks/results/optimize_quality.{json,md}.
 
     .venv/bin/python benchmarks/optimize_quality.py --quick
     nice -n 10 .venv/bin/python benchmarks/optimize_quality.py --seeds 5 --trials 16,32
+    # the TPE comparison sized to minutes (about 6 min on 2 busy cores):
+    nice -n 10 .venv/bin/python benchmarks/optimize_quality.py --seeds 10 --trials 16,32 \
+        --problems logreg-breast_cancer,rf-wine --methods random,hyperopt,hyperopt-fmin,optuna-tpe \
+        --out benchmarks/results/tpe
 """
 
 from __future__ import annotations
@@ -198,10 +203,46 @@ class OptunaTPE:
         self.study.tell(self.trials.pop(trial_id), value)
 
 
+def run_fmin(problem: Problem, evaluate: Evaluator, seed: int, budget: int) -> dict[str, Any]:
+    """Hyperopt's own loop: ``fmin`` with TPE and hyperopt's defaults, on the same space."""
+    import logging
+
+    from hyperopt import STATUS_OK, Trials, fmin, tpe
+
+    from tasks.optimizers.hyperopt import _flatten, build_hyperopt_space
+    from tasks.optimizers.space import normalise_space
+
+    logging.getLogger("hyperopt").setLevel(logging.WARNING)
+    space = normalise_space(problem.space)
+    trace: list[float] = []
+    ask_seconds: list[float] = []
+    last = [time.perf_counter()]
+
+    def objective(sample: dict[str, Any]) -> dict[str, Any]:
+        ask_seconds.append(time.perf_counter() - last[0])
+        value = evaluate(space.validate_point(_flatten(sample, {}), clip=True))
+        trace.append(max(value, trace[-1]) if trace else value)
+        last[0] = time.perf_counter()
+        return {"loss": -value, "status": STATUS_OK}  # fmin minimizes
+
+    fmin(
+        objective,
+        build_hyperopt_space(space),
+        algo=tpe.suggest,
+        max_evals=budget,
+        trials=Trials(),
+        rstate=np.random.default_rng(seed),
+        show_progressbar=False,
+    )
+    return {"trace": trace, "ask_seconds": ask_seconds, "model_ask_seconds": []}
+
+
 def run_study(
     method: str, problem: Problem, evaluate: Evaluator, seed: int, q: int, budget: int
 ) -> dict[str, Any]:
     """Run one study to ``budget`` trials, q per round; return the best-so-far trace."""
+    if method == "hyperopt-fmin":
+        return run_fmin(problem, evaluate, seed, budget)
     trace: list[float] = []
     ask_seconds: list[float] = []
     model_ask_seconds: list[float] = []
@@ -381,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=0, help="to split seeds over processes")
     parser.add_argument("--trials", default="16,32", help="budgets, comma-separated")
     parser.add_argument("--problems", default=",".join(p for p in PROBLEMS if p != "rf-digits"))
-    parser.add_argument("--methods", default="random,hyperopt,optuna-tpe,ax")
+    parser.add_argument("--methods", default="random,hyperopt,hyperopt-fmin,optuna-tpe,ax")
     parser.add_argument("--q", default="1,4", help="points per round, comma-separated")
     parser.add_argument("--quick", action="store_true", help="2 problems, 2 seeds, 8/16 trials")
     parser.add_argument("--out", default=str(RESULTS))
@@ -414,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in problems:
             for method in methods:
-                # random search does not depend on q: one run stands for every q
-                for q in [1] if method == "random" else qs:
+                # random search does not depend on q, and fmin is sequential: one run each
+                for q in [1] if method in ("random", "hyperopt-fmin") else qs:
                     t0 = time.perf_counter()
                     result = run_study(
                         method, PROBLEMS[name], evaluators[name], seed, q, budgets[-1]

@@ -13,7 +13,7 @@ from tasks.evaluate import EvalConfig, TrialOutcome
 from tasks.executors import TrialExecutor, run_trial
 from tasks.settings import get_settings
 from tasks.spec import StudySpec
-from tasks.study import Study, StudyResult
+from tasks.study import Study, StudyResult, notify
 
 load_data = task(name="load-study-data", cache_policy=NO_CACHE)(load_study_data)
 evaluate = task(name="evaluate-trial", task_run_name="trial-{trial_id}", cache_policy=NO_CACHE)(
@@ -30,10 +30,13 @@ def optimize(spec: StudySpec, runner: str | None = None) -> StudyResult:
     """
     settings = get_settings().ensure_dirs()
     logger = get_run_logger()
+    notify({"phase": "loading data"})
     data: StudyData = load_data(spec, settings)
     logger.info("data: %s", data.summary())
     config = EvalConfig.from_spec(spec)
+    notify({"phase": "opening study"})
     study = Study.open(spec, settings)
+    notify({"phase": "trials", "finished": study.n_finished})
     kind = runner or settings.task_runner
     data_path = str(settings.studies_dir / f"{spec.name}.data.pkl")
     try:
@@ -55,6 +58,7 @@ def optimize(spec: StudySpec, runner: str | None = None) -> StudyResult:
                 outcome = _outcome(finished, trial)
                 record = study.tell(trial, outcome)
                 logger.info("trial %s %s %s", trial.id, record.status, _short(record.values, spec))
+        notify({"phase": "finishing"})
         result = study.finish()
     finally:
         study.close()

@@ -85,6 +85,19 @@ class ModelSpec(_Strict):
     space: dict[str, ParamSpec] | None = None  # None: the family's default space
     fixed: dict[str, Any] = Field(default_factory=dict)  # passed to every trial as-is
 
+    @field_validator("family")
+    @classmethod
+    def _available(cls, family: str) -> str:
+        # At validation, not in every trial: an extra that is not installed (xgboost) is
+        # refused here with its pip line, instead of failing each trial behind an MLflow tag.
+        from tasks.models import ModelFamilyError, get_family
+
+        try:
+            get_family(family)
+        except ModelFamilyError as exc:
+            raise ValueError(str(exc)) from None
+        return family
+
     @field_validator("space")
     @classmethod
     def _non_empty(cls, space: dict[str, ParamSpec] | None) -> dict[str, ParamSpec] | None:

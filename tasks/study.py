@@ -13,17 +13,20 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.settings import PipelineSettings, get_settings
 from tasks.study_meta import (
     DefaultsUnavailable,
     StudyMeta,
-    changed_fields,
+    StudyStateError,
+    refuse_resume,
+    check_resume,
     library_defaults,
     meta_path,
     search_fields,
+    study_state_path,
+    trials_so_far,
 )
 from tasks.study_record import (
     MlflowWriter,
@@ -59,16 +62,14 @@ __all__ = [
     "StudyStateError",
     "TrialRecord",
     "add_progress_listener",
+    "check_resume",
     "artifact_key",
     "child_runs",
     "find_study_run",
     "load_study_result",
     "study_state_path",
+    "trials_so_far",
 ]
-
-
-class StudyStateError(RuntimeError):
-    """A saved study cannot be resumed with this spec (say what to change)."""
 
 
 # --- progress listeners (the CLI's progress bar) ------------------------------------------
@@ -131,16 +132,10 @@ class Study:
         spec = self.spec
         if not self.state_path.exists():
             return self._new_optimizer()
+        check_resume(spec, self.settings)
         optimizer = load_optimizer(self.state_path)
-        changed = [] if self.meta is None else changed_fields(self.meta.search, spec)
         if optimizer.name != spec.optimizer or dict(optimizer.objectives) != dict(spec.objectives):
-            changed.insert(0, f"optimizer/objectives ({optimizer.name} {optimizer.objectives})")
-        if changed:
-            raise StudyStateError(
-                f"study {spec.name!r} was saved with another spec; changed: "
-                f"{'; '.join(changed[:6])}. Resume with the saved spec, give the study a new "
-                f"name (e.g. {spec.name}-v2), or delete {self.state_path} to start over"
-            )
+            refuse_resume(spec, self.state_path, [f"optimizer/objectives ({optimizer.name} -> ...)"])
         self.resumed = True
         # Trials pending at a crash were never told: evaluate them again (same id and
         # params), so no budget is lost and no finished trial is re-run.
@@ -365,11 +360,6 @@ class Study:
     def close(self) -> None:
         """Stop the background writer (after ``finish`` or on an error)."""
         self.writer.close()
-
-
-def study_state_path(study_name: str, settings: PipelineSettings | None = None) -> Path:
-    """Return where a study's optimizer state is saved (for resume)."""
-    return (settings or get_settings()).studies_dir / f"{study_name}.json"
 
 
 # Older names, kept for callers outside the study modules.

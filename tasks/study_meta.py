@@ -14,9 +14,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks.settings import PipelineSettings, get_settings
+
 if TYPE_CHECKING:
     from tasks.optimizers.space import Space
     from tasks.spec import StudySpec
+
+
+class StudyStateError(RuntimeError):
+    """A saved study cannot be resumed with this spec (say what to change)."""
+
 
 # The spec fields that define what is searched and how it is scored. Budget, q, gates,
 # registration and drift may change between runs of one study (e.g. ``--trials``).
@@ -142,3 +149,46 @@ def _same_value(a: Any, b: Any) -> bool:
         return bool(a == b)
     except (TypeError, ValueError):
         return False
+
+
+def study_state_path(study_name: str, settings: PipelineSettings | None = None) -> Path:
+    """Return where a study's optimizer state is saved (for resume)."""
+    return (settings or get_settings()).studies_dir / f"{study_name}.json"
+
+
+def check_resume(spec: StudySpec, settings: PipelineSettings | None = None) -> None:
+    """Refuse, naming the fields, to resume a saved study with a changed search spec.
+
+    Budget, q, gates and registration may change between runs; what is searched and how
+    it is scored may not (a new name starts a new study). Reads JSON only: cheap.
+    """
+    state = study_state_path(spec.name, settings)
+    meta = StudyMeta.load(meta_path(state)) if state.exists() else None
+    if meta is not None:
+        changed = changed_fields(meta.search, spec)
+        if changed:
+            refuse_resume(spec, state, changed)
+
+
+def refuse_resume(spec: StudySpec, state: Path, changed: list[str]) -> None:
+    raise StudyStateError(
+        f"study {spec.name!r} was saved with another spec; changed: {'; '.join(changed[:6])}. "
+        f"Resume with the saved spec, give the study a new name (e.g. {spec.name}-v2), or "
+        f"delete {state} to start over"
+    )
+
+
+def trials_so_far(study_name: str, settings: PipelineSettings | None = None) -> int:
+    """Return how many trials a saved study has handed out (0 for a new study).
+
+    Reads the state file as JSON: no optimizer library is imported.
+    """
+    import json
+
+    path = study_state_path(study_name, settings)
+    if not path.exists():
+        return 0
+    try:
+        return len(json.loads(path.read_text()).get("history", []))
+    except (OSError, ValueError):
+        return 0

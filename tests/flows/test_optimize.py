@@ -265,3 +265,40 @@ def test_study_budget_patience_and_pruning_median(flow_settings, tmp_path) -> No
     assert result.best.trial_id == "1" and result.best.role == "warm_start"
     assert result.defaults.trial_id == "0"
     assert result.tuning_gain == pytest.approx(0.10)  # 0.80 best - 0.70 defaults
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cli_trials_means_more_trials_shows_phases_and_refuses_a_changed_spec(
+    prefect_harness, flow_settings, tmp_path
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from banditflow.cli import app
+    from tasks.study import add_progress_listener
+
+    spec = make_spec(write_data(tmp_path / "d.csv"), name="clitrials", budget={"max_trials": 3})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    phases: list[str] = []
+    remove = add_progress_listener(lambda event: phases.append(str(event.get("phase"))))
+    try:
+        first = CliRunner().invoke(app, ["optimize", str(path), "--trials", "2"])
+        again = CliRunner().invoke(app, ["optimize", str(path), "--trials", "2"])
+    finally:
+        remove()
+    assert first.exit_code == 0, first.output
+    assert "2 completed" in first.output and "over the library defaults" in first.output
+    assert again.exit_code == 0, again.output
+    assert "resuming study 'clitrials': 2 trials so far, 2 more (budget 4)" in again.output
+    assert "2 completed" not in again.output and "4 completed" in again.output
+    # The bar names each phase before the first trial: data, the study, then trials.
+    assert phases[:3] == ["loading data", "opening study", "trials"]
+    assert "finishing" in phases
+    changed = spec.model_dump(mode="json")
+    changed["evaluation"]["folds"] = 4
+    path.write_text(yaml.safe_dump(changed))
+    refused = CliRunner().invoke(app, ["optimize", str(path), "--trials", "1"])
+    assert refused.exit_code == 2
+    assert "evaluation.folds (3 -> 4)" in " ".join(refused.output.split())

@@ -188,3 +188,14 @@ def test_resuming_with_a_changed_spec_is_refused_naming_the_field(settings) -> N
     other = make_spec(name="changed", evaluation={"folds": 5, "latency_calls": 10})
     with pytest.raises(StudyStateError, match=r"evaluation\.folds \(3 -> 5\).*changed-v2"):
         Study.open(other, settings)
+
+
+def test_an_unavailable_family_is_refused_at_validation_with_the_pip_line() -> None:
+    import importlib.util
+
+    from tasks.spec import SpecError
+
+    if importlib.util.find_spec("xgboost") is not None:
+        pytest.skip("xgboost is installed here")
+    with pytest.raises(SpecError, match=r"model\.family: .*pip install 'banditflow\[xgboost\]'"):
+        make_spec(name="xgb", model={"family": "xgboost"})
