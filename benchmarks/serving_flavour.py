@@ -51,6 +51,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 1.0},
     "random_forest": {"n_estimators": 120, "max_depth": 10, "min_samples_leaf": 4},
     "hist_gradient_boosting": {"max_iter": 120, "max_leaf_nodes": 31, "learning_rate": 0.1},
+    "mlp": {"hidden_units": 128, "layers": 2, "alpha": 1.0, "early_stopping": True},
 }
 Rows = Sequence[Mapping[str, Any]]
 

@@ -156,7 +156,7 @@ MLP = register_family(
     {
         "hidden_units": {"type": "int", "low": 16, "high": 256, "log": True},
         "layers": {"type": "int", "low": 1, "high": 2},
-        "alpha": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
+        "alpha": {"type": "float", "low": 1e-5, "high": 10.0, "log": True},
         "learning_rate_init": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     },
     preprocessing="linear",

@@ -286,3 +286,34 @@ def test_a_family_installed_as_a_package_runs_in_a_process_pool_worker(
     assert "extra_trees" not in models._FAMILIES  # the worker found it by itself
     # ... and so does this process, by name, through the same entry point.
     assert get_family("extra_trees").builder.__module__ == "banditflow_extra_trees"
+
+
+@pytest.mark.slow
+def test_a_family_installed_as_a_package_runs_on_a_dask_worker(installed_family: Path, mixed):
+    """A Dask worker process (spawned by its nanny) finds the family by its entry point."""
+    distributed = pytest.importorskip("distributed")
+    from tasks.data import split_study_data
+    from tasks.evaluate import EvalConfig, evaluate_trial
+    from tasks.spec import StudySpec
+
+    X, y, _ = mixed
+    spec = StudySpec.parse(
+        {
+            "name": "d",
+            "data": {"source": "file", "path": "x.csv", "target": "y", "timestamp_column": None},
+            "evaluation": {"folds": 2, "latency_calls": 10},
+            "gates": {"performance": None},
+        }
+    )
+    data = split_study_data(X.assign(y=y), spec)
+    config = EvalConfig(**{**EvalConfig.from_spec(spec).__dict__, "family": "extra_trees"})
+    unregister_family("extra_trees")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        outcome = client.submit(evaluate_trial, config, {"n_estimators": 15}, data).result()
+    assert outcome.status == "completed", outcome.reason
+    assert outcome.values["roc_auc"] > 0.7
