@@ -176,11 +176,11 @@ def assign_candidate_aliases(
     from tasks.registry import GatedVersion, assign_aliases
 
     client = configure_mlflow(settings)
-    direction = "maximize"
+    direction: str = "maximize"
     if spec.gates.performance is not None:
-        from tasks.spec import metrics_for
+        from tasks.metrics import direction_of
 
-        direction = metrics_for(spec.task).get(spec.gates.performance.metric, "maximize")
+        direction = direction_of(spec.gates.performance.metric, spec.task)
     gated: list[GatedVersion] = [
         GatedVersion(s.version, bool(s.passed), s.score, s.failures) for s in states
     ]
