@@ -19,6 +19,7 @@ app = typer.Typer(
 
 # Each import below registers a group of commands on `app` (kept in this order in --help).
 from banditflow.commands import data as _data  # noqa: E402,F401
+from banditflow.commands import environment as _environment  # noqa: E402,F401
 from banditflow.commands import evaluate as _evaluate  # noqa: E402,F401
 from banditflow.commands import loop as _loop  # noqa: E402,F401
 from banditflow.commands import ops as _ops  # noqa: E402,F401

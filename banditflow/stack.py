@@ -124,6 +124,9 @@ def prefect_database_url(home: Path) -> str:
 def stack_env(home: Path, prefect_port: int) -> dict[str, str]:
     """Return the environment every process of the stack shares."""
     env = dict(os.environ)
+    # The stack's processes log to run/<name>.log, not to the CLI's library log.
+    if env.get("PREFECT_LOGGING_SETTINGS_PATH") == str(prefect_home(home) / "logging.yml"):
+        del env["PREFECT_LOGGING_SETTINGS_PATH"]
     api = f"http://{HOST}:{prefect_port}/api"
     env.update(
         {

@@ -161,7 +161,7 @@ def ingest_day(arrivals: Arrivals, *, settings: Any) -> dict[str, int]:
     them. The push goes through the project's ingestion task, which emits
     ``banditflow.features.updated``.
     """
-    from tasks.features import flush_events, push_activity
+    from tasks.ingest import flush_events, push_activity
 
     labels = append_labels(arrivals.labels, settings.data_dir)
     pushed = 0
@@ -173,7 +173,8 @@ def ingest_day(arrivals: Arrivals, *, settings: Any) -> dict[str, int]:
 
 def ingest_history(plan: WorldPlan, *, settings: Any) -> dict[str, int]:
     """The first ingestion: apply the feature repository and materialize the history."""
-    from tasks.features import apply_repository, flush_events, materialize_incremental
+    from tasks.features import apply_repository
+    from tasks.ingest import flush_events, materialize_incremental
 
     applied = apply_repository(settings)
     updates = materialize_incremental(plan.live_start + timedelta(seconds=1), settings=settings)

@@ -33,8 +33,8 @@ from tasks.features import (
     build_training_set,
     get_online_features,
     get_store,
-    materialize_incremental,
 )
+from tasks.ingest import materialize_incremental
 from tasks.settings import PipelineSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"

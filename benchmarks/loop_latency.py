@@ -100,7 +100,7 @@ def one_loop(client: Any, settings: PipelineSettings, days: int, deployment_id: 
     )
 
     from contract import TAG_STUDY
-    from tasks.features import flush_events, push_activity
+    from tasks.ingest import flush_events, push_activity
     from tasks.tracking import configure_mlflow
 
     def retrain_runs() -> list[Any]:

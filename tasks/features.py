@@ -1,7 +1,8 @@
-"""Feature tasks: apply the Feast repository, build training sets, materialize, look up.
+"""Feature tasks: apply the Feast repository, build training sets, look up online values.
 
 Each function is plain (testable without Prefect) and has a Prefect task beside it
-(``build_training_set_task`` ...). Feast is imported inside the functions: it takes about
+(``build_training_set_task`` ...); ingestion (materialize, push, its event) is in
+``tasks/ingest.py``. Feast is imported inside the functions: it takes about
 10 s to import, and flows that never touch features should not pay for it.
 """
 
@@ -13,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,12 +23,10 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from contract import EVENT_FEATURES_UPDATED, feature_view_resource_id
 from tasks.settings import PipelineSettings, get_settings
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
-    from prefect.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def get_store(
         return store
 
 
-def _require_data(settings: PipelineSettings) -> None:
+def require_data(settings: PipelineSettings) -> None:
     missing = [name for name in REQUIRED_DATA if not (settings.data_dir / name).exists()]
     if missing:
         raise DataNotGeneratedError(
@@ -178,7 +177,7 @@ def load_definitions(settings: PipelineSettings) -> list[Any]:
 def apply_repository(settings: PipelineSettings | None = None) -> list[str]:
     """Register the repository's objects in the registry and create the online tables."""
     settings = (settings or get_settings()).ensure_dirs()
-    _require_data(settings)
+    require_data(settings)
     objects = load_definitions(settings)
     store = get_store(settings)
     try:
@@ -207,7 +206,7 @@ def feature_names(service: FeatureService) -> list[str]:
     return [f.name for proj in service.feature_view_projections for f in proj.features]
 
 
-def _as_utc(values: Any) -> pd.Series:
+def as_utc(values: Any) -> pd.Series:
     stamps = pd.to_datetime(values)
     if getattr(stamps.dt, "tz", None) is None:
         return stamps.dt.tz_localize(UTC)
@@ -248,14 +247,14 @@ def build_training_set(
         raise LabelsError("no label rows: pass at least one row")
     if labels[ENTITY_KEY].isna().any() or labels[TIMESTAMP].isna().any():
         raise LabelsError(f"label rows have empty {ENTITY_KEY!r} or {TIMESTAMP!r} values")
-    _require_data(settings)
+    require_data(settings)
     store = get_store(settings, offline_store=offline_store)
     service = _service(store, feature_service)
 
     entity = pd.DataFrame(
         {
             ENTITY_KEY: labels[ENTITY_KEY].to_numpy(np.int64),
-            TIMESTAMP: _as_utc(labels[TIMESTAMP])
+            TIMESTAMP: as_utc(labels[TIMESTAMP])
             .astype("datetime64[ns, UTC]")
             .reset_index(drop=True),
             target: labels[target].to_numpy(),
@@ -290,149 +289,7 @@ def build_training_set(
     return pd.concat([entity[[ENTITY_KEY, TIMESTAMP, target]], features], axis=1)
 
 
-# --- online: materialize, push, look up ------------------------------------------------
-def _source_window(path: str, start: datetime | None, end: datetime) -> tuple[datetime, int, int]:
-    """Return the earliest timestamp (if start is None), source rows and entities in a window."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=[ENTITY_KEY, TIMESTAMP])
-    stamps = table.column(TIMESTAMP)
-    if start is None:
-        earliest = pc.min(stamps).as_py()
-        start = earliest if earliest is not None else end
-    assert start is not None
-    mask = pc.and_(
-        pc.greater_equal(stamps, pa_scalar(start)), pc.less_equal(stamps, pa_scalar(end))
-    )
-    window = table.filter(mask)
-    entities = len(pc.unique(window.column(ENTITY_KEY)))
-    return start, window.num_rows, entities
-
-
-def pa_scalar(moment: datetime) -> Any:
-    """Return a UTC nanosecond timestamp scalar for pyarrow comparisons."""
-    import pyarrow as pa
-
-    return pa.scalar(pd.Timestamp(moment).tz_convert(UTC).value, pa.timestamp("ns", tz="UTC"))
-
-
-def materialize_incremental(
-    end: datetime | None = None, *, settings: PipelineSettings | None = None
-) -> list[dict[str, Any]]:
-    """Load each view's offline rows since its last materialization into the online store.
-
-    A view never materialized starts at its source's earliest row (Feast's own
-    incremental default, now - TTL, would miss history older than the TTL). Emits
-    ``banditflow.features.updated`` per view that received rows.
-    """
-    from feast import FileSource
-
-    settings = settings or get_settings()
-    _require_data(settings)
-    store = get_store(settings)
-    store.refresh_registry()
-    views = store.list_feature_views()
-    if not views:
-        raise RepositoryNotAppliedError(
-            "the Feast registry has no feature views: run `banditflow features apply` first"
-        )
-    end = _utc(end or datetime.now(UTC))
-    updates = []
-    for view in views:
-        source = view.batch_source
-        if not isinstance(source, FileSource):
-            raise FeatureError(f"view {view.name!r} does not read a parquet FileSource")
-        last = view.most_recent_end_time
-        start, source_rows, entities = _source_window(
-            source.path, _utc(last) if last else None, end
-        )
-        if start >= end:
-            continue
-        try:
-            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
-        except Exception as exc:
-            raise FeatureStoreError(f"materializing {view.name!r} failed: {exc}") from exc
-        update = {
-            "feature_view": view.name,
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "rows": entities,
-            "source_rows": source_rows,
-        }
-        updates.append(update)
-        if entities:
-            emit_features_updated(view.name, start, end, entities)
-    return updates
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def push_activity(
-    rows: pd.DataFrame,
-    *,
-    settings: PipelineSettings | None = None,
-    to: Literal["online", "online_and_offline"] = "online",
-) -> int:
-    """Push fresh activity rows through ``activity_push`` (online store; optionally the file).
-
-    ``online_and_offline`` also appends the rows to the view's parquet source, with its
-    column types, by rewriting the file (so online by default). Feast's own offline push
-    (``PushMode.ONLINE_AND_OFFLINE``) is not used: with the DuckDB offline store in Feast
-    0.67 it rewrote every timestamp in the file as a string, breaking later joins.
-    Emits ``banditflow.features.updated`` for ``customer_activity``; returns the rows pushed.
-    """
-    from feast.data_source import PushMode
-
-    settings = settings or get_settings()
-    store = get_store(settings)
-    view = next((v for v in store.list_feature_views() if v.name == ACTIVITY_VIEW), None)
-    if view is None:
-        raise RepositoryNotAppliedError(
-            f"feature view {ACTIVITY_VIEW!r} is not registered: run `banditflow features apply`"
-        )
-    needed = [ENTITY_KEY, TIMESTAMP, *(f.name for f in view.features)]
-    missing = [c for c in needed if c not in rows.columns]
-    if missing:
-        raise LabelsError(f"activity rows to push lack the columns {missing}")
-    if rows.empty:
-        raise LabelsError("no activity rows to push")
-    frame = rows.reset_index(drop=True)  # a filtered frame's index is not a column to push
-    frame[TIMESTAMP] = _as_utc(frame[TIMESTAMP])
-    if "created_timestamp" not in frame.columns:
-        frame["created_timestamp"] = pd.Timestamp.now(tz=UTC)
-    try:
-        store.push(ACTIVITY_PUSH_SOURCE, frame, to=PushMode.ONLINE)
-    except Exception as exc:
-        raise FeatureStoreError(f"pushing to {ACTIVITY_PUSH_SOURCE!r} failed: {exc}") from exc
-    if to == "online_and_offline":
-        from feast import FileSource
-
-        source = view.batch_source
-        if not isinstance(source, FileSource):
-            raise FeatureError(f"view {ACTIVITY_VIEW!r} does not read a parquet FileSource")
-        _append_to_source(source.path, frame)
-    emit_features_updated(
-        ACTIVITY_VIEW, frame[TIMESTAMP].min(), frame[TIMESTAMP].max(), int(len(frame))
-    )
-    return int(len(frame))
-
-
-def _append_to_source(path: str, rows: pd.DataFrame) -> None:
-    """Append rows to a parquet source, cast to the file's own column types, atomically."""
-    existing = pd.read_parquet(path)
-    missing = [c for c in existing.columns if c not in rows.columns]
-    if missing:
-        raise LabelsError(f"rows to append to {path} lack its columns {missing}")
-    appended = rows[list(existing.columns)].astype(existing.dtypes.to_dict())
-    combined = pd.concat([existing, appended], ignore_index=True)
-    tmp = f"{path}.tmp"
-    combined.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
+# --- online: look up -----------------------------------------------------------------
 def get_online_features(
     entity_rows: Sequence[dict[str, Any]],
     feature_service: str = DEFAULT_FEATURE_SERVICE,
@@ -465,58 +322,12 @@ def get_online_features(
     return frame[[ENTITY_KEY, *names]]
 
 
-# --- events ----------------------------------------------------------------------------
-def emit_features_updated(view: str, start: Any, end: Any, rows: int) -> Event | None:
-    """Emit ``banditflow.features.updated`` for a view; a no-op without a Prefect API.
-
-    Without ``PREFECT_API_URL`` Prefect's events worker would start a throwaway
-    ephemeral server (~13 s) that no trigger listens to, so nothing is sent then.
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        log.info("no PREFECT_API_URL: %s for %s not sent", EVENT_FEATURES_UPDATED, view)
-        return None
-    from prefect.events import emit_event
-
-    try:
-        return emit_event(
-            event=EVENT_FEATURES_UPDATED,
-            resource={"prefect.resource.id": feature_view_resource_id(view)},
-            payload={
-                "feature_view": view,
-                "start": pd.Timestamp(start).isoformat(),
-                "end": pd.Timestamp(end).isoformat(),
-                "rows": int(rows),
-            },
-        )
-    except Exception as exc:  # an event must never fail the update it reports
-        log.warning("could not emit %s for %s: %s", EVENT_FEATURES_UPDATED, view, exc)
-        return None
-
-
-def flush_events(timeout: float = 10.0) -> None:
-    """Send queued events before a short-lived process (the CLI) exits."""
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        return
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=timeout)
-
-
 # --- Prefect tasks ---------------------------------------------------------------------
-# No input caching: hashing a million-row label frame costs more than the join, and
-# materialize/push are side effects that must run every time.
+# No input caching: hashing a million-row label frame costs more than the join.
 apply_repository_task = task(name="apply-feature-repository", cache_policy=NO_CACHE)(
     apply_repository
 )
 build_training_set_task = task(name="build-training-set", cache_policy=NO_CACHE)(build_training_set)
-materialize_incremental_task = task(name="materialize-features", cache_policy=NO_CACHE)(
-    materialize_incremental
-)
-push_activity_task = task(name="push-activity", cache_policy=NO_CACHE)(push_activity)
 get_online_features_task = task(name="get-online-features", cache_policy=NO_CACHE)(
     get_online_features
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,6 +77,20 @@ def features_apply() -> None:
     typer.echo("applied: " + ", ".join(applied))
 
 
+def _report(update: dict[str, Any]) -> None:
+    """Print one feature update, and which event it emitted or why none."""
+    typer.echo(
+        f"{update['feature_view']}: {update['rows']} rows ({update['start']} .. {update['end']})"
+    )
+    if update.get("event"):
+        from prefect.settings import PREFECT_API_URL
+
+        where = PREFECT_API_URL.value()
+        typer.echo(f"  emitted {update['event']} (id {update['event_id']}) to {where}")
+    else:
+        typer.echo(f"  no event: {update.get('no_event') or 'unknown reason'}")
+
+
 @features_app.command("materialize")
 def features_materialize(
     end: Annotated[
@@ -84,18 +98,48 @@ def features_materialize(
     ] = None,
 ) -> None:
     """Load new offline rows into the online store and emit banditflow.features.updated."""
-    from tasks.features import FeatureError, flush_events, materialize_incremental
+    from tasks.features import FeatureError
+    from tasks.ingest import flush_events, materialize_incremental
     from tasks.settings import get_settings
 
     try:
         updates = materialize_incremental(end, settings=get_settings())
     except FeatureError as exc:
         raise _fail(exc) from None
+    if not updates:
+        typer.echo("no view has rows newer than its last materialization: no event")
     for update in updates:
-        typer.echo(
-            f"{update['feature_view']}: {update['rows']} rows "
-            f"({update['start']} .. {update['end']})"
+        _report(update)
+    flush_events()
+
+
+@features_app.command("push")
+def features_push(
+    rows: Annotated[Path, typer.Argument(help="Activity rows to push (parquet or CSV).")],
+    offline: Annotated[
+        bool, typer.Option(help="Also append the rows to the offline source (parquet).")
+    ] = False,
+) -> None:
+    """Push fresh activity rows to the online store and emit banditflow.features.updated."""
+    import pandas as pd
+
+    from tasks.features import FeatureError
+    from tasks.ingest import flush_events, push_activity_update
+    from tasks.settings import get_settings
+
+    if not rows.is_file():
+        raise _fail(FileNotFoundError(f"{rows} is not a file"))
+    try:
+        frame = pd.read_csv(rows) if rows.suffix.lower() == ".csv" else pd.read_parquet(rows)
+    except (OSError, ValueError) as exc:
+        raise _fail(ValueError(f"cannot read {rows}: {exc}"[:300])) from None
+    try:
+        update = push_activity_update(
+            frame, settings=get_settings(), to="online_and_offline" if offline else "online"
         )
+    except FeatureError as exc:
+        raise _fail(exc) from None
+    _report(update)
     flush_events()
 
 

@@ -118,7 +118,7 @@ def _scenario(api: str, settings: PipelineSettings, table: Path) -> None:
     from flows.optimize import optimize
     from flows.register import register
     from tasks.drift import artifact_key
-    from tasks.features import flush_events, push_activity
+    from tasks.ingest import flush_events, push_activity
     from tasks.spec import StudySpec
     from tasks.tracking import configure_mlflow
 

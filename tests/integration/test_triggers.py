@@ -106,7 +106,7 @@ def _emit_from_service(stack: Stack, event: str, version: str, model: str = MODE
 
 
 def test_feature_update_starts_the_drift_check(stack: Stack) -> None:
-    from tasks.features import emit_features_updated
+    from tasks.ingest import emit_features_updated
 
     since = datetime.now(UTC)
     with _client(stack) as client:

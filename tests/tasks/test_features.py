@@ -5,6 +5,7 @@ Feast takes ~10 s to import, so each data folder is applied once per module.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +28,8 @@ from tasks.features import (
     build_training_set,
     get_online_features,
     load_labels,
-    materialize_incremental,
-    push_activity,
 )
+from tasks.ingest import materialize_incremental, push_activity, push_activity_update
 from tasks.settings import PipelineSettings
 
 pytestmark = pytest.mark.slow
@@ -287,6 +287,44 @@ def test_cli_training_set_and_clear_errors(
     get_settings.cache_clear()
 
 
+def test_cli_materialize_and_push_say_which_event_or_why_none(
+    generated: tuple[PipelineSettings, GeneratorConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from banditflow.cli import app
+    from tasks.settings import get_settings
+
+    settings, _ = generated
+    runner = CliRunner()
+    monkeypatch.setenv("BANDITFLOW_HOME", str(settings.home))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):
+            first = runner.invoke(app, ["features", "materialize"])
+            again = runner.invoke(app, ["features", "materialize"])
+            rows = pd.read_parquet(settings.data_dir / "activity.parquet").tail(3)
+            rows.to_csv(tmp_path / "fresh.csv", index=False)
+            pushed = runner.invoke(app, ["features", "push", str(tmp_path / "fresh.csv")])
+            missing = runner.invoke(app, ["features", "push", str(tmp_path / "none.csv")])
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0, first.output
+    assert "customer_activity:" in first.output
+    assert "no event: no Prefect API" in first.output and "make up" in first.output
+    assert again.exit_code == 0, again.output
+    assert "no event: no new rows" in again.output
+    assert pushed.exit_code == 0, pushed.output
+    assert "customer_activity: 3 rows" in pushed.output
+    assert "no event: no Prefect API" in pushed.output
+    assert missing.exit_code == 1 and "is not a file" in missing.output
+    # Prefect's home is the data folder's, not ~/.prefect.
+    assert os.environ["PREFECT_HOME"] == str(settings.home / "prefect")
+
+
 @pytest.mark.integration
 def test_materialize_and_push_emit_features_updated(
     prefect_harness: None, tiny: PipelineSettings
@@ -295,7 +333,7 @@ def test_materialize_and_push_emit_features_updated(
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     from contract import EVENT_FEATURES_UPDATED
-    from tasks.features import flush_events
+    from tasks.ingest import flush_events
 
     resource = "banditflow.feature_view.customer_activity"
     pushed = (
@@ -303,8 +341,9 @@ def test_materialize_and_push_emit_features_updated(
         .iloc[[0]]
         .assign(event_timestamp=ts("2026-05-01"), created_timestamp=ts("2026-05-01"), sessions_7d=7)
     )
-    push_activity(pushed, settings=tiny)
+    update = push_activity_update(pushed, settings=tiny)
     flush_events()
+    assert update["event"] == EVENT_FEATURES_UPDATED and update["no_event"] is None
     wanted = EventFilter(
         event=EventNameFilter(name=[EVENT_FEATURES_UPDATED]),
         resource=EventResourceFilter(id=[resource]),
@@ -322,6 +361,7 @@ def test_materialize_and_push_emit_features_updated(
             time.sleep(0.5)
     assert events, f"no {EVENT_FEATURES_UPDATED} event for {resource} reached the Prefect API"
     payload = events[0].payload
+    assert str(events[0].id) == update["event_id"]
     assert payload["feature_view"] == "customer_activity" and payload["rows"] == 1
     assert set(payload) >= {"feature_view", "start", "end", "rows"}
 
@@ -336,4 +376,5 @@ def test_training_set_task_runs_in_a_flow(prefect_harness: None, tiny: PipelineS
     def training_flow() -> pd.DataFrame:
         return build_training_set_task(_labels((1, "2026-01-11 12:00")), settings=tiny)
 
-    assert training_flow()["sessions_7d"].tolist() == [10]
+    frame = training_flow()
+    assert frame is not None and frame["sessions_7d"].tolist() == [10]
