@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from tasks.spec import StudySpec
 
 # Measured on every trial besides the task's metrics (not objectives: bookkeeping).
-TIMING_METRICS = ("fit_seconds", "eval_seconds")
+TIMING_METRICS = ("fit_seconds", "eval_seconds", "cpu_seconds")
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def evaluate_trial(
         if isinstance(spec_or_parts, EvalConfig)
         else EvalConfig.from_spec(spec_or_parts)
     )
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()  # this trial's own CPU
     try:
         with warnings.catch_warnings():
             # Convergence and similar warnings are a trial's business, not the log's.
@@ -137,6 +137,7 @@ def evaluate_trial(
         )
     outcome.trial_id = trial_id
     outcome.values.setdefault("eval_seconds", time.perf_counter() - started)
+    outcome.values.setdefault("cpu_seconds", time.thread_time() - cpu_started)
     return outcome
 
 

@@ -130,6 +130,9 @@ class PruningSpec(_Strict):
 class BudgetSpec(_Strict):
     max_trials: int = Field(default=32, ge=1)
     max_seconds: float | None = Field(default=None, gt=0)
+    # The trials' own CPU time (each trial's thread), summed: the study stops asking once
+    # it is spent, lets the trials in flight finish, and returns the best so far.
+    max_cpu_seconds: float | None = Field(default=None, gt=0)
     trial_timeout_seconds: float | None = Field(default=300, gt=0)
     patience: int | None = Field(default=None, ge=1)  # stop after N trials without improvement
     pruning: PruningSpec | None = None

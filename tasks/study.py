@@ -20,10 +20,10 @@ from tasks.study_meta import (
     DefaultsUnavailable,
     StudyMeta,
     StudyStateError,
-    refuse_resume,
     check_resume,
     library_defaults,
     meta_path,
+    refuse_resume,
     search_fields,
     study_state_path,
     trials_so_far,
@@ -41,6 +41,7 @@ from tasks.study_record import (
 from tasks.study_report import artifact_key, log_plots, table_artifact
 from tasks.study_result import (
     COMPUTE_SAVED,
+    CPU_SECONDS,
     PRUNE_SCORE,
     SUGGEST_SECONDS,
     StudyResult,
@@ -135,7 +136,9 @@ class Study:
         check_resume(spec, self.settings)
         optimizer = load_optimizer(self.state_path)
         if optimizer.name != spec.optimizer or dict(optimizer.objectives) != dict(spec.objectives):
-            refuse_resume(spec, self.state_path, [f"optimizer/objectives ({optimizer.name} -> ...)"])
+            refuse_resume(
+                spec, self.state_path, [f"optimizer/objectives ({optimizer.name} -> ...)"]
+            )
         self.resumed = True
         # Trials pending at a crash were never told: evaluate them again (same id and
         # params), so no budget is lost and no finished trial is re-run.
@@ -213,9 +216,18 @@ class Study:
             self.stop_reason = f"max_trials={budget.max_trials} reached"
         elif budget.max_seconds and time.perf_counter() - self.started > budget.max_seconds:
             self.stop_reason = f"max_seconds={budget.max_seconds:g} spent"
+        elif budget.max_cpu_seconds and self.cpu_seconds() >= budget.max_cpu_seconds:
+            self.stop_reason = (
+                f"max_cpu_seconds={budget.max_cpu_seconds:g} spent "
+                f"({self.cpu_seconds():.1f} CPU-seconds in trials)"
+            )
         elif budget.patience and self._trials_without_improvement() >= budget.patience:
             self.stop_reason = f"no improvement in {budget.patience} trials (patience)"
         return bool(self.stop_reason)
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU time the told trials used (saved with each, so a resume counts it)."""
+        return sum(r.values.get(CPU_SECONDS, 0.0) for r in self.optimizer.trials())
 
     def ask(self, n: int) -> list[Trial]:
         """Return up to ``n`` trials to start: crash leftovers first, within the budget."""
@@ -339,6 +351,7 @@ class Study:
             stop_reason=self.stop_reason or "budget spent",
             state_path=str(self.state_path),
             resumed=self.resumed,
+            cpu_seconds=self.cpu_seconds(),
             defaults_notes=self.meta.notes if self.meta else [],
         )
 

@@ -197,6 +197,7 @@ def _log_spec(client: MlflowClient, run_id: str, spec: StudySpec) -> None:
         "seed": spec.seed,
         "max_trials": spec.budget.max_trials,
         "max_seconds": spec.budget.max_seconds,
+        "max_cpu_seconds": spec.budget.max_cpu_seconds,
         "patience": spec.budget.patience,
         "evaluation": f"{spec.evaluation.method}:{spec.evaluation.folds}",
         "data_source": spec.data.source,

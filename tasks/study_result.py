@@ -16,6 +16,7 @@ from tasks.optimizers.base import dominates, loss_sign
 RESULT_ARTIFACT = "study_result.json"
 PRUNE_SCORE = "prune_score"  # running score at the pruning fold, kept for resume
 COMPUTE_SAVED = "compute_saved_seconds"
+CPU_SECONDS = "cpu_seconds"  # a trial's own CPU time, measured where it ran
 SUGGEST_SECONDS = "suggest_seconds"
 STATUSES = ("completed", "failed", "pruned")
 
@@ -113,5 +114,5 @@ def build_result(
         n_failed=counts["failed"],
         n_pruned=counts["pruned"],
         compute_saved_seconds=sum(r.values.get(COMPUTE_SAVED, 0.0) for r in records),
-        **extra,
+        **({"cpu_seconds": sum(r.values.get(CPU_SECONDS, 0.0) for r in records)} | extra),
     )

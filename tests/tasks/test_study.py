@@ -199,3 +199,61 @@ def test_an_unavailable_family_is_refused_at_validation_with_the_pip_line() -> N
         pytest.skip("xgboost is installed here")
     with pytest.raises(SpecError, match=r"model\.family: .*pip install 'banditflow\[xgboost\]'"):
         make_spec(name="xgb", model={"family": "xgboost"})
+
+
+def test_max_cpu_seconds_stops_the_study_with_the_best_so_far(settings) -> None:
+    from tasks.evaluate import TrialOutcome
+    from tasks.study import Study
+
+    spec = make_spec(name="cpu", budget={"max_trials": 20, "max_cpu_seconds": 10.0})
+    study = Study.open(spec, settings)
+    try:
+        told = 0
+        while not study.done:
+            trials = study.ask(2)  # two in flight, as the flow keeps q of them
+            for trial, score in zip(trials, (0.7 + told / 100, 0.71 + told / 100), strict=False):
+                values = {"roc_auc": score, "cpu_seconds": 3.0}
+                study.tell(trial, TrialOutcome(trial.params, "completed", values=values))
+                told += 1
+        assert study.ask(1) == []
+        result = study.finish()
+    finally:
+        study.close()
+    # 3 CPU-seconds a trial: after 4 trials (12 s >= 10 s) no more are asked for.
+    assert told == 4 and result.n_completed == 4
+    assert result.cpu_seconds == pytest.approx(12.0)
+    assert result.stop_reason.startswith("max_cpu_seconds=10 spent")
+    assert result.best.values["roc_auc"] == pytest.approx(0.73)
+    # The CPU spent survives a resume: the reopened study is still out of budget.
+    again = Study.open(spec, settings)
+    try:
+        assert again.cpu_seconds() == pytest.approx(12.0) and again.done
+    finally:
+        again.close()
+
+
+def test_a_trial_reports_its_own_cpu_time(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from tasks.data import load_study_data
+    from tasks.evaluate import evaluate_trial
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x1": rng.normal(size=400), "x2": rng.normal(size=400)})
+    frame["y"] = (frame["x1"] + rng.normal(0, 0.5, 400) > 0).astype(int)
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    spec = make_spec(
+        name="cputrial",
+        data={
+            "source": "file",
+            "path": str(tmp_path / "d.csv"),
+            "target": "y",
+            "timestamp_column": None,
+        },
+    )
+    outcome = evaluate_trial(spec, {"C": 1.0, "penalty": "l2"}, load_study_data(spec))
+    assert outcome.status == "completed", outcome.reason
+    cpu = outcome.values["cpu_seconds"]
+    # One thread's CPU time: positive, and never more than the trial's own wall time.
+    assert 0 < cpu <= outcome.values["eval_seconds"] + 1e-3
