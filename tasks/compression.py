@@ -43,6 +43,7 @@ from tasks.onnx import (
     check_agreement,
     load_session,
     model_inputs,
+    onnx_latency_ms,
     onnx_predictor,
     to_onnx,
 )
@@ -227,8 +228,8 @@ def _measure(
     if onnx_bytes is None and model is not None:
         onnx_bytes = _onnx_of(model, setup)
     if onnx_bytes is not None:
-        run = onnx_predictor(load_session(onnx_bytes))
-        predict: Callable[[pd.DataFrame], Any] = _onnx_scores(run, setup.task)
+        session = load_session(onnx_bytes)
+        predict: Callable[[pd.DataFrame], Any] = _onnx_scores(onnx_predictor(session), setup.task)
         flavour, size = "onnx", len(onnx_bytes)
     else:
         predict = lambda frame: predictions(model, frame, setup.task)  # noqa: E731
@@ -236,8 +237,11 @@ def _measure(
     source = model if model is not None else classes_from
     classes = None if setup.task == "regression" else np.asarray(source.classes_)
     value = score(setup.metric, setup.y, predict(setup.X), classes=classes, task=setup.task)
-    timed = predict if flavour == "onnx" else model_predictor(model, setup.task)
-    p95 = single_row_latency_ms(timed, setup.X, calls=setup.latency_calls)
+    if flavour == "onnx":
+        p95 = onnx_latency_ms(session, setup.X, calls=setup.latency_calls)
+    else:
+        timed = model_predictor(model, setup.task)
+        p95 = single_row_latency_ms(timed, setup.X, calls=setup.latency_calls)
     lost = 0.0 if reference is None else sign(setup.direction) * (value - reference.value)
     within = reference is None or (math.isfinite(value) and lost <= setup.tolerance)
     return Variant(

@@ -300,6 +300,7 @@ def measure_latency(
     calls: int = DEFAULT_LATENCY_CALLS,
     warmup: int = DEFAULT_LATENCY_WARMUP,
     clock: Callable[[], float] | None = None,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> Latency:
     """Time ``calls`` single-row ``predict`` calls on rows of frame ``X`` (cycled).
 
@@ -307,6 +308,8 @@ def measure_latency(
     machine do not count; native thread pools (OpenMP, BLAS) are held to one thread for the
     measurement, so no work escapes to a thread the clock does not see, as in serving.
     ``warmup`` calls first fill caches and lazy imports, as a serving process has.
+    ``prepare`` turns each one-row frame into the flavour's own input before the clock
+    runs (ONNX feeds: the service builds them from JSON, not from a DataFrame).
     ``clock`` (seconds; default :data:`CLOCK`, the thread's CPU time) is for tests.
     """
     from threadpoolctl import threadpool_limits
@@ -316,6 +319,8 @@ def measure_latency(
     if calls < 1 or warmup < 0:
         raise MetricError(f"calls must be >= 1 and warmup >= 0, got {calls=}, {warmup=}")
     rows = [X.iloc[[i % len(X)]] for i in range(min(len(X), 64))]
+    if prepare is not None:
+        rows = [prepare(row) for row in rows]
     now = clock or CLOCK
     times = np.empty(calls)
     with threadpool_limits(limits=1):
@@ -339,9 +344,10 @@ def single_row_latency_ms(
     *,
     calls: int = DEFAULT_LATENCY_CALLS,
     warmup: int = DEFAULT_LATENCY_WARMUP,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> float:
     """Return the p95 single-row CPU latency in milliseconds (see :func:`measure_latency`)."""
-    return measure_latency(predict, X, calls=calls, warmup=warmup).p95_ms
+    return measure_latency(predict, X, calls=calls, warmup=warmup, prepare=prepare).p95_ms
 
 
 def model_predictor(model: Any, task: TaskType) -> Callable[[Any], Any]:

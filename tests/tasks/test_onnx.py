@@ -32,6 +32,7 @@ FAMILY_PARAMS: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 0.5},
     "random_forest": {"n_estimators": 40, "max_depth": 8},
     "hist_gradient_boosting": {"max_iter": 40, "learning_rate": 0.1},
+    "mlp": {"hidden_units": 32, "learning_rate_init": 0.01},
 }
 
 
