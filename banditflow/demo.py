@@ -168,7 +168,11 @@ class Demo:
             except StackError as exc:
                 raise DemoError(f"the stack did not start: {exc}") from exc
             # This process is a client of the stack: ingestion's events go to its server.
+            # Prefect read its settings when first imported: override them in-process too.
             os.environ.update(running.env())
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            stack.enter_context(temporary_settings({PREFECT_API_URL: running.prefect_api_url}))
             note(f"Prefect UI {running.prefect_ui_url}  rollout {running.rollout_url}/dashboard")
         return running
 
@@ -341,14 +345,28 @@ class Demo:
         return index
 
 
+# Set up by the process before the demo starts (its log file, Prefect's logging config).
+_KEEP = {"logs", "logging.yml"}
+
+
 def clear_home(home: Path) -> None:
-    """Remove what an earlier demo left in the data folder (data, stores, registry, report)."""
-    if home.exists():
-        for child in home.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
+    """Remove what an earlier demo left in the data folder (data, stores, registry, report).
+
+    The process's own set-up stays: the log file its handlers write to and Prefect's
+    logging configuration (read once, at start-up).
+    """
+    if not home.exists():
+        return
+    for child in home.iterdir():
+        if child.name in _KEEP:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            if any(c.name in _KEEP for c in child.iterdir()):
+                clear_home(child)
             else:
-                child.unlink()
+                shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def run_demo(plan: DemoPlan | None = None, *, fresh: bool = False, **world: Any) -> Path:

@@ -281,12 +281,22 @@ def plan_retrain(
     A study is named after the model and the window's end, so a second signal for the
     same window (a feature update and its drift event, say) finds it and starts nothing.
     """
+    from tasks.retrain_window import plan_training
+
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
+    # What it learns from: the labels since the change (waiting for them), every arm's features.
+    training = plan_training(outcome, champ, recent, settings, lo, hi)
+    if training.waiting:
+        outcome.status, outcome.detail = "waiting-for-labels", training.detail
+        return RetrainPlan(outcome)
+    lo, recent = training.start, training.data
     previous = champ.previous
     trials = list(previous.top) or [t for t in [previous.best, *previous.pareto] if t]
     warm = top_points(trials, champ.spec, top)
     new_spec = retrain_spec(champ.spec, outcome.model, lo, hi, warm)
-    outcome.new_study = new_spec.name
+    data = new_spec.data.model_copy(update={"drop_columns": training.drop_columns})
+    new_spec = new_spec.model_copy(update={"data": data})
+    outcome.new_study, outcome.detail = new_spec.name, training.detail
     if study_exists(new_spec.name, settings):
         outcome.status = "already-retrained"
         outcome.detail = f"study {new_spec.name} already covers this window"

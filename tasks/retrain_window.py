@@ -8,7 +8,7 @@ Two findings on the demo's generator (benchmarks/closed_loop.py, issue 11's revi
   window may hold no post-change label at all). A model fitted on pre-change rows earns
   less than nothing after a strong drift. So the training window starts at the change:
   the first day of the trailing run of days whose drifted features moved away from the
-  champion's training data, and the retrain waits until enough labels since then exist.
+  drifted arm's training data, and the retrain waits until enough labels since then exist.
 - The retrain copied the champion's spec, so a profile-only champion's retrain dropped
   every activity feature again and could not see the drift it was meant to follow. It
   drops only what every serving arm dropped.
@@ -72,10 +72,9 @@ def _day_drifted(
 
 @dataclass(frozen=True)
 class ChangeWindow:
-    """Where the change starts in the recent window, or why the window is not narrowed."""
+    """Where the change starts in the recent window (None: not placed), and why."""
 
     start: datetime | None  # the first day of the trailing run of drifted days
-    waiting: bool = False  # drifted features, but the newest labelled day is from before
     detail: str = ""
 
 
@@ -85,9 +84,9 @@ def change_start(
     """Return the first day of the trailing run of drifted days in the recent window.
 
     ``data`` is the recent window's ``StudyData`` (rows with their timestamps),
-    ``reference`` the champion's training sample, ``features`` the drifted ones. No start:
-    nothing to narrow (no timestamps, no drifted feature in both); ``waiting``: the newest
-    labelled day has not drifted yet, so no label since the change has arrived.
+    ``reference`` the drifted arm's training sample, ``features`` the drifted ones. No
+    start: nothing to narrow (no timestamps, no such feature, or the newest labelled day
+    has not moved: a drift seen over the whole window that no single day shows).
     """
     rows = _rows_with_time(data)
     names = [f for f in features if f in reference.columns]
@@ -105,8 +104,7 @@ def change_start(
             break
         start = pd.Timestamp(day).to_pydatetime()
     if start is None:
-        detail = f"the newest labelled rows have not moved in {names} yet: labels lag the change"
-        return ChangeWindow(None, waiting=True, detail=detail)
+        return ChangeWindow(None, detail=f"the newest labelled day has not moved in {names}")
     return ChangeWindow(start, detail=f"{', '.join(names)} moved from {start:%Y-%m-%d} on")
 
 
@@ -116,3 +114,48 @@ def rows_since(data: Any, start: datetime) -> int:
     if rows is None:
         return 0
     return int((rows[1] >= pd.Timestamp(start)).sum())
+
+
+@dataclass
+class Training:
+    """What the retrain study learns from: its window's start, data and dropped columns."""
+
+    start: datetime
+    data: Any  # the StudyData of [start, end): the registration's hold-out comes from it
+    drop_columns: list[str]
+    waiting: bool = False
+    detail: str = ""
+
+
+def plan_training(
+    outcome: Any, champ: Any, recent: Any, settings: Any, start: datetime, end: datetime
+) -> Training:
+    """Return the retrain's training set: since the change, on every arm's features.
+
+    ``outcome`` is the drift check's (its drifted features), ``champ`` the champion's arm
+    (its spec and version: the reference sample kept beside it), ``recent`` the checked
+    window's ``StudyData`` over ``[start, end)``.
+    """
+    from tasks.drift import reference_path
+    from tasks.retrain import load_recent, serving_arms, windowed
+    from tasks.tracking import configure_mlflow
+
+    arms = serving_arms(configure_mlflow(settings), outcome.model, settings)
+    drop = shared_drop_columns([champ.spec, *(a.spec for a in arms if a.version != champ.version)])
+    change = ChangeWindow(None, detail="no drifted feature to place the change by")
+    # The champion first, then each challenger whose own training data the window left.
+    for version, info in outcome.arms.items():
+        path = reference_path(settings, outcome.model, version)
+        if info.get("drifted_features") and path.exists():
+            reference = pd.read_parquet(path)
+            change = change_start(recent, reference, info["drifted_features"], champ.spec.drift)
+            if change.start is not None:
+                break
+    if change.start is None or change.start <= start:
+        return Training(start, recent, drop, detail=change.detail)
+    n = rows_since(recent, change.start)
+    if n < MIN_ROWS_AFTER_CHANGE:
+        detail = f"{change.detail}; {n} labelled rows since, waiting for {MIN_ROWS_AFTER_CHANGE}"
+        return Training(change.start, recent, drop, waiting=True, detail=detail)
+    data = load_recent(windowed(champ.spec, change.start, end), settings)
+    return Training(change.start, data, drop, detail=f"{change.detail}; {n} labelled rows since")

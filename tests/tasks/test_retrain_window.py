@@ -47,22 +47,21 @@ def test_the_window_starts_on_the_day_the_drift_began(sessions: pd.DataFrame) ->
     reference = _window(sessions, START, DRIFT_AT - timedelta(days=7))[list(FEATURES)]
     recent = _window(sessions, DRIFT_AT - timedelta(days=5), DRIFT_AT + timedelta(days=3))
     found = change_start(_study_data(recent), reference, DRIFTED_FEATURES, DriftSpec())
-    assert found.start == DRIFT_AT and not found.waiting, found
+    assert found.start == DRIFT_AT, found
     n = rows_since(_study_data(recent), found.start)
     assert n == int((recent["event_timestamp"] >= pd.Timestamp(DRIFT_AT)).sum()) > 0
 
 
-def test_it_waits_while_no_label_from_after_the_change_has_arrived(sessions: pd.DataFrame) -> None:
+def test_no_change_is_placed_before_a_label_from_after_it(sessions: pd.DataFrame) -> None:
     reference = _window(sessions, START, DRIFT_AT - timedelta(days=7))[list(FEATURES)]
     # The features drifted, but the labelled rows all predate the drift (labels lag).
     recent = _window(sessions, DRIFT_AT - timedelta(days=7), DRIFT_AT)
     found = change_start(_study_data(recent), reference, DRIFTED_FEATURES, DriftSpec())
-    assert found.start is None and found.waiting and "labels lag" in found.detail
-    # A feature that never moved places nothing either, and says so without waiting.
-    calm = change_start(_study_data(recent), reference, ["region"], DriftSpec())
-    assert calm.start is None and calm.waiting
+    assert found.start is None and "has not moved" in found.detail
+    # A feature that never moved places nothing either; an unknown one is ignored.
+    assert change_start(_study_data(recent), reference, ["region"], DriftSpec()).start is None
     none = change_start(_study_data(recent), reference, ["not-a-column"], DriftSpec())
-    assert none.start is None and not none.waiting
+    assert none.start is None and "no drifted feature" in none.detail
 
 
 def test_the_retrain_drops_only_what_every_arm_dropped() -> None:
