@@ -50,20 +50,42 @@ def log_plots(client: MlflowClient, result: StudyResult, records: Sequence[Trial
         plot_pareto(client, result, done)
 
 
-def plot_pareto(client: MlflowClient, result: StudyResult, done: Sequence[TrialRecord]) -> None:
-    """Log the trials and the front over the first two objectives."""
+def pareto_figure(result: StudyResult, records: Sequence[TrialRecord]) -> Any:
+    """Return a figure of every pair of objectives: the trials, the Pareto set in colour.
+
+    The set is non-dominated over all the objectives together, so with three a member may
+    look dominated in one pair's projection.
+    """
+    from itertools import combinations
+
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (m1, _), (m2, _) = list(result.objectives.items())[:2]
-    pts = [r for r in done if m1 in r.values and m2 in r.values]
-    front = {r.trial_id for r in pareto_front(pts, dict(list(result.objectives.items())[:2]))}
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter([r.values[m1] for r in pts], [r.values[m2] for r in pts], s=18, color="0.6")
-    pf = sorted((r for r in pts if r.trial_id in front), key=lambda r: r.values[m1])
-    ax.plot([r.values[m1] for r in pf], [r.values[m2] for r in pf], "o-", color="C3")
-    ax.set_xlabel(m1)
-    ax.set_ylabel(m2)
-    ax.legend(["trial", "Pareto front"])
+    names = list(result.objectives)
+    pts = [r for r in records if r.status == "completed" and all(k in r.values for k in names)]
+    front = {r.trial_id for r in pareto_front(pts, result.objectives)}
+    pairs = list(combinations(names, 2))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.2), squeeze=False)
+    for ax, (m1, m2) in zip(axes[0], pairs, strict=True):
+        rest = [r for r in pts if r.trial_id not in front]
+        best = [r for r in pts if r.trial_id in front]
+        ax.scatter([r.values[m1] for r in rest], [r.values[m2] for r in rest], s=16, c="0.65")
+        ax.scatter([r.values[m1] for r in best], [r.values[m2] for r in best], s=28, c="C3")
+        ax.set_xlabel(f"{m1} ({result.objectives[m1]})")
+        ax.set_ylabel(f"{m2} ({result.objectives[m2]})")
+    axes[0][0].legend(["trial", f"Pareto set ({len(front)})"])
+    fig.suptitle(f"{result.study_name}: {len(pts)} completed trials")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pareto(client: MlflowClient, result: StudyResult, done: Sequence[TrialRecord]) -> None:
+    """Log the Pareto figure (every pair of objectives) to the study's parent run."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(result, done)
     client.log_figure(result.parent_run_id, fig, "plots/pareto_front.png")
     plt.close(fig)
 

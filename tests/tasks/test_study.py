@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tasks.spec import StudySpec
@@ -257,3 +258,47 @@ def test_a_trial_reports_its_own_cpu_time(tmp_path: Path) -> None:
     cpu = outcome.values["cpu_seconds"]
     # One thread's CPU time: positive, and never more than the trial's own wall time.
     assert 0 < cpu <= outcome.values["eval_seconds"] + 1e-3
+
+
+def test_three_objectives_pareto_set_and_its_plot(settings) -> None:
+    from tasks.evaluate import TrialOutcome
+    from tasks.optimizers.base import dominates
+    from tasks.study import Study
+    from tasks.study_report import pareto_figure
+
+    objectives = {"accuracy": "maximize", "latency_ms": "minimize", "model_bytes": "minimize"}
+    spec = make_spec(name="three", objectives=objectives, budget={"max_trials": 12})
+    rng = np.random.default_rng(0)
+    study = Study.open(spec, settings)
+    try:
+        while not study.done:
+            for trial in study.ask(2):
+                acc = float(rng.uniform(0.8, 0.95))
+                values = {  # more accurate: slower and bigger, with noise
+                    "accuracy": acc,
+                    "latency_ms": float(10 * acc + rng.normal(0, 0.5)),
+                    "model_bytes": float(1e5 * acc + rng.normal(0, 3e3)),
+                }
+                study.tell(trial, TrialOutcome(trial.params, "completed", values=values))
+        result = study.finish()
+        records = study.records()
+    finally:
+        study.close()
+    assert result.best is None and 2 <= len(result.pareto) < 12
+    loss = {
+        r.trial_id: [-r.values["accuracy"], r.values["latency_ms"], r.values["model_bytes"]]
+        for r in records
+    }
+    front = {r.trial_id for r in result.pareto}
+    for member in front:  # nothing dominates a member; every other trial is dominated
+        assert not any(dominates(loss[o], loss[member]) for o in loss)
+    for other in set(loss) - front:
+        assert any(dominates(loss[m], loss[other]) for m in front)
+    figure = pareto_figure(result, records)
+    assert len(figure.axes) == 3  # accuracy-latency, accuracy-bytes, latency-bytes
+    from tasks.tracking import configure_mlflow
+
+    plots = {
+        a.path for a in configure_mlflow(settings).list_artifacts(result.parent_run_id, "plots")
+    }
+    assert "plots/pareto_front.png" in plots
