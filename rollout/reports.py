@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rollout import decisions
+from rollout import decisions, segments
 from rollout.pool import ArmEntry
 from rollout.schemas import ArmReport, ArmsResponse, ModelRef, ShadowComparison, jsonable
 from rollout.store import StoredStats
@@ -25,8 +25,13 @@ READINESS_PROBE = "readiness_probe"  # a config key /readyz writes to prove the 
 async def arms_report(svc: RolloutService) -> ArmsResponse:
     """Each arm's statistics, traffic share, P(best) and expected loss."""
     since = svc.clock() - svc.settings.share_window_s
-    stats, traffic, shadow = await asyncio.to_thread(
-        lambda: (svc.store.read_stats(), svc.store.traffic(since), svc.store.shadow_summary())
+    stats, traffic, shadow, by_segment = await asyncio.to_thread(
+        lambda: (
+            svc.store.read_stats(),
+            svc.store.traffic(since),
+            svc.store.shadow_summary(),
+            svc.store.read_segment_stats(),
+        )
     )
     svc.set_stats(stats)
     snap = svc.pool.snapshot
@@ -51,6 +56,7 @@ async def arms_report(svc: RolloutService) -> ArmsResponse:
         arms=reports,
         recommendations=svc.recommendations,
         decisions=decisions.status(svc),
+        segments=segments.segment_report(svc, serving, by_segment),
     )
 
 

@@ -158,6 +158,8 @@ class ArmsResponse(BaseModel):
     recommendations: list[Recommendation]
     # The rule's stated error rates, the SRM check and the champion's watches.
     decisions: dict[str, Any] = Field(default_factory=dict)
+    # Per declared segment (segment_by): each arm's counts, mean, share and P(best).
+    segments: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class AddArmRequest(_Strict):

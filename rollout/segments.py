@@ -9,6 +9,7 @@ computes once per statistics refresh by Monte Carlo with the policy's own sample
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
 from collections.abc import Mapping, Sequence
@@ -65,7 +66,146 @@ def decision(
         arm,
         now,
         req.unit_id,
-        propensity(svc.allocation, arm),
+        propensity(_allocation_for(svc, features), arm),
         policy_label(svc.policy),
         segment_of(features, svc.settings.segment_by),
     )
+
+
+MAX_SEGMENTS_SHOWN = 50
+
+
+def segment_report(
+    svc: RolloutService, arms: Sequence[str], seg_stats: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per declared segment: each arm's decisions, outcomes, mean reward, share and P(best).
+
+    ``seg_stats``: ``Store.read_segment_stats()``. P(best) is the configured policy's
+    posterior on the segment's plain counts (a contextual policy's own, shrunk one).
+    """
+    import numpy as np
+
+    from rollout.policies.base import ArmStats
+
+    rng = np.random.default_rng(0)
+    pooled = [svc.stats[a].plain_stats() if a in svc.stats else ArmStats(a) for a in arms]
+    busiest = sorted(seg_stats, key=lambda s: -sum(v[0] for v in seg_stats[s].values()))[
+        :MAX_SEGMENTS_SHOWN
+    ]
+    out = []
+    for segment in busiest:
+        cells = seg_stats[segment]
+        stats = [
+            ArmStats(a, float(cells[a][1]), cells[a][2], max(cells[a][3], 0.0))
+            if a in cells
+            else ArmStats(a)
+            for a in arms
+        ]
+        if not stats:
+            continue
+        draws_of = getattr(svc.policy, "segment_draws", None)
+        draws = (
+            draws_of(stats, pooled, rng, 2000)
+            if draws_of is not None
+            else svc.policy.posterior_draws(stats, rng, 2000)
+        )
+        p_best = np.bincount(draws.argmax(axis=1), minlength=len(arms)) / len(draws)
+        served = sum(int(cells[a][0]) for a in arms if a in cells)
+        out.append(
+            {
+                "segment": segment,
+                "arms": {
+                    a: {
+                        "served": int(cells[a][0]) if a in cells else 0,
+                        "outcomes": int(cells[a][1]) if a in cells else 0,
+                        "mean": (cells[a][2] / cells[a][1]) if a in cells and cells[a][1] else None,
+                        "traffic_share": (cells[a][0] / served) if a in cells and served else None,
+                        "p_best": float(p_best[i]),
+                    }
+                    for i, a in enumerate(arms)
+                },
+            }
+        )
+    return out
+
+
+class _SegmentRouting:
+    """Per-segment statistics (refreshed off the request path) and pre-drawn choices."""
+
+    def __init__(self) -> None:
+        self.stats: Mapping[str, Mapping[str, Any]] = {}
+        self.loaded_at = -1e18
+        self.loading = False
+        self.key: Any = None
+        self.draws: dict[str, list[str]] = {}
+        self.allocation: dict[str, dict[str, float]] = {}
+
+
+_ROUTING: weakref.WeakKeyDictionary[Any, _SegmentRouting] = weakref.WeakKeyDictionary()
+_DRAWS = 256
+
+
+def _routing(svc: RolloutService) -> _SegmentRouting:
+    state = _ROUTING.get(svc)
+    if state is None:
+        state = _ROUTING[svc] = _SegmentRouting()
+    if not state.loading and svc.clock() - state.loaded_at > svc.settings.stats_refresh_ms / 1e3:
+        state.loading = True
+        svc.spawn(refresh_segments(svc))
+    return state
+
+
+async def refresh_segments(svc: RolloutService) -> None:
+    """Re-read the per-segment statistics (a worker thread); routing then draws anew."""
+    state = _ROUTING.get(svc)
+    if state is None:
+        state = _ROUTING[svc] = _SegmentRouting()
+    try:
+        state.stats = await asyncio.to_thread(svc.store.read_segment_stats)
+        state.draws, state.allocation = {}, {}
+    finally:
+        state.loaded_at, state.loading = svc.clock(), False
+
+
+def contextual_choice(
+    svc: RolloutService, arms: list[str], features: Mapping[str, Any] | None
+) -> str | None:
+    """Return a contextual policy's choice for this request's segment (None: not contextual).
+
+    Choices are drawn 256 at a time per segment from the statistics of the last refresh,
+    and the segment's allocation (the propensity to log) is computed once per refresh.
+    """
+    choose = getattr(svc.policy, "choose_in_segment", None)
+    segment = segment_of(features or {}, svc.settings.segment_by)
+    if choose is None or segment is None:
+        return None
+    from rollout.policies.base import ArmStats
+
+    state = _routing(svc)
+    key = (tuple(arms), id(svc.policy), id(state.stats))
+    if key != state.key:
+        state.key, state.draws, state.allocation = key, {}, {}
+    pending = state.draws.get(segment)
+    if not pending:
+        cells = state.stats.get(segment, {})
+        stats = [
+            ArmStats(a, float(cells[a][1]), cells[a][2], max(cells[a][3], 0.0))
+            if a in cells
+            else ArmStats(a)
+            for a in arms
+        ]
+        pooled = [svc.stats[a].plain_stats() if a in svc.stats else ArmStats(a) for a in arms]
+        picks = choose(stats, pooled, svc.rng, _DRAWS)
+        pending = state.draws[segment] = [arms[int(i)] for i in picks]
+        state.allocation[segment] = svc.policy.segment_allocation(stats, pooled, svc.rng)  # type: ignore[attr-defined]
+    return pending.pop()
+
+
+def _allocation_for(svc: RolloutService, features: Mapping[str, Any]) -> Mapping[str, float]:
+    """Return the allocation a decision was drawn from: its segment's for a contextual policy."""
+    state = _ROUTING.get(svc)
+    if state is not None and getattr(svc.policy, "contextual", False):
+        segment = segment_of(features, svc.settings.segment_by)
+        if segment is not None and segment in state.allocation:
+            return state.allocation[segment]
+    return svc.allocation

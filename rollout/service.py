@@ -246,7 +246,9 @@ class RolloutService:
             self.metrics.errors.labels("no_model", "").inc()
             raise NoModelAvailable(self.no_model_reason(snap))
         rows = await self._checked_rows(snap, anchor, reqs)
-        arms = [await self._choose(snap, anchor.arm, req.unit_id) for req in reqs]
+        arms = [
+            await self._choose(snap, anchor.arm, r.unit_id, rows[i]) for i, r in enumerate(reqs)
+        ]
         predictions, scores, served = self._score_by_arm(snap, anchor, rows, arms)
         now = self.clock()
         out = []
@@ -419,14 +421,16 @@ class RolloutService:
             f"the champion ({snap.champion}) cannot serve: {entry.error if entry else 'not loaded'}"
         )
 
-    async def _choose(self, snap: PoolSnapshot, anchor: str, unit_id: str | None) -> str:
+    async def _choose(
+        self, snap: PoolSnapshot, anchor: str, unit_id: str | None, row: Mapping[str, Any]
+    ) -> str:
         arms = self.serving_arms(snap)
         if len(arms) == 1:
             return arms[0]
         if unit_id is not None:
             return await self.units.arm_for(unit_id, arms, self.allocation, anchor)
         try:
-            return self._next_choice(arms)
+            return segments.contextual_choice(self, arms, row) or self._next_choice(arms)
         except PolicyError as exc:
             self.metrics.errors.labels("policy", "").inc()
             _log.error("policy %r failed to choose, serving the champion: %s", self.policy, exc)

@@ -149,4 +149,3 @@ class ThompsonGaussian(Policy):
     ) -> np.ndarray:
         draws = self.posterior_draws(arms, rng, size)
         return with_min_share(draws.argmax(axis=1), len(arms), self.min_share, rng)
-
