@@ -79,6 +79,17 @@ def test_make_up_status_down_leaves_no_process_behind(tmp_path: Path) -> None:
             assert "healthy" in line and str(component.pid) in line, status.stdout
             if component.url:
                 assert component.url in line
+
+        # Ingestion finds the running stack's Prefect server by itself (no PREFECT_API_URL).
+        cli = [str(Path(sys.executable).parent / "banditflow")]
+        small = ["generate", "--rows", "2000", "--customers", "150", "--days", "15"]
+        for args in (small, ["features", "apply"], ["features", "materialize"]):
+            done = subprocess.run(cli + args, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+        api = f"{recorded['prefect'].url}/api"
+        assert "emitted banditflow.features.updated" in done.stdout, done.stdout
+        assert api in done.stdout, done.stdout
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr
     finally:
         down = make("down", env, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
