@@ -7,11 +7,14 @@ the arm it had and no second decision, and late feedback for it is refused like 
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 
+from rollout.errors import StoreUnavailable
+from rollout.schemas import PredictRequest
 from rollout.store import Store
 from rollout.store_schema import decisions
 
@@ -47,6 +50,33 @@ class ClientIds:
         if missing:
             found.update(stored_decisions(self.store, missing))
         return found
+
+    async def reuse(
+        self, reqs: Sequence[PredictRequest], arms: list[str], serving: list[str], anchor: str
+    ) -> set[int]:
+        """Give a reused client request id the arm of its first decision; return those rows."""
+        ids = [r.request_id for r in reqs if r.request_id is not None]
+        if not ids:
+            return set()
+        try:
+            known = await asyncio.to_thread(self.known, ids)
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot read the state store ({type(exc).__name__})") from exc
+        reused: set[int] = set()
+        first: dict[str, int] = {}
+        for i, req in enumerate(reqs):
+            rid = req.request_id
+            if rid is None:
+                continue
+            if rid in known:
+                arms[i] = known[rid][0] if known[rid][0] in serving else anchor
+                reused.add(i)
+            elif rid in first:
+                arms[i] = arms[first[rid]]
+                reused.add(i)
+            else:
+                first[rid] = i
+        return reused
 
     def remember(self, request_id: str, arm: str, at: float) -> None:
         self._seen[request_id] = (arm, at)

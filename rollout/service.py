@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 import contract
-from rollout import decisions, feedback, lifecycle, segments
-from rollout.errors import BadInput, NoModelAvailable, StoreUnavailable
+from rollout import decisions, feedback, lifecycle, scoring, segments
+from rollout.errors import BadInput, NoModelAvailable
 from rollout.guardrails import Guardrails
 from rollout.lookup import EntityLookup
 from rollout.metrics import Metrics
@@ -249,15 +249,21 @@ class RolloutService:
         arms = [
             await self._choose(snap, anchor.arm, r.unit_id, rows[i]) for i, r in enumerate(reqs)
         ]
-        predictions, scores, served = self._score_by_arm(snap, anchor, rows, arms)
+        reused = await self.client_ids.reuse(reqs, arms, self.serving_arms(snap), anchor.arm)
+        predictions, scores, served = scoring.score_by_arm(self, snap, anchor, rows, arms)
         now = self.clock()
         out = []
         assert self.tokens is not None and self.writer is not None
         for i, req in enumerate(reqs):
             arm = arms[i]
             request_id = req.request_id or self.tokens.issue(arm, now)
-            self.writer.add_decision(segments.decision(self, request_id, arm, now, req, rows[i]))
-            self.metrics.pulls.labels(arm).inc()
+            if i not in reused:  # one decision per request id: a reused id is not served twice
+                self.writer.add_decision(
+                    segments.decision(self, request_id, arm, now, req, rows[i])
+                )
+                self.metrics.pulls.labels(arm).inc()
+                if req.request_id is not None:
+                    self.client_ids.remember(request_id, arm, now)
             out.append(
                 PredictResponse(
                     request_id=request_id,
@@ -269,34 +275,6 @@ class RolloutService:
             )
         maybe_shadow(self, snap, rows, out)
         return out
-
-    async def _reuse_client_ids(
-        self, snap: PoolSnapshot, anchor: str, reqs: Sequence[PredictRequest], arms: list[str]
-    ) -> set[int]:
-        """Give a reused client request id the arm of its first decision; return those rows."""
-        ids = [r.request_id for r in reqs if r.request_id is not None]
-        if not ids:
-            return set()
-        try:
-            known = await asyncio.to_thread(self.client_ids.known, ids)
-        except Exception as exc:
-            raise StoreUnavailable(f"cannot read the state store ({type(exc).__name__})") from exc
-        reused: set[int] = set()
-        first: dict[str, int] = {}
-        serving = set(self.serving_arms(snap))
-        for i, req in enumerate(reqs):
-            rid = req.request_id
-            if rid is None:
-                continue
-            if rid in known:
-                arms[i] = known[rid][0] if known[rid][0] in serving else anchor
-                reused.add(i)
-            elif rid in first:
-                arms[i] = arms[first[rid]]
-                reused.add(i)
-            else:
-                first[rid] = i
-        return reused
 
     async def _checked_rows(
         self, snap: PoolSnapshot, champion: ServingModel, reqs: Sequence[PredictRequest]
@@ -317,88 +295,6 @@ class RolloutService:
                 raise
             rows.append(features)
         return rows
-
-    def _score_by_arm(
-        self,
-        snap: PoolSnapshot,
-        anchor: ServingModel,
-        rows: list[dict[str, Any]],
-        arms: list[str],
-    ) -> tuple[list[Any], list[float | None], list[ServingModel]]:
-        """Score each arm's rows in one call; a failing arm's rows go to the anchor.
-
-        A failure counts against the arm (its guardrail window), it never pulls it alone;
-        rows the anchor cannot score either are the request's fault (422), not a model's.
-        """
-        by_arm: dict[str, list[int]] = defaultdict(list)
-        for i, arm in enumerate(arms):
-            by_arm[arm].append(i)
-        predictions: list[Any] = [None] * len(rows)
-        scores: list[float | None] = [None] * len(rows)
-        served: list[ServingModel] = [anchor] * len(rows)
-        for arm, idx in by_arm.items():
-            model = snap.arms[arm].model or anchor
-            part = [rows[i] for i in idx]
-            try:
-                preds, scs = self._score(model, part)
-            except Exception as exc:
-                # The anchor failing falls back to the arm on probation (rollout.decisions).
-                target = decisions.standby(self, snap) if model is anchor else None
-                preds, scs = self._fallback(model, target or anchor, part, exc)
-                model = target or anchor
-            for j, i in enumerate(idx):
-                arms[i] = model.arm
-                predictions[i], scores[i], served[i] = preds[j], scs[j], model
-        self._check_guardrails(snap, anchor, list(by_arm))
-        return predictions, scores, served
-
-    def _fallback(
-        self, failed: ServingModel, anchor: ServingModel, rows: list[dict[str, Any]], exc: Exception
-    ) -> tuple[list[Any], list[float | None]]:
-        """Score rows ``failed`` could not; say whose fault it was when the anchor cannot."""
-        why = type(exc).__name__
-        if failed is anchor:
-            raise NoModelAvailable(f"{anchor.arm} failed to predict ({why}); retry later") from exc
-        try:
-            return self._score(anchor, rows, count=False)
-        except Exception as second:
-            # Two models fail on the same rows: the rows are at fault; forgive the first.
-            self.guardrails.forgive(failed.arm, len(rows))
-            raise BadInput(
-                f"no model can score this input ({why}, {type(second).__name__}): check its values"
-            ) from second
-
-    def _score(
-        self, model: ServingModel, rows: Sequence[Mapping[str, Any]], *, count: bool = True
-    ) -> tuple[list[Any], list[float | None]]:
-        """Predict, timing it; ``count``: record the outcome in the arm's guardrail window."""
-        start = time.perf_counter()
-        ok = False
-        try:
-            result = model.predict(rows)
-            ok = True
-            return result
-        finally:
-            elapsed = time.perf_counter() - start
-            self.metrics.model_latency.labels(model.arm).observe(elapsed)
-            if count or ok:
-                self._guard(model.arm, elapsed / max(len(rows), 1), ok, max(len(rows), 1))
-
-    def _guard(self, arm: str, latency_s: float, ok: bool, rows: int) -> None:
-        """Record predictions of one arm in its guardrail window."""
-        self.guardrails.record(arm, latency_s, ok, rows)
-        if not ok:
-            self.errors_by_arm[arm] += 1
-            self.metrics.errors.labels("predict", arm).inc()
-
-    def _check_guardrails(self, snap: PoolSnapshot, anchor: ServingModel, arms: list[str]) -> None:
-        """Pull each of ``arms`` that breaks a guardrail (never the champion or the anchor)."""
-        for arm in arms:
-            if arm in (snap.champion, anchor.arm):
-                continue  # the fallback: report, never pull it
-            reason = self.guardrails.breach(arm)
-            if reason is not None:
-                self.pull(arm, reason)
 
     def pull(self, arm: str, reason: str) -> None:
         """Take an arm out of rotation at once, here and (through the store) in every replica."""

@@ -337,3 +337,43 @@ def test_a_failing_store_is_503_and_every_refused_feedback_can_be_sent_again(
         for rid, _arm, reward, _kind in Store(f"sqlite:///{home / 'rollout.db'}").feedback_rows()
     }
     assert stored == acked, "every acknowledged feedback stored once, and only those"
+
+
+# --- 6. client-chosen request ids: one decision each, and the feedback window -------------
+def test_a_reused_client_request_id_is_one_decision(server: UvicornProcess) -> None:
+    before = sum(c[0] for c in arm_state(server.url)["counts"].values())
+    body = {"features": FEATURES, "request_id": "client-reused-1"}
+    arms = {httpx.post(server.url + "/predict", json=body).json()["arm"] for _ in range(10)}
+    assert len(arms) == 1, f"a reused id is served by the arm of its first decision: {arms}"
+    marker = {"features": FEATURES, "request_id": "client-marker-1"}
+    assert httpx.post(server.url + "/predict", json=marker).status_code == 200
+    wait_for(lambda: sum(c[0] for c in arm_state(server.url)["counts"].values()) >= before + 2)
+    assert sum(c[0] for c in arm_state(server.url)["counts"].values()) == before + 2
+    fb = httpx.post(server.url + "/feedback", json={"request_id": "client-reused-1", "reward": 1})
+    assert fb.status_code == 200 and fb.json()["arm"] in arms
+
+
+def test_the_feedback_window_holds_for_client_request_ids(
+    registry_template: Path, tmp_path: Path
+) -> None:
+    import time
+
+    from rollout.store import DecisionRow, Store
+
+    home = fresh_home(registry_template, tmp_path)
+    env = env_for(home, BANDITFLOW_FEEDBACK_WINDOW_S="3600")
+    server = UvicornProcess(env, tmp_path / "server.log").wait()
+    try:
+        # A decision the client made two hours ago under its own id (written as the service
+        # would have): its window closed an hour ago.
+        store = Store(f"sqlite:///{home / 'rollout.db'}")
+        store.apply_batch([DecisionRow("client-old", "v1", time.time() - 7200, None)], [])
+        store.dispose()
+        late = httpx.post(server.url + "/feedback", json={"request_id": "client-old", "reward": 1})
+        assert late.status_code == 410, late.text
+        fresh = {"features": FEATURES, "request_id": "client-new"}
+        assert httpx.post(server.url + "/predict", json=fresh).status_code == 200
+        ok = httpx.post(server.url + "/feedback", json={"request_id": "client-new", "reward": 1})
+        assert ok.status_code == 200 and ok.json()["status"] == "accepted"
+    finally:
+        server.stop()
