@@ -86,8 +86,9 @@ async def run_decisions(svc: RolloutService) -> list[Recommendation]:
     await _watch_performance(svc, w, snap.champion)
     rollback = _watch_champion(svc, snap)
     recs = [rollback] if rollback is not None else _judge_challengers(svc, snap)
-    blocked = svc.frozen or w.srm_reason is not None
     for rec in recs:
+        # A mismatch freezes what the rewards decide; a rollback protects, it still runs.
+        blocked = svc.frozen or (w.srm_reason is not None and rec.action != "rollback")
         if svc.settings.auto_decisions and not blocked and rec.action != "keep":
             try:
                 await act(svc, rec)
@@ -97,6 +98,9 @@ async def run_decisions(svc: RolloutService) -> list[Recommendation]:
         elif w.srm_reason is not None and rec.action != "keep":
             rec.reason += f" (not applied: automatic decisions frozen, {w.srm_reason})"
     svc.recommendations = recs
+    svc.metrics.srm_log_e.set(min(w.srm.log_e, 1e6))
+    svc.metrics.decisions_frozen.set(float(w.srm_reason is not None))
+    svc.metrics.change_statistic.set(w.performance.statistic)
     return recs
 
 

@@ -73,6 +73,16 @@ class Metrics:
         self.shadow = Counter(
             "rollout_shadow_predictions", "Shadow predictions logged", ["arm"], registry=r
         )
+        # The decisions' sequential checks (rollout.decisions).
+        self.srm_log_e = Gauge(
+            "rollout_srm_log_evalue", "Log e-value of the sample-ratio test", registry=r
+        )
+        self.decisions_frozen = Gauge(
+            "rollout_decisions_frozen", "1 when a sample ratio mismatch froze decisions", registry=r
+        )
+        self.change_statistic = Gauge(
+            "rollout_champion_change_statistic", "The live watch's statistic", registry=r
+        )
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text (every worker's when multiprocess mode is on)."""

@@ -59,14 +59,20 @@ def decision(
     now: float,
     req: PredictRequest,
     features: Mapping[str, Any],
+    chosen: str | None = None,
 ) -> DecisionRow:
-    """Return the row to log for one decision: arm, unit, propensity, policy, segment."""
+    """Return the row to log for one decision: arm, unit, propensity, policy, segment.
+
+    A row re-routed after its arm failed (``chosen`` differs) was not the policy's choice:
+    it logs no propensity, so the SRM check and off-policy evaluation leave it out.
+    """
+    rerouted = chosen is not None and chosen != arm
     return DecisionRow(
         request_id,
         arm,
         now,
         req.unit_id,
-        propensity(_allocation_for(svc, features), arm),
+        None if rerouted else propensity(_allocation_for(svc, features), arm),
         policy_label(svc.policy),
         segment_of(features, svc.settings.segment_by),
     )

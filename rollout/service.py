@@ -250,6 +250,7 @@ class RolloutService:
             await self._choose(snap, anchor.arm, r.unit_id, rows[i]) for i, r in enumerate(reqs)
         ]
         reused = await self.client_ids.reuse(reqs, arms, self.serving_arms(snap), anchor.arm)
+        chosen = list(arms)  # the policy's choices, before any failure re-routes a row
         predictions, scores, served = scoring.score_by_arm(self, snap, anchor, rows, arms)
         now = self.clock()
         out = []
@@ -259,7 +260,7 @@ class RolloutService:
             request_id = req.request_id or self.tokens.issue(arm, now)
             if i not in reused:  # one decision per request id: a reused id is not served twice
                 self.writer.add_decision(
-                    segments.decision(self, request_id, arm, now, req, rows[i])
+                    segments.decision(self, request_id, arm, now, req, rows[i], chosen[i])
                 )
                 self.metrics.pulls.labels(arm).inc()
                 if req.request_id is not None:

@@ -52,6 +52,8 @@ def test_a_champion_that_starts_failing_is_rolled_back_with_no_failed_request(
         assert rec["action"] == "rollback" and rec["applied"] is True, rec
         assert "guardrail on the champion v4" in rec["reason"]
         assert client.get("/readyz").json()["champion"] == "v1"
+        # Rows re-routed from the failing arm log no propensity: no false sample-ratio alarm.
+        assert client.get("/arms").json()["decisions"]["srm"]["mismatch"] is False
         history = contract.read_history(mlflow_client(rollout_home), MODEL)
         assert (BROKEN, "rolled_back") in [(e.version, e.action) for e in history]
         assert all(
@@ -100,6 +102,8 @@ def test_a_sample_ratio_mismatch_freezes_automatic_decisions(rollout_home: Path)
         assert "automatic decisions frozen, sample ratio mismatch" in recs["v2"]["reason"]
         status = client.get("/arms").json()["decisions"]
         assert status["srm"]["mismatch"] is True and status["automatic"] is False
+        metrics = client.get("/metrics").text
+        assert "rollout_decisions_frozen 1.0" in metrics
         assert client.get("/readyz").json()["champion"] == "v1"
 
 
