@@ -13,6 +13,9 @@ import re
 # --- aliases ---------------------------------------------------------------------------
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous-champion"
+# The best trade-off of a study's Pareto set: served as a shadow arm (scored beside the
+# champion, never answering) until it is made a challenger.
+STAGING = "staging"
 CHALLENGER_PREFIX = "challenger-"
 _CHALLENGER_RE = re.compile(r"^challenger-(\d+)$")
 
@@ -100,6 +103,7 @@ OPTIMIZER_ENTRY_POINT_GROUP = "banditflow.optimizers"
 __all__ = [
     "CHAMPION",
     "PREVIOUS_CHAMPION",
+    "STAGING",
     "CHALLENGER_PREFIX",
     "challenger_alias",
     "is_challenger_alias",

@@ -20,7 +20,7 @@ from typing import Any
 
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from contract import CHAMPION, is_challenger_alias
+from contract import CHAMPION, STAGING, is_challenger_alias
 from rollout.models import (
     MLFLOW_LOCK,
     Column,
@@ -184,6 +184,8 @@ class ModelPool:
                 roles[arm_name(champion_version)] = (champion_version, CHAMPION)
             for version in self.shadow_versions:
                 roles.setdefault(arm_name(version), (version, SHADOW))
+            if STAGING in aliases:  # the best trade-off shadows until made a challenger
+                roles.setdefault(arm_name(aliases[STAGING]), (aliases[STAGING], SHADOW))
             if (
                 not force
                 and aliases == old.aliases

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from contract import (
     EVENT_CANDIDATES_REGISTERED,
+    STAGING,
     TAG_FAMILY,
     TAG_GATE_PREFIX,
     TAG_METRIC_PREFIX,
@@ -34,6 +35,7 @@ from tasks.tracking import configure_mlflow
 if TYPE_CHECKING:
     from tasks.gates import Holdout
     from tasks.registry import RegisteredVersion, TrialLike
+    from tasks.staging import Choice
 
 
 @dataclass
@@ -47,6 +49,7 @@ class VersionState:
     score: float | None = None
     alias: str | None = None
     flavour: str | None = None
+    error: str | None = None  # a step that errored on this version (the run fails at the end)
 
     @property
     def version(self) -> str:
@@ -69,6 +72,7 @@ class RegistrationPlan:
     trials: list[TrialLike]
     data: Any
     parent_run_id: str | None
+    staged: Choice | None = None  # the trial the choice rule sends to staging
 
 
 @task(name="load-study", cache_policy=NO_CACHE)
@@ -82,16 +86,19 @@ def plan_registration(
     """
     from tasks.data import load_study_data
     from tasks.registry import select_trials
+    from tasks.staging import choose_for, with_choice
     from tasks.study import load_study_result
 
     result = load_study_result(study, settings)
     spec = spec or load_study_spec(result.parent_run_id, settings)
     data = load_study_data(spec, settings)
     trials = select_trials(spec, result.best, result.pareto, result.top)
+    choice = choose_for(spec, result.pareto)
+    trials = with_choice(trials, result.pareto, choice)
     target = model_name or spec.registration.model_name or spec.name
     if target != spec.name:
         spec = spec.model_copy(update={"name": target})
-    return RegistrationPlan(spec, study, trials, data, result.parent_run_id)
+    return RegistrationPlan(spec, study, trials, data, result.parent_run_id, choice)
 
 
 @task(name="register-candidates", cache_policy=NO_CACHE)
@@ -148,21 +155,26 @@ def gate_candidates(
         tags = client.get_model_version(spec.name, state.version).tags or {}
         passed, failures, score = recorded_verdict(tags, metric)
         if passed is None:
-            report = gate_and_record(
-                client,
-                spec.name,
-                state.version,
-                state.registered.run_id,
-                state.loaded_model(),
-                gates=spec.gates,
-                holdout=holdout,
-                task=spec.task,
-                # A version is not judged against itself (a re-run after a crash).
-                champion=None if current is None or current[0] == state.version else current[1],
-                latency_calls=spec.evaluation.latency_calls,
-                convert_onnx=spec.registration.convert_onnx,
-                feature_types=feature_types,
-            )
+            try:
+                report = gate_and_record(
+                    client,
+                    spec.name,
+                    state.version,
+                    state.registered.run_id,
+                    state.loaded_model(),
+                    gates=spec.gates,
+                    holdout=holdout,
+                    task=spec.task,
+                    # A version is not judged against itself (a re-run after a crash).
+                    champion=None if current is None or current[0] == state.version else current[1],
+                    latency_calls=spec.evaluation.latency_calls,
+                    convert_onnx=spec.registration.convert_onnx,
+                    feature_types=feature_types,
+                )
+            except Exception as exc:  # noqa: BLE001 - recorded; the flow fails after the rest
+                state.passed, state.failures = False, ["error"]
+                state.error = f"run-gates: {type(exc).__name__}: {str(exc)[:300]}"
+                continue
             passed, failures, score = report.passed, report.failures, report.metric_value
         state.passed, state.failures, state.score = passed, failures, score
     return states
@@ -170,10 +182,18 @@ def gate_candidates(
 
 @task(name="assign-aliases", cache_policy=NO_CACHE)
 def assign_candidate_aliases(
-    spec: StudySpec, study: str, states: list[VersionState], settings: PipelineSettings
+    spec: StudySpec,
+    study: str,
+    states: list[VersionState],
+    settings: PipelineSettings,
+    staged: Choice | None = None,
 ) -> list[VersionState]:
-    """First champion if none, ``challenger-N`` for the other passers, nothing for failures."""
+    """First champion if none, ``challenger-N`` for the other passers, nothing for failures.
+
+    The ``staged`` trial (the best trade-off, tasks/staging.py) gets ``staging`` instead.
+    """
     from tasks.registry import GatedVersion, assign_aliases
+    from tasks.staging import hold_back, set_staging
 
     client = configure_mlflow(settings)
     direction: str = "maximize"
@@ -184,7 +204,13 @@ def assign_candidate_aliases(
     gated: list[GatedVersion] = [
         GatedVersion(s.version, bool(s.passed), s.score, s.failures) for s in states
     ]
-    aliases = assign_aliases(client, spec.name, gated, study=study, direction=direction)
+    trial = staged.trial_id if staged else None
+    version = next((s.version for s in states if s.registered.trial_id == trial), None)
+    live, stage = hold_back(client, spec.name, gated, version)
+    aliases = assign_aliases(client, spec.name, live, study=study, direction=direction)
+    if stage is not None and staged is not None:
+        set_staging(client, spec.name, stage, f"{staged.reason} (study {study})")
+        aliases[stage] = STAGING
     for state in states:
         state.alias = aliases.get(state.version)
     return states
@@ -222,6 +248,8 @@ def convert_candidates(
             client, spec.name, state.version, state.registered.run_id, outcome, onnx_bytes
         )
         state.flavour = outcome.flavour
+        if spec.registration.convert_onnx and not outcome.converted:  # a failed step
+            state.error = f"convert-onnx: {outcome.reason} (serves as sklearn)"
     return states
 
 
@@ -302,6 +330,7 @@ def summarize(
                 "onnx_fallback_reason": tags.get(TAG_ONNX_FALLBACK),
                 "description": client.get_model_version(spec.name, state.version).description,
                 "gates": gate_tags(tags),
+                "error": state.error,  # a step that errored (the flow run fails)
             }
         )
     return {

@@ -189,12 +189,31 @@ class GatesSpec(_Strict):
         return self
 
 
+class ChoiceSpec(_Strict):
+    """Which Pareto candidate goes to ``staging`` (tasks/staging.py states both rules)."""
+
+    rule: Literal["knee", "utility", "none"] = "knee"
+    # utility: weight per objective (>= 0) of its normalized loss; objectives left out weigh 0
+    weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _weights(self) -> ChoiceSpec:
+        import math
+
+        if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
+            raise ValueError("weights: each weight is a finite number >= 0")
+        if self.rule == "utility" and not any(w > 0 for w in self.weights.values()):
+            raise ValueError("weights: rule 'utility' needs a positive weight on an objective")
+        return self
+
+
 class RegisterSpec(_Strict):
     # The registered model the candidates join; several studies (hyperopt, ax, a retrain)
     # can feed one model's rollout. None: the study's name.
     model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     max_candidates: int = Field(default=3, ge=1)  # of the Pareto set, or the top trials
     convert_onnx: bool = True
+    choice: ChoiceSpec = Field(default_factory=ChoiceSpec)  # the best trade-off to staging
 
 
 class DriftSpec(_Strict):
@@ -280,6 +299,9 @@ class StudySpec(_Strict):
                 "objective and bound the others with gates (gates.latency_p95_ms, "
                 "gates.max_model_bytes)"
             )
+        unknown = sorted(set(self.registration.choice.weights) - set(self.objectives))
+        if unknown:
+            raise ValueError(f"registration.choice.weights: {unknown} are not objectives")
         if self.gates.performance is not None and self.gates.performance.metric not in supported:
             raise ValueError(
                 f"gates.performance.metric: {self.gates.performance.metric!r} is not measured "
