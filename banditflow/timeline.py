@@ -77,7 +77,14 @@ def prefect_records(api_url: str, since: datetime) -> tuple[list[dict[str, Any]]
                     "parent": run.get("parent_task_run_id") is not None,
                 }
             )
-        query = {"filter": {"occurred": {"since": since.isoformat()}}, "limit": 200}
+        # The project's own events; the server pages them 50 at a time at most.
+        query = {
+            "filter": {
+                "occurred": {"since": since.isoformat()},
+                "event": {"prefix": ["banditflow."]},
+            },
+            "limit": 50,
+        }
         response = client.post("/events/filter", json=query)
         events = response.json().get("events", []) if response.status_code == 200 else []
         while response.status_code == 200 and response.json().get("next_page"):
