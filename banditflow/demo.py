@@ -69,7 +69,8 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> DemoPlan:
-        world = WorldPlan(customers=2_000, sessions_per_day=600, live_days=7, drift_day=3)
+        # Enough labels a day that one day after the drift is enough to retrain on.
+        world = WorldPlan(customers=3_000, sessions_per_day=1_500, live_days=8, drift_day=2)
         return cls(
             world=replace(world, visits_per_day=6_000),
             hyperopt_trials=4,

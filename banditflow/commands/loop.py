@@ -12,7 +12,7 @@ from banditflow.cli import app
 
 @app.command()
 def demo(
-    quick: bool = typer.Option(False, help="Small world, few trials, 7 live days (CI's size)."),
+    quick: bool = typer.Option(False, help="Small world, few trials, 8 live days (CI's size)."),
     fresh: bool = typer.Option(
         False, help="Empty the data folder first (an earlier demo's studies would resume)."
     ),

@@ -41,14 +41,14 @@ def test_make_demo_quick_closes_the_loop_by_itself(tmp_path: Path) -> None:
         run.stdout[-3000:] + run.stderr[-3000:] + (log.read_text()[-4000:] if log.exists() else "")
     )
     steps = [line for line in run.stdout.splitlines() if line.lstrip().startswith("[")]
-    assert len([s for s in steps if "done" in s]) == 12, run.stdout  # 5 + 7 live days
+    assert len([s for s in steps if "done" in s]) == 13, run.stdout  # 5 + 8 live days
 
     summary = json.loads((home / "report" / "summary.json").read_text())
     timeline = (home / "report" / "index.html").read_text()
     # The first studies ran because the first features' event triggered their deployment.
     assert "first-studies" in timeline
     # Every live day's feature push was answered by the drift check's deployment.
-    assert timeline.count("retrain-on-feature-update") >= 7
+    assert timeline.count("retrain-on-feature-update") >= 8
     assert all(w["day"] >= -1 for w in summary["lock_step_waits"])
 
     # A retrain after the drift registered versions, and one of them served traffic.
