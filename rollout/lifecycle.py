@@ -32,6 +32,7 @@ async def start(svc: RolloutService) -> None:
         max_batch=svc.settings.writer_max_batch,
     )
     svc.writer.start()
+    svc.lookup.start_opening()  # Feast opens in a thread now, not on the first request
     if svc.settings.background:
         s = svc.settings
         every(svc, s.stats_refresh_ms / 1000.0, svc.refresh_state)

@@ -91,7 +91,9 @@ class RolloutService:
         )
         self.units = StickyUnits(self.store, cache_size=settings.unit_cache_size)
         self.client_ids = ClientIds(self.store, cache_size=settings.unit_cache_size)
-        self.lookup = EntityLookup(settings.feast_repo, settings.feast_feature_service)
+        self.lookup = EntityLookup(
+            settings.feast_repo_path, settings.feast_feature_service, home=settings.home
+        )
         self.tasks: list[asyncio.Task[None]] = []
         self.background_tasks: set[asyncio.Task[Any]] = set()
         self.tokens: RequestTokens | None = None

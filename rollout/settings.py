@@ -31,6 +31,7 @@ class RolloutSettings(BaseSettings):
     # MLflow: empty means the pipeline's SQLite file under home (same env names as the pipeline).
     mlflow_tracking_uri: str = ""
     mlflow_registry_uri: str = ""
+    mlflow_ui_url: str = "http://127.0.0.1:5000"  # the dashboard links to versions there
     # Rollout state: empty means a SQLite (WAL) file under home.
     state_url: str = ""
     # SQLite's synchronous pragma: FULL survives power loss, NORMAL only a process crash.
@@ -95,6 +96,8 @@ class RolloutSettings(BaseSettings):
     guardrail_min_requests: int = Field(default=50, ge=1)
 
     # Entity lookups through the Feast online store (Feast is imported only when set).
+    # Defaults: the project's feature_repo/ once applied under home, and the one feature
+    # service it defines (set the service when a repo defines several).
     feast_repo: Path | None = None
     feast_feature_service: str = ""
 
@@ -114,6 +117,19 @@ class RolloutSettings(BaseSettings):
         if not value.strip():
             raise ValueError("model_name must name a registered MLflow model, got ''")
         return value
+
+    @property
+    def feast_repo_path(self) -> Path | None:
+        """The Feast repo entity lookups read: the setting, else the project's
+        ``feature_repo/`` once it has been applied under ``home`` (its registry exists)."""
+        if self.feast_repo is not None:
+            return self.feast_repo
+        project_repo = PROJECT_ROOT / "feature_repo"
+        if (project_repo / "feature_store.yaml").exists() and (
+            self.home / "feast" / "registry.db"
+        ).exists():
+            return project_repo
+        return None
 
     @property
     def tracking_uri(self) -> str:
