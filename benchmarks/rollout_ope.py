@@ -92,13 +92,13 @@ def main() -> None:
                 half = (est.ci_high - est.ci_low) / 2
                 results.setdefault((name, est.estimator), []).append((err, covered, half))
     rows = []
-    for (target, estimator), values in results.items():
+    for (target_name, estimator), values in results.items():
         arr = np.array(values, dtype=float)
         rows.append(
             {
-                "target": target,
+                "target": target_name,
                 "estimator": estimator,
-                "true_value": truth[target],
+                "true_value": truth[target_name],
                 "mean_rel_error": float(arr[:, 0].mean()),
                 "p90_rel_error": float(np.percentile(arr[:, 0], 90)),
                 "coverage": float(arr[:, 1].mean()),

@@ -160,7 +160,7 @@ def segment_table(*, seeds: int, pulls: int, batch: int) -> list[dict[str, Any]]
         ("contextual Thompson (per segment)", get_policy("contextual-thompson"), True),
         ("fixed equal split", get_policy("fixed"), False),
     ]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, policy, contextual in specs:
         runs = np.array(
             [
