@@ -1,22 +1,28 @@
-"""Benchmark the retrain loop: from a feature update to the retrain running and a new challenger.
+"""Benchmark the loop: a feature update to a new challenger, and registration to serving.
 
-A Prefect server, the work pool and a process worker run locally (``banditflow up``'s
-machinery, without the MLflow UI and the rollout service); prefect.yaml is deployed; a
-champion is trained on the days before the generator's drift. Then ``push_activity`` (the
-feature task) pushes the drifted days, and the seconds of each step are read back from
-the server's state timestamps and the registry:
+Part "retrain": a Prefect server, the work pool and a process worker run locally
+(``banditflow.stack``, without the MLflow UI and the rollout service); prefect.yaml is
+deployed; a champion is trained on the days before the generator's drift. Then
+``push_activity`` (the ingestion task) pushes the drifted days, and the seconds of each
+step are read back from the server's state timestamps and the registry:
 
-  event delivery     event queued (push returned) -> the trigger's flow run exists
-  worker pick-up     flow run created -> PENDING (the worker's poll)
-  process start      PENDING -> RUNNING (a fresh Python importing the flow)
-  drift check        RUNNING -> check-drift task done (loads both windows, tests, report)
-  retrain study      the optimize subflow (warm-started, on the recent window)
-  registration       optimize done -> the new version exists (refit, log, register)
-  gates + aliases    version created -> flow run completed
+  event delivery              event queued (push returned) -> the check's flow run exists
+  check: pick-up + start      check run created -> RUNNING (worker poll, a fresh Python)
+  drift check                 RUNNING -> check-drift task done (it emits drift.detected)
+  drift.detected -> run       the drift event's retrain run (retrain-on-signal) exists
+  retrain: pick-up + start    retrain run created -> RUNNING
+  retrain study               the optimize subflow (warm-started, on the recent window)
+  registration                optimize done -> the new version exists (refit, log, register)
+  gates + aliases             version created -> retrain run completed
 
 Side by side: the worker at Prefect's default poll (10 s, the baseline) and at 1 s.
 
-    .venv/bin/python benchmarks/loop_latency.py            # about 4 minutes on 2 cores
+Part "serving": the seconds from a challenger's alias move to the first ``/predict`` it
+answers, with the service's alias poll alone (the baseline) and with the
+``candidates.registered`` automation that calls the service's reload.
+
+    .venv/bin/python benchmarks/loop_latency.py --part serving   # about 2 minutes
+    .venv/bin/python benchmarks/loop_latency.py                  # both, about 8 minutes
 """
 
 from __future__ import annotations
@@ -43,11 +49,13 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 DRIFT_AT = START + timedelta(days=45)
 MODEL = "loop-bench"
 RETRAIN = "retrain/retrain-on-feature-update"
+SIGNAL = "retrain/retrain-on-signal"
 STEPS = (
     "event delivery",
-    "worker pick-up",
-    "process start",
+    "check: worker pick-up + process start",
     "drift check",
+    "drift.detected -> retrain run exists",
+    "retrain: worker pick-up + process start",
     "retrain study",
     "registration",
     "gates + aliases",
@@ -88,6 +96,34 @@ def restart_worker(stack: Stack, poll: float | None) -> None:
     time.sleep(3)  # let it register with the pool before the event arrives
 
 
+def _signal_runs(client: Any) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deployment = client.read_deployment_by_name(SIGNAL)
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+    )
+    return [r for r in runs if r.parameters.get("model") == MODEL]
+
+
+def _signal_run(client: Any, seen: set[Any], timeout: float = 600) -> Any:
+    """Wait for the drift event's retrain run (one not in ``seen``) to finish; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [r for r in _signal_runs(client) if r.id not in seen]
+        if new and new[0].state and new[0].state.is_final():
+            if not new[0].state.is_completed():
+                raise RuntimeError(f"the retrain run did not complete: {new[0].state}")
+            return new[0]
+        time.sleep(0.5)
+    raise RuntimeError(f"no retrain run on {SIGNAL} finished within {timeout:.0f} s")
+
+
+def _first_running(client: Any, run_id: Any) -> datetime:
+    states = sorted(client.read_flow_run_states(run_id), key=lambda st: st.timestamp)
+    return next(st.timestamp for st in states if st.type.value == "RUNNING")
+
+
 def one_loop(client: Any, settings: PipelineSettings, days: int, deployment_id: Any) -> dict:
     """Push ``days`` drifted days of activity and time each step of the retrain it starts."""
     from prefect.client.schemas.filters import (
@@ -110,6 +146,7 @@ def one_loop(client: Any, settings: PipelineSettings, days: int, deployment_id: 
         return [r for r in runs if r.parameters.get("feature_view")]
 
     seen = {r.id for r in retrain_runs()}
+    seen_signals = {r.id for r in _signal_runs(client)}
     activity = pd.read_parquet(settings.data_dir / "activity.parquet")
     stamps = activity["event_timestamp"]
     rows = activity[
@@ -129,19 +166,23 @@ def one_loop(client: Any, settings: PipelineSettings, days: int, deployment_id: 
             break
         time.sleep(0.5)
     if run is None or not run.state.is_completed():
-        raise RuntimeError(f"the retrain flow run did not complete: {run and run.state}")
+        raise RuntimeError(f"the drift check flow run did not complete: {run and run.state}")
 
-    states = client.read_flow_run_states(run.id)
-    first: dict[str, datetime] = {}
-    for st in sorted(states, key=lambda s: s.timestamp):
-        first.setdefault(st.type.value, st.timestamp)
+    signal = _signal_run(client, seen_signals)
+    check_running, signal_running = (
+        _first_running(client, run.id),
+        _first_running(client, signal.id),
+    )
     tasks = client.read_task_runs(
         task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id]))
     )
-    drift_done = next(t.end_time for t in tasks if t.name.startswith("check-drift"))
+    drift_done = next(
+        (t.end_time for t in tasks if t.name.startswith("check-drift") and t.end_time),
+        run.end_time,
+    )
     [sub] = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[signal.id])
         )
     )
     client_ml = configure_mlflow(settings)
@@ -154,34 +195,164 @@ def one_loop(client: Any, settings: PipelineSettings, days: int, deployment_id: 
     marks = [
         pushed,
         run.created,
-        first["PENDING"],
-        first["RUNNING"],
+        check_running,
         drift_done,
+        signal.created,
+        signal_running,
         sub.end_time,
         registered,
-        run.end_time,
+        signal.end_time,
     ]
-    # The subflow starts right after the drift check: its span is "retrain study".
+    # The optimize subflow starts as the retrain run starts: its span is "retrain study".
     steps = {
         name: (b - a).total_seconds()
         for name, a, b in zip(STEPS, marks[:-1], marks[1:], strict=True)
     }
     return {
         "steps": steps,
-        "to_run_start": (first["RUNNING"] - pushed).total_seconds(),
+        "to_run_start": (signal_running - pushed).total_seconds(),
         "to_challenger_registered": (registered - pushed).total_seconds(),
-        "to_completed": (run.end_time - pushed).total_seconds(),
+        "to_completed": (signal.end_time - pushed).total_seconds(),
         "version": newest.version,
         # search_model_versions leaves aliases out: read the version itself.
         "aliases": list(client_ml.get_model_version(MODEL, newest.version).aliases or []),
     }
 
 
+# --- registration -> first request served by the new challenger --------------------------
+SERVE_MODEL = "serve-bench"
+SERVING_MODES = ("alias poll only (5 s, the service's default)", "candidates.registered -> reload")
+
+
+def _log_version(tracking_uri: str, artifacts: Path, c: float) -> str:
+    """Log one small sklearn model as a new version of SERVE_MODEL; return its version."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name("serve-bench")
+    eid = (
+        experiment.experiment_id
+        if experiment
+        else mlflow.create_experiment("serve-bench", artifact_location=artifacts.as_uri())
+    )
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x1": rng.normal(size=200), "x2": rng.normal(size=200)})
+    y = (frame["x1"] - frame["x2"] > 0).astype(int)
+    model = LogisticRegression(C=c).fit(frame, y)
+    with mlflow.start_run(experiment_id=eid):
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(frame.head(5), model.predict(frame.head(5))),
+            serialization_format="cloudpickle",
+            pip_requirements=["scikit-learn"],
+            registered_model_name=SERVE_MODEL,
+        )
+    return str(info.registered_model_version)
+
+
+def _first_served(url: str, version: str, timeout: float = 120) -> float:
+    """Send requests until one is served by ``version``; return the monotonic time it was."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    n = 0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while time.monotonic() < deadline:
+            n += 1
+            body = {"features": {"x1": 0.3, "x2": -0.2}, "unit_id": f"bench-{version}-{n}"}
+            answer = client.post("/predict", json=body)
+            if answer.status_code == 200 and answer.json()["model"]["version"] == version:
+                return time.monotonic()
+            time.sleep(0.01)
+    raise RuntimeError(f"v{version} served no request within {timeout:.0f} s")
+
+
+def serving_latency(reps: int) -> dict[str, list[float]]:
+    """Seconds from a challenger's alias move to its first served request, per mode."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from banditflow.triggers import RELOAD_AUTOMATION
+    from contract import CHAMPION, challenger_alias
+    from tasks.ingest import flush_events
+    from tasks.register import emit_registered
+
+    home = Path(tempfile.mkdtemp(prefix="serve-latency-")) / "home"
+    settings = PipelineSettings(home=home, work_pool="bench-serve").ensure_dirs()
+    artifacts = home / "mlartifacts"
+    uri = settings.tracking_uri
+    out: dict[str, list[float]] = {mode: [] for mode in SERVING_MODES}
+    env = {"BANDITFLOW_MODEL_NAME": SERVE_MODEL}
+    with start_stack(settings, with_mlflow=False, env=env) as stack:
+        assert stack.rollout_url is not None
+        registry = MlflowClient(uri, uri)
+        first = _log_version(uri, artifacts, 1.0)
+        registry.set_registered_model_alias(SERVE_MODEL, CHAMPION, first)
+        _first_served(stack.rollout_url, first)
+        api = {PREFECT_API_URL: stack.prefect_api_url}
+        with temporary_settings(api), get_client(sync_client=True) as prefect:
+            [reload] = prefect.read_automations_by_name(RELOAD_AUTOMATION)
+            for mode, rep in [(m, r) for r in range(reps) for m in SERVING_MODES]:
+                event = mode == SERVING_MODES[1]
+                (prefect.resume_automation if event else prefect.pause_automation)(reload.id)
+                version = _log_version(uri, artifacts, 0.1 + rep)
+                registry.set_registered_model_alias(SERVE_MODEL, challenger_alias(1), version)
+                moved = time.monotonic()  # registration's last step: the alias
+                if event:
+                    versions = [{"version": version, "alias": challenger_alias(1)}]
+                    emit_registered({"model": SERVE_MODEL, "versions": versions})
+                    flush_events()
+                out[mode].append(_first_served(stack.rollout_url, version) - moved)
+                print(f"{mode}: v{version} served after {out[mode][-1]:.2f} s")
+    return out
+
+
+def serving_table(results: dict[str, list[float]]) -> str:
+    import statistics
+
+    lines = [
+        "| how the service learns of a new challenger | median s | max s | runs |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode, values in results.items():
+        lines.append(
+            f"| {mode} | {statistics.median(values):.2f} | {max(values):.2f} | {len(values)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4, help="Trials per study.")
+    parser.add_argument(
+        "--part", choices=["serving", "retrain", "all"], default="all", help="What to measure."
+    )
+    parser.add_argument("--reps", type=int, default=5, help="Registrations per serving mode.")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.part in ("serving", "all"):
+        served = serving_latency(args.reps)
+        table = serving_table(served)
+        note = (
+            f"\nSeconds from the challenger alias move (registration's last write) to the first "
+            f"/predict it answers; {args.reps} registrations per row, one stack, on "
+            f"{platform.node()} ({os.cpu_count()} cores), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+            " Includes loading the version (a small cloudpickle sklearn model)."
+        )
+        print(table + "\n" + note)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "loop_latency_serving.json").write_text(json.dumps(served, indent=2))
+        (RESULTS / "loop_latency_serving.md").write_text(
+            "# Registration -> first request served\n\n" + table + "\n" + note + "\n"
+        )
+    if args.part == "serving":
+        return
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

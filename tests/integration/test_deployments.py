@@ -1,10 +1,12 @@
-"""End to end: a feature update starts the retrain deployment on a real server, pool and worker.
+"""End to end: a feature update starts the drift check, whose drift event starts the retrain.
 
 A Prefect server on a free port, a process work pool and a worker (polling every second),
 ``prefect deploy --all`` of this repository's prefect.yaml; a champion made by the
-``optimize`` and ``register`` flows; then ``push_activity`` (the feature
-task) emits ``banditflow.features.updated`` and the trigger runs ``retrain``. A second
-update while it runs is cancelled by the deployment's concurrency limit.
+``optimize`` and ``register`` flows; then ``push_activity`` (the ingestion task) emits
+``banditflow.features.updated`` and the trigger runs the check (``retrain`` with
+``retrain_on_drift: false``). A second update while it runs is cancelled by the
+deployment's concurrency limit. The check emits ``banditflow.drift.detected``, and that
+trigger runs the warm-started retrain study (``retrain-on-signal``), which registers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ DRIFT_AT = START + timedelta(days=45)
 DAYS = 60
 MODEL = "e2e-conversion"
 RETRAIN = "retrain/retrain-on-feature-update"
+SIGNAL = "retrain/retrain-on-signal"
 
 
 def champion_spec(path: Path) -> dict[str, Any]:
@@ -110,11 +113,16 @@ def _apply_feature_repository(settings: PipelineSettings) -> None:
 
 def _scenario(api: str, settings: PipelineSettings, table: Path) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        DeploymentFilter,
+        DeploymentFilterId,
+    )
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from contract import CHAMPION, TAG_STUDY, aliases_of
+    from contract import CHAMPION, EVENT_DRIFT_DETECTED, TAG_STUDY, aliases_of
     from flows.optimize import optimize
     from flows.register import register
     from tasks.drift import artifact_key
@@ -191,6 +199,21 @@ def _scenario(api: str, settings: PipelineSettings, table: Path) -> None:
         )
         keys = {a.key for a in artifacts}
         assert artifact_key(MODEL) in keys, keys
+
+        # The check only announced the drift; the drift event's consumer runs the retrain.
+        signal = client.read_deployment_by_name(SIGNAL)
+
+        def retrain_done() -> Any:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[signal.id]))
+            )
+            mine = [r for r in runs if r.parameters.get("model") == MODEL]
+            return next((r for r in mine if r.state and r.state.is_final()), None)
+
+        retrained = _wait(retrain_done, 300, "the drift event's retrain to finish", poll=1.0)
+        mark("retrain on drift.detected finished")
+        assert retrained.state.is_completed(), retrained.state
+        assert retrained.parameters["reason"] == EVENT_DRIFT_DETECTED
 
     versions = mlflow.search_model_versions(f"name='{MODEL}'")
     studies = {(v.tags or {}).get(TAG_STUDY, "") for v in versions}

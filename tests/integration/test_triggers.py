@@ -116,16 +116,18 @@ def test_feature_update_starts_the_drift_check(stack: Stack) -> None:
     assert run.parameters["feature_view"] == "banditflow.feature_view.customer_activity"
     assert str(run.parameters["start"]).startswith("2026-02-01")
     assert str(run.parameters["end"]).startswith("2026-02-08")
+    assert run.parameters["retrain_on_drift"] is False  # the drift event's consumer retrains
 
 
 def test_drift_detected_starts_the_retrain_of_that_model_on_its_window(stack: Stack) -> None:
-    from tasks.drift import DriftReport, emit_drift_detected
+    from tasks.drift import DriftReport, FeatureDrift, emit_drift_detected
 
     window: dict[str, str | None] = {
         "start": "2026-02-10T00:00:00+00:00",
         "end": "2026-02-17T00:00:00+00:00",
     }
-    report = DriftReport(features=[], n_reference=100, n_current=50, window=window)
+    moved = FeatureDrift("sessions_7d", "numeric", 0.4, "ks", 0.3, 1e-6, 0.3, True, "psi")
+    report = DriftReport(features=[moved], n_reference=100, n_current=50, window=window)
     since = datetime.now(UTC)
     with _client(stack) as client:
         emit_drift_detected(report, model=MODEL, version="3")
@@ -134,6 +136,8 @@ def test_drift_detected_starts_the_retrain_of_that_model_on_its_window(stack: St
     assert run.parameters["model"] == MODEL
     assert str(run.parameters["start"]).startswith("2026-02-10")
     assert str(run.parameters["end"]).startswith("2026-02-17")
+    assert run.parameters["reason"] == "banditflow.drift.detected"  # no second check
+    assert run.parameters["drifted_features"] == ["sessions_7d"]
 
 
 @pytest.mark.parametrize("event_name", ["EVENT_PERFORMANCE_DEGRADED", "EVENT_ROLLOUT_ROLLED_BACK"])
@@ -147,7 +151,7 @@ def test_service_events_start_the_retrain_of_the_served_model(
     with _client(stack) as client:
         _emit_from_service(stack, event, "2")
         run = _new_run(client, "retrain/retrain-on-signal", since)
-    assert run.parameters == {"model": MODEL}
+    assert run.parameters == {"model": MODEL, "reason": event}
 
 
 def test_promotion_starts_no_retrain(stack: Stack) -> None:
@@ -165,7 +169,7 @@ def test_promotion_starts_no_retrain(stack: Stack) -> None:
         _emit_from_service(stack, EVENT_PERFORMANCE_DEGRADED, "1", model="marker-model")
         marker = _new_run(client, "retrain/retrain-on-signal", since)
         runs = _runs_since(client, "retrain/retrain-on-signal", since)
-    assert marker.parameters == {"model": "marker-model"}
+    assert marker.parameters["model"] == "marker-model"
     assert [r.parameters["model"] for r in runs] == ["marker-model"]
 
 
