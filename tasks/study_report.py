@@ -25,6 +25,9 @@ def log_plots(client: MlflowClient, result: StudyResult, records: Sequence[Trial
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tasks.study_plots import log_study_plots
+
+    log_study_plots(client, result, records)  # metric columns, importance, coordinates, slices
     metric, direction = next(iter(result.objectives.items()))
     done = [r for r in records if r.status == "completed" and metric in r.values]
     if not done:
