@@ -36,6 +36,10 @@ class EntityLookup:
     def configured(self) -> bool:
         return self.repo is not None
 
+    @property
+    def ready(self) -> bool:
+        return self._opened is not None
+
     def start_opening(self) -> None:
         """Open the store in a worker thread now, so the first lookup does not wait ~10 s."""
         if self.configured and self._opening is None:

@@ -143,6 +143,16 @@ async def history(svc: RolloutService, minutes: float, buckets: int) -> dict[str
     return {"bucket_s": bucket_s, "traffic": share, "rewards": rewards}
 
 
+def _lookup_status(svc: RolloutService) -> str:
+    """Whether entity lookups work: off, opening, ready, or why not (they never block ready)."""
+    lookup = svc.lookup
+    if not lookup.configured:
+        return "off"
+    if lookup.error:
+        return lookup.error
+    return f"ready ({lookup.repo})" if lookup.ready else "opening the Feast store"
+
+
 def readiness(svc: RolloutService) -> tuple[bool, dict[str, Any]]:
     """Whether the service can serve (an arm to fall back on, the store writable), and why not.
 
@@ -175,6 +185,7 @@ def readiness(svc: RolloutService) -> tuple[bool, dict[str, Any]]:
         "serving_from": anchor.arm if anchor is not None else None,
         "models": models,
         "store": store_detail,
+        "entity_lookups": _lookup_status(svc),
     }
     if snap.champion_model() is None:
         detail["reason"] = svc.no_model_reason(snap)

@@ -203,6 +203,7 @@ def test_strict_types_admin_token_first_and_one_error_format(server: UvicornProc
 
 def test_public_routes_show_no_raw_exception_text(server: UvicornProcess) -> None:
     ready = httpx.get(server.url + "/readyz", timeout=30).json()
+    assert ready["entity_lookups"] == "off"  # no feature repo applied in this data folder
     text = json.dumps(ready) + httpx.get(server.url + "/arms", timeout=30).text
     assert "Traceback" not in text and "sqlite3." not in text
 
