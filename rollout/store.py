@@ -185,49 +185,57 @@ class Store(StoreReads, SegmentCounters):
         discount: float | None,
     ) -> list[tuple[FeedbackStatus, str | None]]:
         if new_decisions:
-            conn.execute(
-                self._insert(decisions).on_conflict_do_nothing(),
-                [
-                    {
-                        "request_id": d.request_id,
-                        "arm": d.arm,
-                        "unit_id": d.unit_id,
-                        "created_at": d.created_at,
-                        "settled": False,
-                        "propensity": d.propensity,
-                        "policy": d.policy,
-                        "segment": d.segment,
-                    }
-                    for d in new_decisions
-                ],
-            )
-            served: dict[str, int] = defaultdict(int)
-            for d in new_decisions:
-                served[d.arm] += 1
-            self._increment(
-                conn, {arm: (0.0, 0.0, 0.0, n, 0, 0.0, 0.0) for arm, n in served.items()}
-            )
-            self._count_segment_decisions(conn, new_decisions)
+            self._insert_decisions(conn, new_decisions)
         if shadows:
-            conn.execute(
-                shadow_log.insert(),
-                [
-                    {
-                        "request_id": s.request_id,
-                        "served_arm": s.served_arm,
-                        "shadow_arm": s.shadow_arm,
-                        "served_prediction": json.dumps(s.served_prediction),
-                        "shadow_prediction": json.dumps(s.shadow_prediction),
-                        "served_score": s.served_score,
-                        "shadow_score": s.shadow_score,
-                        "created_at": s.created_at,
-                    }
-                    for s in shadows
-                ],
-            )
+            self._insert_shadows(conn, shadows)
         if not new_feedback:
             return []
+        return self._apply_feedback(conn, new_feedback, discount)
 
+    def _insert_decisions(self, conn: Connection, new_decisions: Sequence[DecisionRow]) -> None:
+        conn.execute(
+            self._insert(decisions).on_conflict_do_nothing(),
+            [
+                {
+                    "request_id": d.request_id,
+                    "arm": d.arm,
+                    "unit_id": d.unit_id,
+                    "created_at": d.created_at,
+                    "settled": False,
+                    "propensity": d.propensity,
+                    "policy": d.policy,
+                    "segment": d.segment,
+                }
+                for d in new_decisions
+            ],
+        )
+        served: dict[str, int] = defaultdict(int)
+        for d in new_decisions:
+            served[d.arm] += 1
+        self._increment(conn, {arm: (0.0, 0.0, 0.0, n, 0, 0.0, 0.0) for arm, n in served.items()})
+        self._count_segment_decisions(conn, new_decisions)
+
+    def _insert_shadows(self, conn: Connection, shadows: Sequence[ShadowRow]) -> None:
+        conn.execute(
+            shadow_log.insert(),
+            [
+                {
+                    "request_id": s.request_id,
+                    "served_arm": s.served_arm,
+                    "shadow_arm": s.shadow_arm,
+                    "served_prediction": json.dumps(s.served_prediction),
+                    "shadow_prediction": json.dumps(s.shadow_prediction),
+                    "served_score": s.served_score,
+                    "shadow_score": s.shadow_score,
+                    "created_at": s.created_at,
+                }
+                for s in shadows
+            ],
+        )
+
+    def _apply_feedback(
+        self, conn: Connection, new_feedback: Sequence[FeedbackRow], discount: float | None
+    ) -> list[tuple[FeedbackStatus, str | None]]:
         # Attribute feedback whose request id is not a signed token from the decisions table.
         missing = {f.request_id for f in new_feedback if f.arm is None}
         looked_up: dict[str, str] = {}
