@@ -75,19 +75,27 @@ __all__ = [
 
 # --- progress listeners (the CLI's progress bar) ------------------------------------------
 ProgressListener = Callable[[dict[str, Any]], None]
-_LISTENERS: list[ProgressListener] = []
+_LISTENERS: list[tuple[ProgressListener, bool]] = []
 
 
-def add_progress_listener(listener: ProgressListener) -> Callable[[], None]:
-    """Call ``listener(event)`` at each phase and after every tell; return its remover."""
-    _LISTENERS.append(listener)
-    return lambda: _LISTENERS.remove(listener) if listener in _LISTENERS else None
+def add_progress_listener(
+    listener: ProgressListener, *, phases: bool = False
+) -> Callable[[], None]:
+    """Call ``listener(event)`` after every tell (and at each phase with ``phases=True``).
+
+    A tell event has ``record``, ``finished``, ``best``; a phase event only ``phase``.
+    Return a function that removes the listener.
+    """
+    entry = (listener, phases)
+    _LISTENERS.append(entry)
+    return lambda: _LISTENERS.remove(entry) if entry in _LISTENERS else None
 
 
 def notify(event: dict[str, Any]) -> None:
-    """Send ``event`` to every listener (a phase: ``{"phase": ...}``; a tell: a record)."""
-    for listener in list(_LISTENERS):
-        listener(event)
+    """Send ``event`` to the listeners: a phase (no ``record``) only to those that asked."""
+    for listener, phases in list(_LISTENERS):
+        if phases or "record" in event:
+            listener(event)
 
 
 class Study:

@@ -69,7 +69,7 @@ def optimize(
         )
     metric, direction = spec.primary_objective
     bar = StudyProgress(console, spec.name, total, done, metric, direction)
-    remove = add_progress_listener(bar.on_event)
+    remove = add_progress_listener(bar.on_event, phases=True)
     try:
         with bar.running():
             result = optimize_flow(spec, runner=runner)

@@ -282,17 +282,18 @@ def test_cli_trials_means_more_trials_shows_phases_and_refuses_a_changed_spec(
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     phases: list[str] = []
-    remove = add_progress_listener(lambda event: phases.append(str(event.get("phase"))))
+    remove = add_progress_listener(lambda e: phases.append(str(e.get("phase"))), phases=True)
     try:
         first = CliRunner().invoke(app, ["optimize", str(path), "--trials", "2"])
         again = CliRunner().invoke(app, ["optimize", str(path), "--trials", "2"])
     finally:
         remove()
     assert first.exit_code == 0, first.output
-    assert "2 completed" in first.output and "over the library defaults" in first.output
+    assert "2 completed, 0 pruned" in first.output
+    assert "over the library defaults" in first.output
     assert again.exit_code == 0, again.output
     assert "resuming study 'clitrials': 2 trials so far, 2 more (budget 4)" in again.output
-    assert "2 completed" not in again.output and "4 completed" in again.output
+    assert "4 completed, 0 pruned" in again.output
     # The bar names each phase before the first trial: data, the study, then trials.
     assert phases[:3] == ["loading data", "opening study", "trials"]
     assert "finishing" in phases
