@@ -7,6 +7,8 @@ under that segment when it arrives.
 
 from __future__ import annotations
 
+import math
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +18,7 @@ from sqlalchemy import Connection, Table, select
 from rollout.store_schema import DecisionRow, decisions, segment_stats
 
 _SEGMENT_COUNTERS = ("served", "outcomes", "reward_sum", "reward_sq_sum")
+_RECHECK_S = 5.0
 
 
 class SegmentCounters:
@@ -27,18 +30,33 @@ class SegmentCounters:
     def _insert(self, table: Table) -> Any:
         raise NotImplementedError
 
+    _segments_seen = False  # once a segment is stored, every feedback batch looks them up
+    _segments_checked = -math.inf
+
+    def _segments_in_use(self, conn: Connection) -> bool:
+        """Return whether any decision carries a segment (re-checked every few seconds while
+        none does, so feedback without segments skips the lookup)."""
+        now = time.monotonic()
+        if not self._segments_seen and now - self._segments_checked > _RECHECK_S:
+            self._segments_checked = now
+            found = conn.execute(select(segment_stats.c.segment).limit(1)).first()
+            self._segments_seen = found is not None
+        return self._segments_seen
+
     def _count_segment_decisions(self, conn: Connection, rows: Sequence[DecisionRow]) -> None:
         served: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
         for d in rows:
             if d.segment is not None:
                 served[(d.segment, d.arm)][0] += 1
+        if served:
+            self._segments_seen = True
         self._upsert_segments(conn, served)
 
     def _count_segment_rewards(
         self, conn: Connection, rewards: Sequence[tuple[str, str, float]]
     ) -> None:
         """Count ``(request_id, arm, reward)`` under each decision's segment (if it had one)."""
-        if not rewards:
+        if not rewards or not self._segments_in_use(conn):
             return
         ids = [rid for rid, _, _ in rewards]
         found = dict(
