@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -34,6 +33,7 @@ import pandas as pd
 from rich.console import Console
 
 from banditflow.clock import SimClock
+from banditflow.demo_home import clear_home, library_output_to
 from banditflow.world import World, WorldPlan
 
 MODEL = "conversion"
@@ -346,30 +346,6 @@ class Demo:
         return index
 
 
-# Set up by the process before the demo starts (its log file, Prefect's logging config).
-_KEEP = {"logs", "logging.yml"}
-
-
-def clear_home(home: Path) -> None:
-    """Remove what an earlier demo left in the data folder (data, stores, registry, report).
-
-    The process's own set-up stays: the log file its handlers write to and Prefect's
-    logging configuration (read once, at start-up).
-    """
-    if not home.exists():
-        return
-    for child in home.iterdir():
-        if child.name in _KEEP:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            if any(c.name in _KEEP for c in child.iterdir()):
-                clear_home(child)
-            else:
-                shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
 def run_demo(plan: DemoPlan | None = None, *, fresh: bool = False, **world: Any) -> Path:
     """Run the demo with ``plan`` (default sizes); keywords override the world's knobs."""
     from tasks.settings import get_settings
@@ -387,33 +363,6 @@ def run_demo(plan: DemoPlan | None = None, *, fresh: bool = False, **world: Any)
     if world:
         plan = replace(plan, world=replace(plan.world, **world))
     home = get_settings().ensure_dirs().home
-    with _library_output_to(home / "demo.log") as terminal:
+    with library_output_to(home / "demo.log") as terminal:
         # soft_wrap: a step's line stays one line in a log or a pipe (the terminal wraps it).
         return Demo(plan, console=Console(file=terminal, soft_wrap=True)).run()
-
-
-@contextlib.contextmanager
-def _library_output_to(log_path: Path) -> Iterator[Any]:
-    """Send everything written to file descriptors 1 and 2 to ``log_path``; yield the terminal.
-
-    Libraries (Feast's progress bars, MLflow's notices, Prefect's deploy output) write to
-    the process's stdout and stderr: only a descriptor-level redirect catches all of it.
-    The demo's own lines go to a copy of the real stdout.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
-    with open(log_path, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield terminal
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved_out, 1)
-            os.dup2(saved_err, 2)
-            os.close(saved_out)
-            os.close(saved_err)
-            terminal.close()

@@ -194,33 +194,13 @@ def _table_html(frame: pd.DataFrame) -> str:
     )
 
 
-def write_report(data: ReportData, out_dir: str | Path) -> Path:
-    """Write ``index.html`` (figures embedded), the PNGs and ``summary.json`` into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    images = figures(data)
-    for name, png in images.items():
-        (out / name).write_bytes(png)
-    summary = summary_table(data)
-    reference = data.baselines.get(data.reference)
-    rec: tuple[int | None, float, float] = (None, float("nan"), float("nan"))
-    if reference is not None and data.drift_seq_index is not None:
-        live = data.served["reward"].to_numpy()
-        rec = recovery(live, reference, data.drift_seq_index, data.window)
-    facts = {
-        "visits": len(data.served),
-        "reference": data.reference,
-        "drift_at_visit": data.drift_seq_index,
-        "recovered_after_visits": rec[0],
-        "live_rate_after_recovery": rec[1],
-        "reference_rate_after_recovery": rec[2],
-        "events": [{"seq": s, "label": label} for s, label in data.events],
-        "systems": summary.to_dict(orient="records"),
-        "steps": [{"step": s, "seconds": round(t, 1)} for s, t in data.steps],
-        **data.facts,
-    }
-    (out / "summary.json").write_text(json.dumps(_json_safe(facts), indent=2, default=str) + "\n")
-    (out / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
+def _sections(
+    data: ReportData,
+    images: dict[str, bytes],
+    summary: pd.DataFrame,
+    rec: tuple[int | None, float, float],
+) -> list[str]:
+    """Return the report page's sections as HTML fragments, in order."""
 
     def img(name: str, alt: str) -> str:
         encoded = base64.b64encode(images[name]).decode()
@@ -254,6 +234,38 @@ def write_report(data: ReportData, out_dir: str | Path) -> Path:
     if data.steps:
         steps = pd.DataFrame(data.steps, columns=["step", "seconds"])
         sections += ["<h2>Demo steps</h2>", _table_html(steps)]
+    return sections
+
+
+def write_report(data: ReportData, out_dir: str | Path) -> Path:
+    """Write ``index.html`` (figures embedded), the PNGs and ``summary.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = figures(data)
+    for name, png in images.items():
+        (out / name).write_bytes(png)
+    summary = summary_table(data)
+    reference = data.baselines.get(data.reference)
+    rec: tuple[int | None, float, float] = (None, float("nan"), float("nan"))
+    if reference is not None and data.drift_seq_index is not None:
+        live = data.served["reward"].to_numpy()
+        rec = recovery(live, reference, data.drift_seq_index, data.window)
+    facts = {
+        "visits": len(data.served),
+        "reference": data.reference,
+        "drift_at_visit": data.drift_seq_index,
+        "recovered_after_visits": rec[0],
+        "live_rate_after_recovery": rec[1],
+        "reference_rate_after_recovery": rec[2],
+        "events": [{"seq": s, "label": label} for s, label in data.events],
+        "systems": summary.to_dict(orient="records"),
+        "steps": [{"step": s, "seconds": round(t, 1)} for s, t in data.steps],
+        **data.facts,
+    }
+    (out / "summary.json").write_text(json.dumps(_json_safe(facts), indent=2, default=str) + "\n")
+    (out / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
+
+    sections = _sections(data, images, summary, rec)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>banditflow demo report</title>
 <style>

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -70,14 +71,10 @@ def simulate(
     """Send simulated customers to /predict and their true outcomes to /feedback."""
     import asyncio
 
-    import httpx
-
     from banditflow.simulate import (
         SimulationError,
         TrafficOptions,
         build_stream,
-        fit_reward_to_service,
-        reward_mismatch,
         run_traffic,
         served_stream,
     )
@@ -94,25 +91,7 @@ def simulate(
         rate=rate or None,
         reward="net" if reward == "auto" else reward,  # type: ignore[arg-type]
     )
-    # The service's reward kind first: a Bernoulli policy refuses negative rewards, and
-    # finding that out after building the stream and sending traffic wastes minutes.
-    try:
-        arms = httpx.get(f"{url.rstrip('/')}/arms", timeout=10).json()
-    except (httpx.HTTPError, ValueError) as exc:
-        typer.secho(f"cannot read {url}/arms: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
-    if reward == "auto":
-        fitted = fit_reward_to_service(arms, options)
-        if fitted.reward != options.reward:
-            typer.echo(
-                f"the service's policy {arms.get('policy')!r} takes rewards in [0, 1]: "
-                "sending conversions (1/0); set BANDITFLOW_POLICY=thompson-gaussian on the "
-                "service to learn from net rewards (converted - cost)"
-            )
-        options = fitted
-    elif problem := reward_mismatch(arms, options):
-        typer.secho(problem, fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+    options = _reward_for_service(url, options, reward)
     try:
         stream = build_stream(
             get_settings().data_dir, n=visits, start=start, end=end, seed=seed, options=options
@@ -129,3 +108,33 @@ def simulate(
         + ", ".join(f"v{v} {s:.0%}" for v, s in shares.items())
         + f"; champion {' -> '.join(v for _, v in watcher.champions)}; wrote {out}"
     )
+
+
+def _reward_for_service(url: str, options: Any, reward: str) -> Any:
+    """Read the service's reward kind (GET /arms) first; fit the reward or say what to set.
+
+    A Bernoulli policy refuses negative rewards, and finding that out after building the
+    stream and sending traffic wastes minutes.
+    """
+    import httpx
+
+    from banditflow.simulate import fit_reward_to_service, reward_mismatch
+
+    try:
+        arms = httpx.get(f"{url.rstrip('/')}/arms", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        typer.secho(f"cannot read {url}/arms: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    if reward == "auto":
+        fitted = fit_reward_to_service(arms, options)
+        if fitted.reward != options.reward:
+            typer.echo(
+                f"the service's policy {arms.get('policy')!r} takes rewards in [0, 1]: "
+                "sending conversions (1/0); set BANDITFLOW_POLICY=thompson-gaussian on the "
+                "service to learn from net rewards (converted - cost)"
+            )
+        return fitted
+    if problem := reward_mismatch(arms, options):
+        typer.secho(problem, fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    return options
