@@ -558,11 +558,11 @@ def test_hyperopt_adapter_suggests_what_fmin_evaluates_at_q1() -> None:
 def test_hyperopt_adapter_is_not_clearly_worse_than_fmin() -> None:
     """Mean best over 10 seeds: the adapter with its own defaults vs fmin with hyperopt's.
 
-    Measured (seeds 0-9, 40 trials): fmin 1.44, adapter q=1 1.31, q=4 1.78, random 2.24.
-    Tolerance: 0.25 in loss against fmin (about one standard error over these seeds). At
-    q=4 the pending points count as unknown (infinitely bad) losses, as in hyperopt's own
-    parallel back ends; a batch loses part of TPE's gain, so q=4 is held to beating random
-    search by 0.25, not to fmin's sequential loop.
+    Measured (seeds 0-9, 40 trials): fmin 1.44, adapter q=1 1.44 (the same points: the
+    defaults are hyperopt's), q=4 1.59, random 2.24; with 10 start-up points instead of 20
+    the adapter gave 1.31 at q=1 and 1.78 at q=4. Tolerance: 0.25 in loss against fmin
+    (about one standard error over these seeds), for q=1 and q=4: at q=4 the pending points
+    count as unknown (infinitely bad) losses, as in hyperopt's own parallel back ends.
     """
     from tasks.optimizers.space import normalise_space
 
@@ -579,4 +579,4 @@ def test_hyperopt_adapter_is_not_clearly_worse_than_fmin() -> None:
     print(f"mean best: fmin {fmin_best:.3f}, q=1 {q1:.3f}, q=4 {q4:.3f}, random {random_best:.3f}")
     assert fmin_best < random_best - 0.25  # the problem separates TPE from random search
     assert q1 <= fmin_best + 0.25
-    assert q4 <= random_best - 0.25
+    assert q4 <= fmin_best + 0.25
