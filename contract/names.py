@@ -53,6 +53,7 @@ TAG_ROLE = "banditflow.role"  # the alias a version holds, written at each move
 TAG_EVENT_PREFIX = "banditflow.event."  # + UTC timestamp: "<action>: <reason>"
 TAG_HOLDOUT_PREFIX = "banditflow.holdout."  # + metric name: the gate's hold-out score
 TAG_FAMILY = "banditflow.family"  # the model family a version was built from
+GATE_ARTIFACT_DIR = "gates"  # the folder of a version's run that holds its gate report
 
 # --- run tags (MLflow tracking: study parents, trial children, drift checks) -----------
 TAG_STATUS = "banditflow.status"  # a trial's outcome: ok | failed | pruned
@@ -123,6 +124,7 @@ __all__ = [
     "TAG_EVENT_PREFIX",
     "TAG_HOLDOUT_PREFIX",
     "TAG_FAMILY",
+    "GATE_ARTIFACT_DIR",
     "TAG_STATUS",
     "TAG_REASON",
     "TAG_PARAMS_JSON",

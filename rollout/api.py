@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import TypeAdapter
 
-from rollout import reports
+from rollout import dashboard_data, reports
 from rollout.feedback import record_many, record_one
 from rollout.limits import parse_body
 from rollout.schemas import (
@@ -143,3 +143,6 @@ async def dashboard() -> HTMLResponse:
     from rollout.dashboard import dashboard_html
 
     return HTMLResponse(dashboard_html())
+
+
+router.add_api_route("/dashboard/data", dashboard_data.route, methods=["GET"], tags=["ops"])

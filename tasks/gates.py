@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from contract import TAG_GATE_FAILURES, TAG_GATE_PREFIX, TAG_GATES, TAG_HOLDOUT_PREFIX
+from contract import (
+    GATE_ARTIFACT_DIR,
+    TAG_GATE_FAILURES,
+    TAG_GATE_PREFIX,
+    TAG_GATES,
+    TAG_HOLDOUT_PREFIX,
+)
 from tasks.gate_report import GateReport, GateResult
 from tasks.metrics import (
     metrics_for,
@@ -41,8 +47,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from tasks.onnx import ServingFlavour
-
-GATE_ARTIFACT_DIR = "gates"
 
 
 class GateError(ValueError):
