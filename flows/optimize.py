@@ -60,10 +60,38 @@ def optimize(spec: StudySpec, runner: str | None = None) -> StudyResult:
                 logger.info("trial %s %s %s", trial.id, record.status, _short(record.values, spec))
         notify({"phase": "finishing"})
         result = study.finish()
+        report_failed_trials(spec.name, study.records())
     finally:
         study.close()
     logger.info("study %s: %s; best %s", spec.name, result.stop_reason, result.best)
     return result
+
+
+def report_failed_trials(study: str, records: list[Any]) -> str | None:
+    """Say which trials failed and why, as a Prefect artifact of the run (None: none failed).
+
+    A failed trial is not a failed step: the study goes on and the run completes. The
+    result counts them (``n_failed``); this artifact names each one and its reason.
+    """
+    failed = [r for r in records if r.status == "failed"]
+    if not failed:
+        return None
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.study_report import artifact_key
+
+    rows = "\n".join(f"| {r.trial_id} | {str(r.reason or '-')[:300]} |" for r in failed)
+    text = (
+        f"{len(failed)} of {len(records)} trials of study {study} failed; the study went on "
+        f"without them.\n\n| trial | reason |\n|---|---|\n{rows}"
+    )
+    get_run_logger().warning("%d trial(s) failed: see the artifact", len(failed))
+    create_markdown_artifact(
+        markdown=text,
+        key=artifact_key(f"{study}-failed-trials"),
+        description="trials that failed (skipped by the study)",
+    )
+    return text
 
 
 def _outcome(future: Any, trial: Any) -> TrialOutcome:
