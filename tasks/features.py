@@ -223,6 +223,19 @@ def load_labels(settings: PipelineSettings | None = None) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def _check_labels(labels: pd.DataFrame, target: str) -> None:
+    missing = [c for c in (ENTITY_KEY, TIMESTAMP, target) if c not in labels.columns]
+    if missing:
+        raise LabelsError(
+            f"label rows need the columns {ENTITY_KEY!r}, {TIMESTAMP!r} and the target "
+            f"{target!r}; missing: {missing} (got {list(labels.columns)})"
+        )
+    if labels.empty:
+        raise LabelsError("no label rows: pass at least one row")
+    if labels[ENTITY_KEY].isna().any() or labels[TIMESTAMP].isna().any():
+        raise LabelsError(f"label rows have empty {ENTITY_KEY!r} or {TIMESTAMP!r} values")
+
+
 def build_training_set(
     labels: pd.DataFrame,
     feature_service: str = DEFAULT_FEATURE_SERVICE,
@@ -237,16 +250,7 @@ def build_training_set(
     other label columns (``session_id``, ``p_true``, ...) are dropped.
     """
     settings = settings or get_settings()
-    missing = [c for c in (ENTITY_KEY, TIMESTAMP, target) if c not in labels.columns]
-    if missing:
-        raise LabelsError(
-            f"label rows need the columns {ENTITY_KEY!r}, {TIMESTAMP!r} and the target "
-            f"{target!r}; missing: {missing} (got {list(labels.columns)})"
-        )
-    if labels.empty:
-        raise LabelsError("no label rows: pass at least one row")
-    if labels[ENTITY_KEY].isna().any() or labels[TIMESTAMP].isna().any():
-        raise LabelsError(f"label rows have empty {ENTITY_KEY!r} or {TIMESTAMP!r} values")
+    _check_labels(labels, target)
     require_data(settings)
     store = get_store(settings, offline_store=offline_store)
     service = _service(store, feature_service)
