@@ -1,4 +1,4 @@
-"""The dashboard page: plain HTML + inline JS/SVG (no CDN), reading /arms and /arms/history."""
+"""The dashboard page: plain HTML + inline JS/SVG (no CDN) over /arms and /dashboard/data."""
 
 from __future__ import annotations
 
