@@ -120,6 +120,11 @@ class RolloutService:
         self.background_tasks.add(task)
         task.add_done_callback(self.background_tasks.discard)
 
+    async def settle(self) -> None:
+        """Wait until the background work spawned so far (shadow scoring, ...) has finished."""
+        while self.background_tasks:
+            await asyncio.gather(*list(self.background_tasks), return_exceptions=True)
+
     # --- cached state ------------------------------------------------------------------------
     def load_state(self) -> None:
         """Read statistics and runtime configuration from the store (a worker thread)."""

@@ -230,6 +230,7 @@ def test_shadow_arm_scores_off_the_response_path(rollout_home: Any) -> None:
         served = {predict(client)["arm"] for _ in range(30)}
         assert "v3" not in served  # a shadow arm never serves
         service = client.app.state.service  # type: ignore[attr-defined]
+        client.portal.call(service.settle)  # shadow scoring runs off the response path
         client.portal.call(service.writer.flush)  # type: ignore[union-attr]
         arms = {a["arm"]: a for a in client.get("/arms").json()["arms"]}
         assert arms["v3"]["role"] == "shadow" and not arms["v3"]["in_rotation"]
