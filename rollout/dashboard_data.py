@@ -57,10 +57,17 @@ async def dashboard_data(svc: RolloutService) -> dict[str, Any]:
     champion = snap.champion
     serving = svc.serving_arms(snap)
     comparisons: list[dict[str, Any]] = []
-    if champion is not None and champion in serving:
-        replaced = decisions._watched(svc, champion).get("replaced")
-        challengers = [a for a in snap.rotation if a not in (champion, replaced)]
-        comparisons = [compare(svc, champion, ch, len(challengers)) for ch in challengers]
+    curves: dict[str, Any] = {"x": [], "density": {}}
+    error = None
+    try:  # like /arms, the page never fails on the Monte-Carlo step: it says why instead
+        if champion is not None and champion in serving:
+            replaced = decisions._watched(svc, champion).get("replaced")
+            challengers = [a for a in snap.rotation if a not in (champion, replaced)]
+            comparisons = [compare(svc, champion, ch, len(challengers)) for ch in challengers]
+        curves = posterior_curves(svc, serving)
+    except Exception as exc:
+        _log.error("dashboard: posterior step failed: %s", exc)
+        error = f"posterior unavailable ({type(exc).__name__}: {str(exc)[:200]})"
     return decisions._finite(
         {
             "now": svc.clock(),
@@ -68,7 +75,8 @@ async def dashboard_data(svc: RolloutService) -> dict[str, Any]:
             "champion": champion,
             "rule": _rule_dict(svc),
             "comparisons": comparisons,
-            "curves": posterior_curves(svc, serving),
+            "curves": curves,
+            "posterior_error": error,
             "markers": registry.get("markers", []),
             "links": registry.get("links", {}),
             "registry_error": registry.get("error"),

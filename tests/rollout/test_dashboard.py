@@ -154,3 +154,23 @@ def _check_page(page: Any, data: dict[str, Any]) -> None:
         "tr.segment-row", "rows => rows.map(r => r.dataset.segment)"
     )
     assert sorted(segments) == sorted(f"region={r}" for r in REGIONS)
+
+
+def test_dashboard_data_before_any_outcome(client: Any) -> None:
+    """With no outcome yet, each challenger is a coin flip against the champion (flat prior,
+    20,000 draws: tolerance 0.05), its interval straddles 0 and no progress is made."""
+    r = client.get("/dashboard/data")
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["champion"] == "v1" and data["posterior_error"] is None
+    by_arm = {c["arm"]: c for c in data["comparisons"]}
+    assert set(by_arm) == {"v2", "v3"}
+    for c in by_arm.values():
+        assert abs(c["chance_to_beat"] - 0.5) < 0.05, c
+        assert c["uplift"]["low"] < 0 < c["uplift"]["high"]
+        assert c["progress"]["outcomes"] == 0.0
+        assert c["outcomes"]["needed"] == data["rule"]["min_outcomes"]
+        # Two challengers share the false-promotion rate: the bar is 2 / 0.05.
+        assert c["progress"]["bar"] == pytest.approx(2 / data["rule"]["false_promotion_rate"])
+    assert set(data["curves"]["density"]) == {"v1", "v2", "v3"}
+    assert len(data["curves"]["x"]) == len(data["curves"]["density"]["v1"])
