@@ -82,15 +82,8 @@ def simulate(
 
     if reward not in ("auto", "net", "converted"):
         raise typer.BadParameter(f"--reward must be auto, net or converted, got {reward!r}")
-    options = TrafficOptions(
-        offer_cost=offer_cost,
-        feedback_delay_mean_s=delay,
-        feedback_loss=loss,
-        concurrency=concurrency,
-        batch=batch,
-        rate=rate or None,
-        reward="net" if reward == "auto" else reward,  # type: ignore[arg-type]
-    )
+    net: Any = "net" if reward == "auto" else reward  # checked just above
+    options = TrafficOptions(offer_cost, delay, loss, concurrency, batch, rate or None, net)
     options = _reward_for_service(url, options, reward)
     try:
         stream = build_stream(
