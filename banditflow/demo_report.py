@@ -79,8 +79,9 @@ def _decision_marks(served: pd.DataFrame, moves: list[dict[str, Any]]) -> list[t
     seqs = served["seq"].to_numpy()
     marks = []
     for move in moves:
-        action = move["what"].split(":", 1)[0]
-        if action not in ("promoted", "rolled_back"):
+        action, _, reason = move["what"].partition(": ")
+        # The first champion's alias is set by registration, not decided by the rule.
+        if action not in ("promoted", "rolled_back") or reason.startswith("first champion"):
             continue
         at = move["at"].timestamp()
         index = int(np.searchsorted(walls, at)) if len(walls) else 0
