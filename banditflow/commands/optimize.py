@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -75,6 +75,15 @@ def optimize(
             result = optimize_flow(spec, runner=runner)
     finally:
         remove()
+    shown = _print_result(console, result, spec)
+    if not shown:
+        console.print("[yellow]no trial completed: see the failed trials' reasons in MLflow[/]")
+        raise typer.Exit(code=1)
+
+
+def _print_result(console: Any, result: Any, spec: Any) -> list[Any]:
+    """Print the counts, what tuning won over the defaults, and the best trial(s)."""
+    metric = spec.primary_objective[0]
     summary = (
         f"{result.n_completed} completed, {result.n_pruned} pruned, {result.n_failed} failed "
         f"in {result.wall_seconds:.1f} s ({result.stop_reason})"
@@ -98,6 +107,4 @@ def optimize(
         )
         run = f" (run {record.run_id})" if record.run_id else ""
         console.print(f"  trial {record.trial_id}{run}: {values}  params={record.params}")
-    if not shown:
-        console.print("[yellow]no trial completed: see the failed trials' reasons in MLflow[/]")
-        raise typer.Exit(code=1)
+    return list(shown)

@@ -106,6 +106,24 @@ class AxOptimizer(Optimizer):
                 for name, direction in self.objectives.items()
             )
         )
+        strategy = self._generation_strategy(
+            method, initialization_budget, num_restarts, raw_samples, maxiter
+        )
+        self._client.set_generation_strategy(strategy)
+        self._index: dict[str, int] = {}  # our trial id -> Ax trial index
+        self._fallback_rng = np.random.default_rng(self.seed + 1)
+        self.ask_seconds: list[float] = []  # wall time of each ``_suggest`` (the benchmark's)
+        self.fallback_batches = 0  # batches of random points after a generation failure
+
+    def _generation_strategy(
+        self,
+        method: str,
+        initialization_budget: int,
+        num_restarts: int,
+        raw_samples: int,
+        maxiter: int,
+    ) -> Any:
+        """Return Ax's strategy (Sobol, then BoTorch) with the trimmed acquisition optimizer."""
         strategy = choose_generation_strategy(
             GenerationStrategyDispatchStruct(
                 method=method,  # type: ignore[arg-type]
@@ -130,11 +148,7 @@ class AxOptimizer(Optimizer):
             for spec in node.generator_specs:
                 if "surrogate_spec" in spec.generator_kwargs:  # the BoTorch node
                     spec.generator_gen_kwargs.update(gen_options)
-        self._client.set_generation_strategy(strategy)
-        self._index: dict[str, int] = {}  # our trial id -> Ax trial index
-        self._fallback_rng = np.random.default_rng(self.seed + 1)
-        self.ask_seconds: list[float] = []  # wall time of each ``_suggest`` (the benchmark's)
-        self.fallback_batches = 0  # batches of random points after a generation failure
+        return strategy
 
     # -- backend hooks -------------------------------------------------------------------
     def _suggest(self, n: int) -> list[dict[str, Any]]:
