@@ -17,6 +17,7 @@ from contract.registry import (
     record_event,
     retire_challenger,
     rollback,
+    stage,
     was_rejected,
 )
 
@@ -32,5 +33,6 @@ __all__ = [
     "record_event",
     "retire_challenger",
     "rollback",
+    "stage",
     "was_rejected",
 ]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from contract.names import (
     CHAMPION,
     PREVIOUS_CHAMPION,
+    STAGING,
     TAG_EVENT_PREFIX,
     TAG_ROLE,
     challenger_alias,
@@ -182,3 +183,17 @@ def was_rejected(tags: dict[str, str]) -> bool:
     return any(
         k.startswith(TAG_EVENT_PREFIX) and v.startswith("rejected:") for k, v in tags.items()
     )
+
+
+def stage(client: MlflowClient, name: str, version: str | int, reason: str) -> bool:
+    """Point ``staging`` at ``version`` (its tag and history first, the alias last); record why.
+
+    Returns False when ``version`` already held ``staging`` (nothing written).
+    """
+    version = str(version)
+    if aliases_of(client, name).get(STAGING) == version:
+        return False
+    client.set_model_version_tag(name, version, TAG_ROLE, STAGING)
+    record_event(client, name, version, STAGING, reason)
+    client.set_registered_model_alias(name, STAGING, version)
+    return True

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from contract import CHAMPION, STAGING, TAG_ROLE, aliases_of, record_event
+from contract import CHAMPION, STAGING, aliases_of, stage
 from tasks.metrics import sign as loss_sign
 
 if TYPE_CHECKING:
@@ -164,8 +164,4 @@ def hold_back(
 
 def set_staging(client: MlflowClient, name: str, version: str, reason: str) -> None:
     """Point ``staging`` at ``version`` (after every tag: the alias moves last); record why."""
-    if aliases_of(client, name).get(STAGING) == str(version):
-        return
-    client.set_model_version_tag(name, str(version), TAG_ROLE, STAGING)
-    record_event(client, name, version, STAGING, reason)
-    client.set_registered_model_alias(name, STAGING, str(version))
+    stage(client, name, version, reason)
