@@ -18,11 +18,14 @@ import logging
 import os
 from pathlib import Path
 
-QUIET = {
+LIBRARY_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "true",  # MLflow reads "true", not "1"
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "FEAST_USAGE": "False",
+    # Prefect's ephemeral API gets 20 s to start by default; on a busy 2-core laptop it needs
+    # more (measured: over 25 s with one core spinning), and a timeout fails the command.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
 LOG_FORMAT = "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"
@@ -93,7 +96,7 @@ def attach_stack_env(home: Path) -> str | None:
 
 def prepare_process(home: Path, *, library_output_to_file: bool = True) -> None:
     """Set Prefect's home, find the running stack, and keep library output off the terminal."""
-    for key, value in QUIET.items():
+    for key, value in LIBRARY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     attach_stack_env(home)
