@@ -101,7 +101,12 @@ def compare(svc: RolloutService, champion: str, challenger: str, n_challengers: 
     rule's mSPRT e-value against its bar ``n_challengers / false_promotion_rate`` (the
     Bonferroni split of ``rollout.decide.decide``).
     """
-    from rollout.decide import log_superiority_evidence, posterior_draws, posterior_summary
+    from rollout.decide import (
+        log_promotion_bar,
+        log_superiority_evidence,
+        posterior_draws,
+        posterior_summary,
+    )
 
     rule = svc.rule
     a, b = decisions.plain(svc, champion), decisions.plain(svc, challenger)
@@ -121,7 +126,7 @@ def compare(svc: RolloutService, champion: str, challenger: str, n_challengers: 
             margin=rule.min_improvement,
         )
     )
-    log_bar = math.log(n_challengers / rule.false_promotion_rate)
+    log_bar = log_promotion_bar(rule, n_challengers)
     outcomes = min(a.pulls, b.pulls)
     return {
         "arm": challenger,

@@ -288,7 +288,7 @@ def decide(
         arms, rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
     )
     bars = _Bars(
-        math.log(len(challengers) / rule.false_promotion_rate),
+        log_promotion_bar(rule, len(challengers)),
         math.log(len(challengers) / rule.false_retirement_rate),
     )
     decisions = []
@@ -302,6 +302,11 @@ def decide(
             d = _keep(ch.arm, f"keep {ch.arm}: {veto}", summary[ch.arm], d.evidence)
         decisions.append(d)
     return _one_promotion(decisions, summary)
+
+
+def log_promotion_bar(rule: DecisionRule, n_challengers: int) -> float:
+    """Return the log e-value a challenger must reach: the rate split between challengers."""
+    return math.log(max(n_challengers, 1) / rule.false_promotion_rate)
 
 
 @dataclass(frozen=True)
