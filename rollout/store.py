@@ -245,7 +245,7 @@ class Store(StoreReads, SegmentCounters):
                     decisions.c.request_id.in_(missing)
                 )
             )
-            looked_up = dict(rows.tuples().all())
+            looked_up = {str(rid): str(arm) for rid, arm in rows}
 
         statuses: list[FeedbackStatus] = []
         arms: list[str | None] = []

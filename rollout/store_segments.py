@@ -59,15 +59,12 @@ class SegmentCounters:
         if not rewards or not self._segments_in_use(conn):
             return
         ids = [rid for rid, _, _ in rewards]
-        found = dict(
-            conn.execute(
-                select(decisions.c.request_id, decisions.c.segment).where(
-                    decisions.c.request_id.in_(ids), decisions.c.segment.is_not(None)
-                )
+        rows = conn.execute(
+            select(decisions.c.request_id, decisions.c.segment).where(
+                decisions.c.request_id.in_(ids), decisions.c.segment.is_not(None)
             )
-            .tuples()
-            .all()
         )
+        found = {str(rid): str(segment) for rid, segment in rows}
         if not found:
             return
         inc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
