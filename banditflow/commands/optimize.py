@@ -32,27 +32,15 @@ def optimize(
     """Optimize a model family as the spec says; print the best trial (or the Pareto set)."""
     from rich.console import Console
 
-    from tasks.spec import SpecError, StudySpec
-    from tasks.study import StudyStateError, check_resume, trials_so_far
+    from tasks.spec import SpecError
+    from tasks.study import StudyStateError
 
     console = Console()
     if runner is not None and runner not in ("threads", "processes", "dask", "prefect-processes"):
         console.print(f"[red]error:[/] --runner must be threads, processes or dask, got {runner!r}")
         raise typer.Exit(code=2)
     try:
-        spec = StudySpec.from_yaml(spec_path)
-        raw = spec.model_dump(mode="json")
-        done = trials_so_far(spec.name)
-        if trials is not None:
-            if trials < 1:
-                raise SpecError(f"--trials must be at least 1, got {trials}")
-            raw["budget"]["max_trials"] = done + trials
-        if q is not None:
-            raw["q"] = q
-        if optimizer is not None:
-            raw["optimizer"] = optimizer
-        spec = StudySpec.parse(raw, source=str(spec_path))
-        check_resume(spec)  # before Prefect starts: a changed spec is refused in a second
+        spec, done = _spec_with_overrides(spec_path, trials, q, optimizer)
     except (SpecError, StudyStateError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
@@ -79,6 +67,29 @@ def optimize(
     if not shown:
         console.print("[yellow]no trial completed: see the failed trials' reasons in MLflow[/]")
         raise typer.Exit(code=1)
+
+
+def _spec_with_overrides(
+    spec_path: Path, trials: int | None, q: int | None, optimizer: str | None
+) -> tuple[Any, int]:
+    """Return the spec with the command line's overrides, and how many trials are done."""
+    from tasks.spec import SpecError, StudySpec
+    from tasks.study import check_resume, trials_so_far
+
+    spec = StudySpec.from_yaml(spec_path)
+    raw = spec.model_dump(mode="json")
+    done = trials_so_far(spec.name)
+    if trials is not None:
+        if trials < 1:
+            raise SpecError(f"--trials must be at least 1, got {trials}")
+        raw["budget"]["max_trials"] = done + trials
+    if q is not None:
+        raw["q"] = q
+    if optimizer is not None:
+        raw["optimizer"] = optimizer
+    spec = StudySpec.parse(raw, source=str(spec_path))
+    check_resume(spec)  # before Prefect starts: a changed spec is refused in a second
+    return spec, done
 
 
 def _print_result(console: Any, result: Any, spec: Any) -> list[Any]:
