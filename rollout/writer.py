@@ -43,6 +43,7 @@ class GroupCommitWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rollout-writer")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._committing = False
         self.commits = 0
         self.failures = 0
 
@@ -74,7 +75,7 @@ class GroupCommitWriter:
 
     @property
     def pending(self) -> bool:
-        return bool(self._decisions or self._shadows or self._feedback)
+        return bool(self._decisions or self._shadows or self._feedback or self._committing)
 
     async def flush(self) -> None:
         """Commit everything queued so far (decisions included); wait on the writer, not a clock."""
@@ -107,7 +108,12 @@ class GroupCommitWriter:
                 if self._closing:
                     return
                 continue
-            if not await self._commit(decisions, shadows, batch):
+            self._committing = True  # still pending for flush() until the commit is done
+            try:
+                committed = await self._commit(decisions, shadows, batch)
+            finally:
+                self._committing = False
+            if not committed:
                 continue
             if self._closing and not self.pending:
                 return
