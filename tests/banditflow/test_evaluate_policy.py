@@ -31,7 +31,7 @@ def logged_store(path: Path) -> str:
     return url
 
 
-def test_evaluate_policy_prints_the_three_estimates(tmp_path: Path) -> None:
+def test_evaluate_policy_prints_the_three_estimates(tmp_path: Path, home: Path) -> None:
     url = logged_store(tmp_path / "rollout.db")
     result = CliRunner().invoke(
         app,
@@ -58,7 +58,7 @@ def test_evaluate_policy_prints_the_three_estimates(tmp_path: Path) -> None:
     assert "average split v1 0.000, v2 1.000" in result.output
 
 
-def test_evaluate_policy_says_what_is_wrong(tmp_path: Path) -> None:
+def test_evaluate_policy_says_what_is_wrong(tmp_path: Path, home: Path) -> None:
     url = logged_store(tmp_path / "rollout.db")
     bad = CliRunner().invoke(app, ["evaluate-policy", "--policy", "nope", "--state-url", url])
     assert bad.exit_code == 1 and "unknown policy 'nope'" in bad.output

@@ -301,6 +301,9 @@ def test_cli_materialize_and_push_say_which_event_or_why_none(
     runner = CliRunner()
     monkeypatch.setenv("BANDITFLOW_HOME", str(settings.home))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # The CLI sets Prefect's home once per process; an earlier command in this test process
+    # may have set it for its own data folder.
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
     get_settings.cache_clear()
     try:
         with temporary_settings(restore_defaults={PREFECT_API_URL}):
