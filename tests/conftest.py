@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,3 +75,33 @@ def postgres_url() -> Iterator[str]:
     yield f"{base}/{name}"
     with _postgres_admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def _pip_installed(source: Path, work: Path) -> Iterator[Path]:
+    """Install the package at ``source`` into ``work/site`` and put that folder on sys.path.
+
+    A real ``pip install`` (wheel built by setuptools, entry_points.txt written by pip), but
+    into ``--target`` rather than the venv, from a copy so the source tree stays clean:
+    nothing outlives the caller, and it works the same from a fresh clone.
+    """
+    copy, target = work / "src", work / "site"
+    shutil.copytree(source, copy)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+        + ["--no-build-isolation", "--disable-pip-version-check"]
+        + ["--target", str(target), str(copy)],
+        check=True,
+        timeout=120,
+    )
+    sys.path.insert(0, str(target))
+    try:
+        yield target
+    finally:
+        sys.path.remove(str(target))
+
+
+@pytest.fixture(scope="session")
+def pip_installed() -> Callable[[Path, Path], AbstractContextManager[Path]]:
+    """Return ``pip_installed(source, work)``: a test package installed for a ``with`` block."""
+    return _pip_installed

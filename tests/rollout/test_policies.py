@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -340,29 +338,15 @@ def test_arm_stats_reject_impossible_counts() -> None:
 
 
 @pytest.fixture(scope="module")
-def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Build and install tests/data/policy_plugin into a private folder on sys.path.
-
-    A real ``pip install`` (wheel built by setuptools, entry_points.txt written by pip),
-    but into ``--target`` rather than the venv, from a copy so the source tree stays clean:
-    nothing outlives the test module, and it works the same from a fresh clone.
-    """
-    work = tmp_path_factory.mktemp("plugin")
-    source, target = work / "src", work / "site"
-    shutil.copytree(PLUGIN_SOURCE, source)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
-        + ["--no-build-isolation", "--disable-pip-version-check"]
-        + ["--target", str(target), str(source)],
-        check=True,
-        timeout=120,
-    )
-    sys.path.insert(0, str(target))
-    try:
-        yield target
-    finally:
-        sys.path.remove(str(target))
-        sys.modules.pop("banditflow_least_pulled", None)
+def installed_plugin(
+    tmp_path_factory: pytest.TempPathFactory, pip_installed: Any
+) -> Iterator[Path]:
+    """Install tests/data/policy_plugin with pip into a private folder on sys.path."""
+    with pip_installed(PLUGIN_SOURCE, tmp_path_factory.mktemp("plugin")) as target:
+        try:
+            yield target
+        finally:
+            sys.modules.pop("banditflow_least_pulled", None)
 
 
 @pytest.mark.slow

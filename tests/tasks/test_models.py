@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -224,25 +223,16 @@ PLUGIN_SOURCE = Path(__file__).parents[1] / "data" / "family_plugin"
 
 
 @pytest.fixture(scope="module")
-def installed_family(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """pip-install tests/data/family_plugin into a private folder put on sys.path."""
-    work = tmp_path_factory.mktemp("family")
-    source, target = work / "src", work / "site"
-    shutil.copytree(PLUGIN_SOURCE, source)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
-        + ["--no-build-isolation", "--disable-pip-version-check"]
-        + ["--target", str(target), str(source)],
-        check=True,
-        timeout=120,
-    )
-    sys.path.insert(0, str(target))
-    try:
-        yield target
-    finally:
-        sys.path.remove(str(target))
-        sys.modules.pop("banditflow_extra_trees", None)
-        unregister_family("extra_trees")
+def installed_family(
+    tmp_path_factory: pytest.TempPathFactory, pip_installed: Any
+) -> Iterator[Path]:
+    """Install tests/data/family_plugin with pip into a private folder on sys.path."""
+    with pip_installed(PLUGIN_SOURCE, tmp_path_factory.mktemp("family")) as target:
+        try:
+            yield target
+        finally:
+            sys.modules.pop("banditflow_extra_trees", None)
+            unregister_family("extra_trees")
 
 
 def test_shipped_families_are_entry_points_too() -> None:
