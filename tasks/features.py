@@ -73,7 +73,7 @@ class FeatureStoreError(FeatureError):
 
 
 # --- the store -------------------------------------------------------------------------
-_STORES: dict[tuple[str, str, str], FeatureStore] = {}
+_STORES: dict[tuple[str, ...], FeatureStore] = {}
 _STORES_LOCK = threading.Lock()
 _ENV_LOCK = threading.Lock()
 
@@ -93,11 +93,27 @@ def repo_config(
         project=PROJECT,
         provider="local",
         registry=RegistryConfig(registry_type="file", path=str(settings.feast_dir / "registry.db")),
-        online_store=SqliteOnlineStoreConfig(path=str(settings.feast_dir / "online_store.db")),
+        online_store=_online_store(settings, SqliteOnlineStoreConfig),
         offline_store=offline,
         repo_path=settings.feature_repo,
         entity_key_serialization_version=3,
     )
+
+
+def _online_store(settings: PipelineSettings, sqlite_config: Any) -> Any:
+    """Return the online store: ``feature_store_yaml``'s section when set, else SQLite."""
+    if settings.feature_store_yaml is None:
+        return sqlite_config(path=str(settings.feast_dir / "online_store.db"))
+    import yaml
+
+    section = yaml.safe_load(Path(settings.feature_store_yaml).read_text()).get("online_store")
+    if not isinstance(section, dict) or "type" not in section:
+        raise FeatureError(
+            f"{settings.feature_store_yaml} has no online_store section with a type: add one "
+            "(e.g. type: redis, connection_string: 127.0.0.1:6379) or unset "
+            "BANDITFLOW_FEATURE_STORE_YAML"
+        )
+    return section
 
 
 def get_store(
@@ -108,6 +124,7 @@ def get_store(
     """Return the Feast store of these settings (one per data folder, reused)."""
     settings = settings or get_settings()
     key = (str(settings.home), str(settings.feature_repo), offline_store)
+    key += (str(settings.feature_store_yaml),)
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:

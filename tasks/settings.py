@@ -34,6 +34,9 @@ class PipelineSettings(BaseSettings):
     mlflow_artifact_root: str = ""
     # Feast: the repository folder (feature_store.yaml) and where its data lives.
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    # A feature_store.yaml whose online_store replaces the SQLite default (e.g. Redis; the
+    # scaled profile writes one in <home>/run/feast_repo/). Its other sections are not read.
+    feature_store_yaml: Path | None = None
     # Prefect: how mapped trials run, and where.
     task_runner: Literal["threads", "processes", "dask"] = "threads"
     dask_address: str = ""  # empty: a LocalCluster started for the flow run
