@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # Metric names and directions come from one registry (tasks.metrics.register_metric).
 from tasks.metrics import SYSTEM_METRICS as SYSTEM_METRICS
 from tasks.metrics import metrics_for as metrics_for
+from tasks.spec_stages import StagesSpec
 
 Direction = Literal["minimize", "maximize"]
 TaskType = Literal["binary", "multiclass", "regression"]
@@ -269,6 +270,8 @@ class StudySpec(_Strict):
     # on the study's own evaluation, and the result says by how much it won.
     defaults_first: bool = True
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    # feature_selection -> hpo -> compression (tasks/stages.py); None: HPO alone, as before
+    stages: StagesSpec | None = None  # tasks/spec_stages.py
 
     @field_validator("optimizer")
     @classmethod
