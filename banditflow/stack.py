@@ -12,7 +12,6 @@ record (``<home>/run/stack.json``, the token in ``<home>/run/admin_token``) lets
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from banditflow.stack_scaled import prefect_database_url
 from banditflow.supervisor import (
     HOST,
     STOP_ORDER,
@@ -36,13 +36,15 @@ from banditflow.supervisor import (
     stack_file,
     stop_component,
     stop_recorded,
+    token_file,
     wait_healthy,
     write_stack,
+    write_token,
 )
 
 __all__ = ["Stack", "StackError", "attach", "start_stack", "stack_env"]
 
-PROFILES = ("local",)
+PROFILES = ("local", "scaled")  # scaled: banditflow/stack_scaled.py
 Echo = Callable[[str], Any]
 
 
@@ -59,6 +61,7 @@ class Stack:
     mlflow_ui_url: str | None = None
     profile: str = "local"
     components: dict[str, Component] = field(default_factory=dict)
+    client_env: dict[str, str] = field(default_factory=dict)  # the profile's settings
 
     @property
     def prefect_ui_url(self) -> str:
@@ -75,7 +78,7 @@ class Stack:
         }
         if self.rollout_url:
             out["BANDITFLOW_ROLLOUT_URL"] = self.rollout_url
-        return out
+        return out | self.client_env
 
     def running(self) -> dict[str, bool]:
         """Return whether each recorded process still runs."""
@@ -100,25 +103,10 @@ def prefect_home(home: Path) -> Path:
     return home / "prefect"
 
 
-def token_file(home: Path) -> Path:
-    return run_dir(home) / "admin_token"
-
-
 def _bin(name: str) -> str:
     """Return the venv's console script ``name`` (the one next to this Python)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
-
-
-def prefect_database_url(home: Path) -> str:
-    """Return the Prefect server's database: PostgreSQL when its URL is set, else SQLite."""
-    url = os.environ.get("BANDITFLOW_PREFECT_DATABASE_URL", "")
-    if url:
-        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql+asyncpg://" + url[len(prefix) :]
-        return url
-    return f"sqlite+aiosqlite:///{prefect_home(home) / 'prefect.db'}"
 
 
 def stack_env(home: Path, prefect_port: int) -> dict[str, str]:
@@ -207,7 +195,7 @@ class _Launch:
         return component
 
     def stop_all(self) -> None:
-        for name in STOP_ORDER:
+        for name in (*STOP_ORDER, *(n for n in self.components if n not in STOP_ORDER)):
             if name in self.components:
                 stop_component(self.components[name])
         stack_file(self.home).unlink(missing_ok=True)
@@ -275,17 +263,6 @@ def _wait_servers(launch: _Launch) -> None:
             raise StackError(f"{name} exited after starting; see {component.log}")
 
 
-def _token(home: Path, given: str | None) -> str:
-    """Return the admin token (given, or generated) written to ``run/admin_token`` (0600)."""
-    token = given or secrets.token_urlsafe(32)
-    path = token_file(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(token)
-    return token
-
-
 def start_stack(
     settings: Any,
     *,
@@ -314,32 +291,47 @@ def start_stack(
     remote_mlflow = settings.tracking_uri.startswith(("http://", "https://"))
     wanted = ["prefect", *(["mlflow"] if with_mlflow and not remote_mlflow else [])]
     port_of = _resolve_ports(ports, [*wanted, *(["rollout"] if with_rollout else [])])
+    if profile == "scaled":
+        from banditflow.stack_scaled import scaled_ports, start_scaled
+
+        port_of = scaled_ports(dict(ports or {}))
     _check_free(home, port_of)
     prefect_home(home).mkdir(parents=True, exist_ok=True)
-    token = _token(home, admin_token)
+    token = write_token(home, admin_token)
     shared = stack_env(home, port_of["prefect"]) | dict(env or {})
     shared |= _stack_settings(settings, port_of, token, auto_decisions, worker_poll_seconds)
     record = {"work_pool": settings.work_pool, "home": str(home), "profile": profile}
     record |= {"prefect_api_url": shared["PREFECT_API_URL"], "mlflow_uri": settings.tracking_uri}
     launch = _Launch(home, project or PROJECT_ROOT, shared, say, record)
     try:
-        if not remote_mlflow:
-            # Create (migrate) the store once, here: the MLflow server and the rollout
-            # service starting together on a fresh SQLite file race on its migrations.
-            say("preparing the MLflow store ...")
-            init_mlflow_store(settings.tracking_uri)
-        p = port_of["prefect"]
-        cmd = [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(p)]
-        server = launch.start("prefect", cmd, p, f"http://{HOST}:{p}/api/health")
-        _serve_cmds(launch, port_of, settings.tracking_uri, settings.artifact_root)
-        say(f"waiting for the Prefect server on {server.url} (about 20 s on first start) ...")
-        wait_healthy(server, timeout=180)
-        _prepare_prefect(launch, settings.work_pool, deploy)
-        _wait_servers(launch)
+        if profile == "scaled":
+            start_scaled(settings, launch, port_of, deploy)
+        else:
+            _start_local(settings, launch, port_of, deploy, init_store=not remote_mlflow)
     except BaseException:
         launch.stop_all()
         raise
     return _stack_of(home, launch.components, record, token)
+
+
+def _start_local(
+    settings: Any, launch: _Launch, port_of: dict[str, int], deploy: bool, init_store: bool
+) -> None:
+    """Start the local profile: Prefect on SQLite (or its URL), MLflow's UI, one service."""
+    if init_store:
+        # Create (migrate) the store once, here: the MLflow server and the rollout
+        # service starting together on a fresh SQLite file race on its migrations.
+        launch.echo("preparing the MLflow store ...")
+        init_mlflow_store(settings.tracking_uri)
+    p = port_of["prefect"]
+    launch.env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database_url(launch.home)
+    cmd = [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(p)]
+    server = launch.start("prefect", cmd, p, f"http://{HOST}:{p}/api/health")
+    _serve_cmds(launch, port_of, settings.tracking_uri, settings.artifact_root)
+    launch.echo(f"waiting for the Prefect server on {server.url} (about 20 s on first start) ...")
+    wait_healthy(server, timeout=180)
+    _prepare_prefect(launch, settings.work_pool, deploy)
+    _wait_servers(launch)
 
 
 def _stack_settings(
@@ -377,6 +369,7 @@ def _stack_of(
         mlflow_ui_url=mlflow.url if mlflow else None,
         profile=str(record.get("profile", "local")),
         components=components,
+        client_env=dict(record.get("client_env") or {}),
     )
 
 

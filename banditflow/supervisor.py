@@ -21,6 +21,7 @@ from typing import Any
 HOST = "127.0.0.1"
 # Stop order: consumers first, the Prefect server last (the worker reports to it).
 STOP_ORDER = ("worker", "rollout", "mlflow", "prefect")
+# The scaled profile's extra parts (banditflow/stack_scaled.py) stop after those.
 
 
 class StackError(RuntimeError):
@@ -188,6 +189,23 @@ def run_dir(home: Path) -> Path:
 
 def stack_file(home: Path) -> Path:
     return run_dir(home) / "stack.json"
+
+
+def token_file(home: Path) -> Path:
+    return run_dir(home) / "admin_token"
+
+
+def write_token(home: Path, given: str | None) -> str:
+    """Return the admin token (given, or generated) written to ``run/admin_token`` (0600)."""
+    import secrets
+
+    token = given or secrets.token_urlsafe(32)
+    path = token_file(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token)
+    return token
 
 
 def read_record(home: Path) -> tuple[dict[str, Component], dict[str, Any]]:
