@@ -42,8 +42,10 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # The local stack on 127.0.0.1: Prefect server + worker, MLflow UI, rollout service.
+# PROFILE=scaled: PostgreSQL, Redis, a Dask cluster and two replicas behind HAProxy.
+PROFILE ?= local
 up: install
-	$(BIN)/banditflow up $(UP_ARGS)
+	$(BIN)/banditflow up --profile $(PROFILE) $(UP_ARGS)
 
 down:
 	$(BIN)/banditflow down

@@ -50,6 +50,13 @@ def served_model(rollout_url: str) -> str:
 
 @app.command()
 def up(
+    profile: Annotated[
+        str,
+        typer.Option(
+            envvar="BANDITFLOW_PROFILE",
+            help="local (SQLite, one of each) or scaled (PostgreSQL, Redis, Dask, 2 replicas).",
+        ),
+    ] = "local",
     prefect_port: Annotated[
         int | None, typer.Option(help="Prefect server port (0: any free).")
     ] = None,
@@ -78,6 +85,7 @@ def up(
     try:
         stack = start_stack(
             settings,
+            profile=profile,
             ports=ports,
             with_rollout=rollout,
             deploy=deploy,
@@ -88,7 +96,9 @@ def up(
     except StackError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc
-    typer.echo(f"\nup (pids and ports in {settings.home / 'run' / 'stack.json'}):")
+    typer.echo(
+        f"\nup, profile {profile} (pids and ports in {settings.home / 'run' / 'stack.json'}):"
+    )
     typer.echo(f"  Prefect UI         {stack.prefect_ui_url}")
     if stack.mlflow_ui_url:
         typer.echo(f"  MLflow UI          {stack.mlflow_ui_url}")
@@ -96,7 +106,18 @@ def up(
         typer.echo(f"  rollout dashboard  {stack.rollout_url}/dashboard")
         typer.echo(f"  serving            {served_model(stack.rollout_url)}")
         typer.echo(f"  admin token        in {token_file(stack.home)}")
+    if stack.profile == "scaled":
+        _echo_scaled(stack)
     typer.echo("stop it with `make down`; see it with `make status`.")
+
+
+def _echo_scaled(stack: Any) -> None:
+    env = stack.client_env
+    replicas = ", ".join(c.url for n, c in stack.components.items() if n.startswith("rollout-"))
+    typer.echo(f"  replicas           {replicas} (HAProxy in front: {stack.rollout_url})")
+    typer.echo(f"  Dask scheduler     {env.get('BANDITFLOW_DASK_ADDRESS')}")
+    typer.echo(f"  Feast online store {env.get('BANDITFLOW_FEATURE_STORE_YAML')} (Redis)")
+    typer.echo("  (`banditflow` commands in this data folder use these by themselves)")
 
 
 @app.command()
@@ -122,6 +143,8 @@ def status() -> None:
         return
     for row in rows:
         state = "healthy" if row["healthy"] else "running" if row["running"] else "STOPPED"
-        typer.echo(f"{row['name']:<8} {state:<8} pid {row['pid']:<7} {row['url']:<28} {row['log']}")
+        typer.echo(
+            f"{row['name']:<14} {state:<8} pid {row['pid']:<7} {row['url']:<28} {row['log']}"
+        )
     if not all(r["running"] for r in rows):
         raise typer.Exit(code=1)
