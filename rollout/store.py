@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from rollout import upserts
 from rollout.store_reads import StoreReads
 from rollout.store_schema import (
     _COUNTERS,
@@ -65,6 +66,7 @@ class Store(StoreReads, SegmentCounters):
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.dialect = "sqlite" if self.is_sqlite else "postgresql"  # rollout.upserts' key
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 self.url, connect_args={"check_same_thread": False, "timeout": 30}
@@ -194,7 +196,7 @@ class Store(StoreReads, SegmentCounters):
 
     def _insert_decisions(self, conn: Connection, new_decisions: Sequence[DecisionRow]) -> None:
         conn.execute(
-            self._insert(decisions).on_conflict_do_nothing(),
+            upserts.insert_ignoring(self.dialect, decisions),
             [
                 {
                     "request_id": d.request_id,
@@ -325,15 +327,7 @@ class Store(StoreReads, SegmentCounters):
             {"arm": arm, **dict(zip(_COUNTERS, v, strict=True))}
             for arm, v in sorted(by_arm.items())  # sorted: one lock order for every writer
         ]
-        stmt = self._insert(arm_stats)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[arm_stats.c.arm],
-            set_={
-                name: getattr(arm_stats.c, name) + getattr(stmt.excluded, name)
-                for name in _COUNTERS
-            },
-        )
-        conn.execute(stmt, rows)
+        conn.execute(upserts.adding(self.dialect, arm_stats, ("arm",), tuple(_COUNTERS)), rows)
 
     # --- expiry --------------------------------------------------------------------------
     def expire(

@@ -1,0 +1,48 @@
+"""The store's write statements, built once per table and reused by every group commit.
+
+Building an ``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n`` construct costs
+SQLAlchemy a few milliseconds of Python (the ``excluded`` alias, one binary expression per
+column), more than executing it on a batch of rows; rebuilt on each commit it held the GIL
+against the request path. The constructs are immutable, so one per (dialect, table, key,
+columns) serves every commit and every thread; SQLAlchemy's compiled cache does the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from sqlalchemy import Table
+
+
+def insert(dialect: str, table: Table) -> Any:
+    """Return the dialect's INSERT construct for ``table`` (it has ``on_conflict_*``)."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.insert(table)
+
+
+@functools.lru_cache(maxsize=128)
+def insert_ignoring(dialect: str, table: Table, keys: tuple[str, ...] = ()) -> Any:
+    """``INSERT ... ON CONFLICT [(keys)] DO NOTHING`` for ``table``, built once."""
+    stmt = insert(dialect, table)
+    if keys:
+        return stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
+    return stmt.on_conflict_do_nothing()
+
+
+@functools.lru_cache(maxsize=128)
+def adding(dialect: str, table: Table, keys: tuple[str, ...], names: tuple[str, ...]) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE SET n = n + excluded.n`` for each of ``names``.
+
+    An atomic increment of counters (never a read-modify-write), built once per column set.
+    """
+    stmt = insert(dialect, table)
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c[k] for k in keys],
+        set_={n: table.c[n] + stmt.excluded[n] for n in names},
+    )
