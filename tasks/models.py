@@ -2,7 +2,7 @@
 
 A family turns one trial's parameters into a ``Pipeline`` whose first step handles missing
 values, scaling and categorical encoding, so what MLflow stores is what serves. The
-transformers are the ones skl2onnx converts (SimpleImputer, StandardScaler,
+transformers are the ones skl2onnx converts (SimpleImputer, StandardScaler, PowerTransformer,
 OneHotEncoder(handle_unknown="ignore"), OrdinalEncoder), and categorical columns are strings.
 Estimators run with ``n_jobs=1``: the flow parallelises over trials, not inside one.
 """
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 TaskType = Literal["binary", "multiclass", "regression"]
 FeatureType = Literal["numeric", "categorical"]
-Preprocessing = Literal["linear", "tree"]
+# linear: impute, standardize, one-hot; power: the same with a Yeo-Johnson transform fitted
+# per numeric column (log-like on skewed counts); tree: impute, ordinal codes.
+Preprocessing = Literal["linear", "power", "tree"]
 ALL_TASKS: tuple[TaskType, ...] = ("binary", "multiclass", "regression")
 CLASSIFICATION: tuple[TaskType, ...] = ("binary", "multiclass")
 
@@ -63,8 +65,10 @@ def register_family(
     unknown = set(tasks) - set(ALL_TASKS)
     if unknown:
         raise ModelFamilyError(f"tasks must be among {ALL_TASKS}, got {sorted(unknown)}")
-    if preprocessing not in ("linear", "tree"):
-        raise ModelFamilyError(f"preprocessing must be 'linear' or 'tree', got {preprocessing=}")
+    if preprocessing not in ("linear", "power", "tree"):
+        raise ModelFamilyError(
+            f"preprocessing must be 'linear', 'power' or 'tree', got {preprocessing=}"
+        )
     if name in _FAMILIES and not replace:
         raise ModelFamilyError(
             f"model family {name!r} is already registered; pass replace=True to override it"
@@ -183,21 +187,25 @@ def infer_feature_types(X: pd.DataFrame) -> dict[str, FeatureType]:
 
 
 def build_preprocessor(feature_types: Mapping[str, FeatureType], kind: Preprocessing) -> Any:
-    """Return the ColumnTransformer for linear (scale, one-hot) or tree (ordinal) models."""
+    """Return the ColumnTransformer: linear (scale or power, one-hot) or tree (ordinal codes)."""
     import numpy as np
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+    from sklearn.preprocessing import (
+        OneHotEncoder,
+        OrdinalEncoder,
+        PowerTransformer,
+        StandardScaler,
+    )
 
     numeric = [c for c, t in feature_types.items() if t == "numeric"]
     categorical = [c for c, t in feature_types.items() if t == "categorical"]
     if not numeric and not categorical:
         raise ModelFamilyError("no feature columns: feature_types is empty")
-    if kind == "linear":
-        num_steps = Pipeline(
-            [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
-        )
+    if kind in ("linear", "power"):
+        scale = StandardScaler() if kind == "linear" else PowerTransformer(standardize=True)
+        num_steps = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", scale)])
         encoder: Any = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
     else:
         num_steps = Pipeline([("impute", SimpleImputer(strategy="median"))])
