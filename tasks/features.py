@@ -123,7 +123,7 @@ def get_store(
 ) -> FeatureStore:
     """Return the Feast store of these settings (one per data folder, reused)."""
     settings = settings or get_settings()
-    key = (str(settings.home), str(settings.feature_repo), offline_store)
+    key: tuple[str, ...] = (str(settings.home), str(settings.feature_repo), offline_store)
     key += (str(settings.feature_store_yaml),)
     with _STORES_LOCK:
         store = _STORES.get(key)
