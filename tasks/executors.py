@@ -20,20 +20,25 @@ _DATA_CACHE: dict[str, StudyData] = {}
 
 
 class DataRef:
-    """A study's data for a trial task: in memory for threads, a file for other processes.
+    """A study's data for a trial task: in memory for threads, a file or a key elsewhere.
 
-    Pickling a ``DataRef`` ships only the path: each worker process (Prefect's process
-    runner, a Dask worker) reads the file once and keeps it, instead of receiving the
-    frames with every task. The object is opaque to Prefect's parameter walking.
+    Pickling a ``DataRef`` ships only the path or the key: a Prefect process-runner worker
+    reads the file once and keeps it; a Dask worker received the data once per study from
+    the study's worker plugin (``tasks/dask_study.py``: no shared disk) and finds it by the
+    key. The frames never travel with each task. The object is opaque to Prefect's
+    parameter walking.
     """
 
-    __slots__ = ("path", "_data")
+    __slots__ = ("path", "key", "_data")
 
-    def __init__(self, data: StudyData | None = None, path: str | None = None) -> None:
-        if data is None and path is None:
-            raise ValueError("DataRef needs the data or a path to it")
+    def __init__(
+        self, data: StudyData | None = None, path: str | None = None, key: str | None = None
+    ) -> None:
+        if data is None and path is None and key is None:
+            raise ValueError("DataRef needs the data, a path to it or its key")
         self._data = data
         self.path = path
+        self.key = key
 
     def save(self, path: str | Any) -> DataRef:
         """Write the data to ``path`` (pickle) so other processes can load it."""
@@ -48,6 +53,13 @@ class DataRef:
     def get(self) -> StudyData:
         if self._data is not None:
             return self._data
+        if self.key is not None:
+            if self.key not in _DATA_CACHE:
+                raise RuntimeError(
+                    f"study data {self.key!r} is not in this worker's memory: the study's "
+                    "Dask worker plugin did not reach it (see the worker's log)"
+                )
+            return _DATA_CACHE[self.key]
         assert self.path is not None
         if self.path not in _DATA_CACHE:
             with open(self.path, "rb") as fh:
@@ -55,16 +67,18 @@ class DataRef:
         return _DATA_CACHE[self.path]
 
     def __getstate__(self) -> dict[str, Any]:
-        if self.path is None:
+        if self.path is None and self.key is None:
             raise TypeError("DataRef: save() the data to a file before sending it to a process")
-        return {"path": self.path}
+        return {"path": self.path, "key": self.key}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
+        self.key = state.get("key")
         self._data = None
 
     def __repr__(self) -> str:
-        return f"DataRef(path={self.path!r}, in_memory={self._data is not None})"
+        where = f"key={self.key!r}" if self.key else f"path={self.path!r}"
+        return f"DataRef({where}, in_memory={self._data is not None})"
 
 
 _WORKER_DATA: StudyData | None = None
@@ -176,7 +190,8 @@ class TrialExecutor:
       (workers started once per study, data shipped once per worker): the fast default
       for parallel trials on one machine.
     - ``dask``: prefect-dask's ``DaskTaskRunner`` (``settings.dask_address``, or a
-      LocalCluster of q single-threaded worker processes); data by file, once per worker.
+      LocalCluster of q single-threaded worker processes); the data and the model family's
+      package reach the workers once per study through a worker plugin (no shared disk).
     - ``prefect-processes``: Prefect's own ``ProcessPoolTaskRunner`` (seconds of start-up
       per flow run), data by file; kept to compare in benchmarks.
     """
@@ -189,7 +204,12 @@ class TrialExecutor:
         self.kind = kind
         self.data = DataRef(data)
         self.pool: TrialPool | None = None
-        if kind in ("dask", "prefect-processes"):
+        self._study_data, self._plugin = data, ""
+        if kind == "dask":
+            import uuid
+
+            self.data = DataRef(key=uuid.uuid4().hex)
+        if kind == "prefect-processes":
             self.data = DataRef(data).save(data_path)
         if kind == "processes":
             self.pool = TrialPool(data, q)
@@ -226,6 +246,10 @@ class TrialExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         try:
+            if self._plugin:
+                from tasks.dask_study import unship_study
+
+                unship_study(self.task_runner.client, self._plugin)
             self.task_runner.__exit__(*exc)
         finally:
             if self.pool is not None:
@@ -240,6 +264,12 @@ class TrialExecutor:
         prune_threshold: float | None,
     ) -> Any:
         """Start one trial as a Prefect task run; return its future."""
+        if self.kind == "dask" and not self._plugin:
+            from tasks.dask_study import ship_study
+
+            assert self.data.key is not None
+            client = self.task_runner.client
+            self._plugin = ship_study(client, self.data.key, self._study_data, config.family)
         return self.task_runner.submit(
             task,
             parameters={
