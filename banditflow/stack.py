@@ -41,6 +41,7 @@ from banditflow.supervisor import (
     write_stack,
     write_token,
 )
+from banditflow.warm import pool_args  # warm flow runs: a fork server behind the pool
 
 __all__ = ["Stack", "StackError", "attach", "start_stack", "stack_env"]
 
@@ -234,6 +235,7 @@ def _prepare_prefect(launch: _Launch, work_pool: str, deploy: bool) -> None:
     """Create the work pool, deploy prefect.yaml and the automations, start the worker."""
     env, cwd = launch.env, launch.project
     create = [_bin("prefect"), "work-pool", "create", work_pool, "--type", "process", "--overwrite"]
+    create += pool_args(launch.home, launch.start)
     _run_cli(create, env=env, cwd=cwd, what="creating the work pool")
     if deploy:
         launch.echo("deploying prefect.yaml ...")
