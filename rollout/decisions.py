@@ -1,15 +1,19 @@
 """Decisions: the rule over the challengers, the champion's watches, the SRM check; act on them.
 
-Each run (every ``decision_interval_s``, or ``POST /admin/decide``):
+Each run (every ``decision_interval_s``, at every ``decide_every_outcomes`` acknowledged
+outcomes (rollout.cadence), or ``POST /admin/decide``):
 
-1. the sample-ratio test takes the decisions logged since the last run (arm and propensity);
-   a mismatch freezes automatic decisions and says why;
+1. the sample-ratio test takes the units assigned since the last run (arm and propensity:
+   one per request without a unit, one per sticky unit at its first assignment); a
+   mismatch freezes automatic decisions and says why;
 2. the live performance watch takes the champion's new outcomes; an alarm emits
    ``banditflow.performance.degraded`` (a retrain follows, even when no feature moved);
 3. after a promotion, the champion watch judges the new champion against the one it
    replaced (kept in rotation on probation) and against the guardrails: roll back;
 4. otherwise the decision rule (rollout.decide) judges each other challenger on the plain
-   (undiscounted) sums, with the configured policy's posterior: promote the best / retire.
+   (undiscounted) sums, with the configured policy's posterior, and a promotion also needs
+   every guardrail metric (rollout.multimetric: error rate, p99 latency) shown not worse
+   than the champion's by its margin: promote the best / retire.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import contract
-from rollout import admin
+from rollout import admin, cadence
 from rollout.events import emit
+from rollout.multimetric import GuardrailMetric, from_settings, guardrail_blocker, live_stats
+from rollout.multimetric import verdict as guardrail_verdict
 from rollout.policies import ArmStats
 from rollout.schemas import Recommendation
 from rollout.srm import SampleRatioTest
@@ -44,12 +50,15 @@ class Watches:
     """A service's sequential state between runs (per replica; rebuilt after a restart)."""
 
     performance: RewardWatch
+    metrics: list[GuardrailMetric] = field(default_factory=list)
     srm: SampleRatioTest = field(default_factory=SampleRatioTest)
     champion: str | None = None
     seen: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the champion's plain sums so far
-    logged_until: float = -math.inf  # decisions logged before this were given to the SRM
+    assigned: dict[str, tuple[int, float]] = field(default_factory=dict)  # given to the SRM
     srm_reason: str | None = None
     degraded: str | None = None
+    guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)  # last run's verdicts
+    applied: list[dict[str, Any]] = field(default_factory=list)  # what runs did, at which count
 
 
 _WATCHES: weakref.WeakKeyDictionary[Any, Watches] = weakref.WeakKeyDictionary()
@@ -57,7 +66,10 @@ _WATCHES: weakref.WeakKeyDictionary[Any, Watches] = weakref.WeakKeyDictionary()
 
 def watches(svc: RolloutService) -> Watches:
     if svc not in _WATCHES:
-        _WATCHES[svc] = Watches(performance=RewardWatch(reward_kind=svc.policy.reward_kind))
+        _WATCHES[svc] = Watches(
+            performance=RewardWatch(reward_kind=svc.policy.reward_kind),
+            metrics=guardrail_metrics(svc),
+        )
     return _WATCHES[svc]
 
 
@@ -65,7 +77,18 @@ def decision_rule(svc: RolloutService) -> Any:
     """Build the decision rule from settings (invalid parameters raise here, at start-up)."""
     from rollout.decide import DecisionRule
 
+    guardrail_metrics(svc)  # an invalid guardrail metric fails at start-up too
     return DecisionRule(**svc.settings.decision_params)
+
+
+def guardrail_metrics(svc: RolloutService) -> list[GuardrailMetric]:
+    s = svc.settings
+    return from_settings(s.guardrail_metrics, s.guardrail_max_p99_ms)
+
+
+def outcomes(svc: RolloutService) -> int:
+    """Return the outcomes counted over every arm (plain, in the statistics last read)."""
+    return sum(int(s.outcomes) for s in svc.stats.values())
 
 
 def plain(svc: RolloutService, arm: str) -> ArmStats:
@@ -82,10 +105,11 @@ async def run_decisions(svc: RolloutService) -> list[Recommendation]:
         svc.recommendations = []
         return []
     w = watches(svc)
-    await _check_sample_ratio(svc, w)
+    seen = outcomes(svc)  # what this run judged on, recorded with what it did
+    _check_sample_ratio(svc, w)
     await _watch_performance(svc, w, snap.champion)
     rollback = _watch_champion(svc, snap)
-    recs = [rollback] if rollback is not None else _judge_challengers(svc, snap)
+    recs = [rollback] if rollback is not None else await _judge_challengers(svc, snap, w)
     for rec in recs:
         # A mismatch freezes what the rewards decide; a rollback protects, it still runs.
         blocked = svc.frozen or (w.srm_reason is not None and rec.action != "rollback")
@@ -93,6 +117,7 @@ async def run_decisions(svc: RolloutService) -> list[Recommendation]:
             try:
                 await act(svc, rec)
                 rec.applied = True
+                w.applied.append({"outcomes": seen, "action": rec.action, "arm": rec.arm})
             except Exception as exc:
                 _log.error("could not %s %s: %s", rec.action, rec.arm, exc)
         elif w.srm_reason is not None and rec.action != "keep":
@@ -104,21 +129,41 @@ async def run_decisions(svc: RolloutService) -> list[Recommendation]:
     return recs
 
 
-def _judge_challengers(svc: RolloutService, snap: PoolSnapshot) -> list[Recommendation]:
-    from rollout.decide import decide
+async def _judge_challengers(
+    svc: RolloutService, snap: PoolSnapshot, w: Watches
+) -> list[Recommendation]:
+    from rollout.decide import decide, log_promotion_bar
 
     champion = snap.champion
     assert champion is not None
     on_probation = _watched(svc, champion).get("replaced")
     challengers = [a for a in snap.rotation if a not in (champion, on_probation)]
     if not challengers:
+        w.guardrails = {}
         return []
+    blocker = None
+    if w.metrics:
+        latency = await asyncio.to_thread(svc.store.read_latency)
+        made = {a: (int(s.attempts), int(s.errors)) for a, s in svc.stats.items()}
+        per_metric = live_stats(w.metrics, made, latency)
+        blocker = guardrail_blocker(w.metrics, per_metric, champion, svc.rule, len(challengers))
+        bar = log_promotion_bar(svc.rule, len(challengers))
+        w.guardrails = {
+            a: {
+                m.name: guardrail_verdict(
+                    m, per_metric[m.name].get(champion), per_metric[m.name].get(a), bar
+                )
+                for m in w.metrics
+            }
+            for a in challengers
+        }
     decisions = decide(
         plain(svc, champion),
         [plain(svc, a) for a in challengers],
         svc.rule,
         np.random.default_rng(svc.settings.seed),
         policy=svc.policy,
+        blocker=blocker,
     )
     return [Recommendation(action=str(d.action), arm=d.arm, reason=d.reason) for d in decisions]
 
@@ -200,15 +245,23 @@ async def _watch_performance(svc: RolloutService, w: Watches, champion: str) -> 
     )
 
 
-async def _check_sample_ratio(svc: RolloutService, w: Watches) -> None:
-    """Give the decisions logged since the last run (arm, propensity) to the SRM test."""
-    counts, log_p, until = await asyncio.to_thread(
-        svc.store.logged_assignments, w.logged_until, svc.clock() - 1.0
-    )
-    w.logged_until = until
+def _check_sample_ratio(svc: RolloutService, w: Watches) -> None:
+    """Give the units assigned since the last run (arm, sum of log propensity) to the SRM.
+
+    From the store's ``assigned`` counters: exact, and the same whatever the writer's
+    timing once it has been flushed; a sticky unit counts once, not once per request.
+    """
+    totals = {a: (int(s.assigned), float(s.assigned_log_p)) for a, s in svc.stats.items()}
+    counts = {a: n - w.assigned.get(a, (0, 0.0))[0] for a, (n, _) in totals.items()}
+    log_p = sum(lp - w.assigned.get(a, (0, 0.0))[1] for a, (_, lp) in totals.items())
+    w.assigned = totals
+    if any(n < 0 for n in counts.values()):  # the store was reset under us: start again
+        w.srm.reset()
+        return
+    counts = {a: n for a, n in counts.items() if n > 0}
     if not counts:
         return
-    if w.srm.update_logged(counts, log_p) and w.srm_reason is None:
+    if w.srm.update_logged(counts, min(log_p, 0.0)) and w.srm_reason is None:
         w.srm_reason = f"sample ratio mismatch: {w.srm.describe()}"
         _log.error("automatic decisions frozen: %s", w.srm_reason)
 
@@ -233,13 +286,22 @@ def status(svc: RolloutService) -> dict[str, Any]:
     return _finite(
         {
             "rule": "always-valid mSPRT on plain sums since each arm joined, with the policy's "
-            "posterior for P(best) and expected loss",
+            "posterior for P(best) and expected loss; a promotion also needs each guardrail "
+            "metric shown non-inferior (intersection-union: the stated rate holds over the "
+            "family)",
             "false_promotion_rate": getattr(rule, "false_promotion_rate", None),
             "false_retirement_rate": getattr(rule, "false_retirement_rate", None),
             "false_rollback_rate": getattr(rule, "false_promotion_rate", None),
             "automatic": svc.settings.auto_decisions and not svc.frozen and w.srm_reason is None,
             "frozen_reason": w.srm_reason,
             "srm": {"e_value": w.srm.e_value, "units": w.srm.units, "mismatch": w.srm.mismatch},
+            "guardrail_metrics": {
+                m.name: {"margin": m.margin, "threshold_ms": m.threshold_ms} for m in w.metrics
+            },
+            "guardrails": w.guardrails,
+            "applied": w.applied[-50:],
+            "cadence": cadence.status(svc),
+            "outcomes": outcomes(svc),
             "champion_watch": _watched(svc, champion) if champion else {},
             "performance": {
                 "reference_mean": w.performance.reference_mean,

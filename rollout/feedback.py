@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rollout import cadence
 from rollout.errors import (
     FeedbackWindowClosed,
     RewardOutOfRange,
@@ -102,6 +103,9 @@ async def record_many(
                 svc.metrics.rewards.labels(arm).inc(max(row.reward, 0.0))
             elif status == "duplicate":
                 svc.metrics.duplicates.inc()
+        # At outcome counts, the refresh or decision a batch reaches runs before its answer.
+        accepted = sum(1 for status, _ in statuses if status == "accepted")
+        await cadence.outcomes_acknowledged(svc, accepted)
     return [r for r in results if r is not None]
 
 

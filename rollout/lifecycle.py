@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from rollout import decisions
+from rollout import cadence, decisions
 from rollout.tokens import RequestTokens
 from rollout.writer import GroupCommitWriter
 
@@ -30,15 +30,19 @@ async def start(svc: RolloutService) -> None:
         svc.store,
         discount=lambda: svc.policy.discount,
         max_batch=svc.settings.writer_max_batch,
+        health=svc.guardrails,  # predictions made/failed/latency per arm go with each commit
     )
     svc.writer.start()
     svc.lookup.start_opening()  # Feast opens in a thread now, not on the first request
     if svc.settings.background:
         s = svc.settings
-        every(svc, s.stats_refresh_ms / 1000.0, svc.refresh_state)
+        # At outcome counts (rollout.cadence) the feedback path refreshes and decides instead.
+        if s.refresh_every_outcomes is None:
+            every(svc, s.stats_refresh_ms / 1000.0, svc.refresh_state)
         every(svc, s.alias_poll_s, svc.refresh_models)
         every(svc, s.expiry_interval_s, svc.expire_decisions)
-        every(svc, s.decision_interval_s, svc.run_decisions)
+        if s.decide_every_outcomes is None:
+            every(svc, s.decision_interval_s, svc.run_decisions)
     svc.started = True
 
 
@@ -48,6 +52,7 @@ def _start_blocking(svc: RolloutService) -> None:
     secret = svc.settings.token_secret or svc.store.get_or_create_secret()
     svc.tokens = RequestTokens(secret)
     svc.load_state()
+    cadence.begin(svc)
     svc.pool.refresh(force=True)
     svc.reallocate()
 

@@ -9,6 +9,14 @@ intersection of the rejections, so by the intersection-union principle (Berger 1
 chance of promoting a challenger for which *any* of the nulls holds (not better, or worse
 than a margin on some guardrail) is at most the rate of the test of that null: the stated
 ``false_promotion_rate`` holds over the whole family with no further split.
+
+In the live service (``BANDITFLOW_GUARDRAIL_METRICS``) the guardrails read the store's
+counts since each arm joined (``rollout.store_health``): ``error_rate`` is failed
+predictions over predictions made; ``latency_p99`` is the share of predictions slower than
+``threshold_ms`` (default: ``BANDITFLOW_GUARDRAIL_MAX_P99_MS``), a rate like any other, and
+``p99 <= threshold_ms`` exactly when that share is at most 1 %. The threshold is fixed in
+advance on purpose: choosing it from the data (say, the champion's running p99) would move
+the null between looks and void the e-process's guarantee.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rollout.decide import DecisionRule, InvalidDecisionRuleError, log_superiority_evidence
 from rollout.policies.base import ArmStats, RewardKind
@@ -33,9 +41,12 @@ class GuardrailMetric:
     better: Direction = "lower"
     kind: RewardKind = "gaussian"
     mixture_scale: float = 0.1
+    threshold_ms: float | None = None  # latency_p99: the share slower than this is tested
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.margin) and self.margin > 0):
+        if not (isinstance(self.margin, int | float) and math.isfinite(self.margin)) or not (
+            self.margin > 0
+        ):
             raise InvalidDecisionRuleError(
                 f"margin of {self.name!r} must be > 0, got {self.margin}"
             )
@@ -66,6 +77,26 @@ class GuardrailMetric:
         return float(e)
 
 
+def verdict(
+    m: GuardrailMetric, champion: ArmStats | None, challenger: ArmStats | None, log_bar: float
+) -> dict[str, Any]:
+    """Return one guardrail's verdict on a challenger: pass / fail / no data, and why."""
+    if champion is None or challenger is None or min(champion.pulls, challenger.pulls) <= 0:
+        return {"verdict": "no data", "margin": m.margin, "e_value": None, "bar": math.exp(log_bar)}
+    log_e = m.log_evidence(champion, challenger)
+    return {
+        "verdict": "pass" if log_e >= log_bar else "fail",
+        "challenger": challenger.mean,
+        "champion": champion.mean,
+        "counts": [challenger.pulls, champion.pulls],
+        "margin": m.margin,
+        "better": m.better,
+        "threshold_ms": m.threshold_ms,
+        "e_value": math.exp(min(log_e, 700.0)),
+        "bar": math.exp(log_bar),
+    }
+
+
 def guardrail_blocker(
     metrics: Sequence[GuardrailMetric],
     stats: Mapping[str, Mapping[str, ArmStats]],
@@ -82,16 +113,84 @@ def guardrail_blocker(
     def block(arm: str) -> str | None:
         for m in metrics:
             per_arm = stats.get(m.name, {})
-            if arm not in per_arm or champion not in per_arm:
+            v = verdict(m, per_arm.get(champion), per_arm.get(arm), bar)
+            if v["verdict"] == "no data":
                 return f"no {m.name} measured on {arm} and the champion {champion}"
-            log_e = m.log_evidence(per_arm[champion], per_arm[arm])
-            if log_e < bar:
-                mean_ch, mean_champ = per_arm[arm].mean, per_arm[champion].mean
+            if v["verdict"] == "fail":
                 return (
                     f"{m.name} not shown within {m.margin:g} of the champion's "
-                    f"({mean_ch:.4g} vs {mean_champ:.4g}; non-inferiority e="
-                    f"{math.exp(min(log_e, 700.0)):.3g} < {math.exp(bar):.3g})"
+                    f"({v['challenger']:.4g} vs {v['champion']:.4g}; non-inferiority e="
+                    f"{v['e_value']:.3g} < {v['bar']:.3g})"
                 )
         return None
 
     return block
+
+
+BUILT_IN = ("error_rate", "latency_p99")
+
+
+def from_settings(
+    spec: Mapping[str, Mapping[str, Any]], default_threshold_ms: float
+) -> list[GuardrailMetric]:
+    """Return the live guardrail metrics ``BANDITFLOW_GUARDRAIL_METRICS`` declares.
+
+    ``{"error_rate": {"margin": 0.01}, "latency_p99": {"margin": 0.005, "threshold_ms":
+    250}}``: margins in rate points; both are "lower is better" rates. Raises
+    ``InvalidDecisionRuleError`` naming what to fix.
+    """
+    out = []
+    for name, params in spec.items():
+        if name not in BUILT_IN:
+            raise InvalidDecisionRuleError(
+                f"unknown guardrail metric {name!r}: the service measures {', '.join(BUILT_IN)}"
+            )
+        if not isinstance(params, Mapping) or set(params) - {"margin", "threshold_ms", "scale"}:
+            raise InvalidDecisionRuleError(
+                f"guardrail metric {name!r} takes margin, threshold_ms and scale, got {params!r}"
+            )
+        threshold = (
+            params.get("threshold_ms", default_threshold_ms) if name != "error_rate" else None
+        )
+        if threshold is not None and not (isinstance(threshold, int | float) and threshold > 0):
+            raise InvalidDecisionRuleError(
+                f"threshold_ms of {name!r} must be > 0, got {threshold!r}"
+            )
+        out.append(
+            GuardrailMetric(
+                name,
+                margin=params.get("margin", 0.01),
+                kind="bernoulli",
+                mixture_scale=float(params.get("scale", 0.1)),
+                threshold_ms=None if threshold is None else float(threshold),
+            )
+        )
+    return out
+
+
+def live_stats(
+    metrics: Sequence[GuardrailMetric],
+    attempts: Mapping[str, tuple[int, int]],
+    latency: Mapping[str, Mapping[int, int]],
+) -> dict[str, dict[str, ArmStats]]:
+    """Return each live metric's sums per arm from the store's counts since the arm joined.
+
+    ``attempts``: ``{arm: (predictions made, failed)}``; ``latency``: ``{arm: {bucket: n}}``.
+    Both are rates of 0/1 outcomes, so the sum of squares is the sum.
+    """
+    from rollout.store_health import slower_than
+
+    out: dict[str, dict[str, ArmStats]] = {}
+    for m in metrics:
+        if m.name == "error_rate":
+            out[m.name] = {
+                a: ArmStats(a, float(n), float(e), float(e)) for a, (n, e) in attempts.items()
+            }
+        else:
+            assert m.threshold_ms is not None
+            per_arm = {}
+            for a, buckets in latency.items():
+                slow = float(slower_than(buckets, m.threshold_ms)[0])
+                per_arm[a] = ArmStats(a, float(sum(buckets.values())), slow, slow)
+            out[m.name] = per_arm
+    return out

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rollout import decisions, segments
+from rollout import cadence, decisions, segments
 from rollout.pool import ArmEntry
 from rollout.schemas import ArmReport, ArmsResponse, ModelRef, ShadowComparison, jsonable
 from rollout.store import StoredStats
@@ -33,7 +33,8 @@ async def arms_report(svc: RolloutService) -> ArmsResponse:
             svc.store.read_segment_stats(),
         )
     )
-    svc.set_stats(stats)
+    if not cadence.counted(svc):  # at outcome counts, only the feedback path refreshes
+        svc.set_stats(stats)
     snap = svc.pool.snapshot
     serving = svc.serving_arms(snap)
     summary = posterior(svc, serving)

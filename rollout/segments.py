@@ -63,18 +63,22 @@ def decision(
 ) -> DecisionRow:
     """Return the row to log for one decision: arm, unit, propensity, policy, segment.
 
-    A row re-routed after its arm failed (``chosen`` differs) was not the policy's choice:
-    it logs no propensity, so the SRM check and off-policy evaluation leave it out.
+    A row re-routed after its arm failed (``chosen`` differs) was served by another arm:
+    it logs no propensity, so off-policy evaluation leaves it out; the sample-ratio test
+    counts it as the draw it was (``drawn``).
     """
     rerouted = chosen is not None and chosen != arm
+    p = propensity(_allocation_for(svc, features), chosen if rerouted and chosen else arm)
     return DecisionRow(
         request_id,
         arm,
         now,
         req.unit_id,
-        None if rerouted else propensity(_allocation_for(svc, features), arm),
+        None if rerouted else p,
         policy_label(svc.policy),
         segment_of(features, svc.settings.segment_by),
+        chosen if rerouted else None,
+        p if rerouted else None,
     )
 
 
@@ -155,7 +159,10 @@ def _routing(svc: RolloutService) -> _SegmentRouting:
     state = _ROUTING.get(svc)
     if state is None:
         state = _ROUTING[svc] = _SegmentRouting()
-    if not state.loading and svc.clock() - state.loaded_at > svc.settings.stats_refresh_ms / 1e3:
+    from rollout.cadence import counted
+
+    stale = svc.clock() - state.loaded_at > svc.settings.stats_refresh_ms / 1e3
+    if not state.loading and (stale if not counted(svc) else state.loaded_at < -1e17):
         state.loading = True
         svc.spawn(refresh_segments(svc))
     return state

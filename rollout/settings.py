@@ -84,6 +84,20 @@ class RolloutSettings(BaseSettings):
     auto_decisions: bool = True
     decision_interval_s: float = Field(default=60.0, gt=0)
     decision_params: dict[str, Any] = Field(default_factory=dict)
+    # Reproducible decisions (rollout.cadence): refresh the statistics the policy draws from,
+    # and decide, at each multiple of this many acknowledged outcomes (the writer flushed
+    # first) instead of every stats_refresh_ms / decision_interval_s of the wall clock. With
+    # both set, the same seed and the same traffic in order give the same decisions at the
+    # same outcome counts however loaded the machine is.
+    refresh_every_outcomes: int | None = Field(default=None, ge=1)
+    decide_every_outcomes: int | None = Field(default=None, ge=1)
+    # One decision over several metrics (rollout.multimetric): a promotion also needs each of
+    # these shown not worse than the champion's by its margin (rate points), since the arm
+    # joined. latency_p99: the share of predictions slower than threshold_ms (default
+    # guardrail_max_p99_ms); p99 <= threshold_ms exactly when that share is <= 1 %.
+    guardrail_metrics: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"error_rate": {"margin": 0.01}, "latency_p99": {"margin": 0.01}}
+    )
     # Request features whose values make a unit's segment (logged with each decision).
     segment_by: list[str] = Field(default_factory=list, max_length=8)
 

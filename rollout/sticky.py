@@ -64,8 +64,11 @@ class StickyUnits:
             if sum(shares.values()) <= 0:
                 shares = dict.fromkeys(arms, 1.0)
             chosen = arm_at(unit_point(unit_id, fingerprint), shares)
+            share = shares[chosen] / sum(shares.values())  # P(a new unit lands in its slice)
             try:
-                arm = await asyncio.to_thread(self._stored_or_assign, unit_id, fingerprint, chosen)
+                arm = await asyncio.to_thread(
+                    self._stored_or_assign, unit_id, fingerprint, chosen, share
+                )
             except Exception as exc:
                 raise StoreUnavailable(
                     f"cannot reach the state store for sticky units ({type(exc).__name__})"
@@ -77,11 +80,11 @@ class StickyUnits:
             self._units.move_to_end(key)
         return arm if arm in arms else fallback
 
-    def _stored_or_assign(self, unit_id: str, fingerprint: str, chosen: str) -> str:
+    def _stored_or_assign(self, unit_id: str, fingerprint: str, chosen: str, share: float) -> str:
         arm = self.store.unit_arm(unit_id, fingerprint)
         if arm is None:
             # The first writer wins, so replicas agree even when they race.
-            arm = self.store.assign_unit(unit_id, fingerprint, chosen)
+            arm = self.store.assign_unit(unit_id, fingerprint, chosen, share)
         return arm
 
     def expire(self, before: float) -> int:

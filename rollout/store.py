@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from rollout import upserts
+from rollout.store_health import HealthBatch, HealthCounters
 from rollout.store_reads import StoreReads
 from rollout.store_schema import (
     _COUNTERS,
@@ -48,19 +49,11 @@ from rollout.store_schema import (
 )
 from rollout.store_segments import SegmentCounters
 
-__all__ = [
-    "DecisionRow",
-    "FeedbackRow",
-    "FeedbackStatus",
-    "ShadowRow",
-    "Store",
-    "StoredStats",
-    "normalize_url",
-    "sum_feedback",
-]
+__all__ = ["DecisionRow", "FeedbackRow", "FeedbackStatus", "ShadowRow", "Store", "StoredStats"]
+__all__ += ["normalize_url", "sum_feedback"]
 
 
-class Store(StoreReads, SegmentCounters):
+class Store(HealthCounters, StoreReads, SegmentCounters):
     """SQL state of the rollout; safe to share between threads, processes and replicas."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
@@ -166,15 +159,17 @@ class Store(StoreReads, SegmentCounters):
         shadows: Sequence[ShadowRow] = (),
         *,
         discount: float | None = None,
+        health: HealthBatch | None = None,
     ) -> list[tuple[FeedbackStatus, str | None]]:
-        """Record decisions, feedback and shadow rows in ONE transaction (a group commit).
+        """Record decisions, feedback, shadow rows and predictions' health (made, failed,
+        latency per arm) in ONE transaction (a group commit).
 
         Returns, for each feedback row in order, ``(status, arm)``: whether it was counted,
         was a duplicate of one already stored, or names a request id with no decision.
         """
         # Only feedback is acknowledged to a client; decisions alone need no fsync.
         return self._write(
-            lambda conn: self._apply(conn, new_decisions, new_feedback, shadows, discount),
+            lambda conn: self._apply(conn, new_decisions, new_feedback, shadows, discount, health),
             durable=bool(new_feedback),
         )
 
@@ -185,7 +180,10 @@ class Store(StoreReads, SegmentCounters):
         new_feedback: Sequence[FeedbackRow],
         shadows: Sequence[ShadowRow],
         discount: float | None,
+        health: HealthBatch | None = None,
     ) -> list[tuple[FeedbackStatus, str | None]]:
+        if health:
+            self._count_health(conn, health)
         if new_decisions:
             self._insert_decisions(conn, new_decisions)
         if shadows:
@@ -216,6 +214,7 @@ class Store(StoreReads, SegmentCounters):
             served[d.arm] += 1
         self._increment(conn, {arm: (0.0, 0.0, 0.0, n, 0, 0.0, 0.0) for arm, n in served.items()})
         self._count_segment_decisions(conn, new_decisions)
+        self._count_assignments(conn, new_decisions)
 
     def _insert_shadows(self, conn: Connection, shadows: Sequence[ShadowRow]) -> None:
         conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -27,6 +28,9 @@ class StoreReads:
         raise NotImplementedError
 
     def _write(self, work: Any, *, durable: bool = True) -> Any:
+        raise NotImplementedError
+
+    def _add_to_arms(self, conn: Connection, by_arm: Any) -> None:
         raise NotImplementedError
 
     # --- reads ---------------------------------------------------------------------------
@@ -114,7 +118,9 @@ class StoreReads:
     def logged_assignments(self, after: float, until: float) -> tuple[dict[str, int], float, float]:
         """Return decisions logged in (after, until] with a propensity and no sticky unit.
 
-        ``({arm: count}, sum of log propensities, until)``: what the sample-ratio test takes.
+        ``({arm: count}, sum of log propensities, until)``, for a look at a time window; the
+        sample-ratio test reads the ``assigned`` counters instead (sticky units counted once
+        each, exact whatever the writer's timing).
         """
         window = (
             decisions.c.created_at > after,
@@ -160,14 +166,24 @@ class StoreReads:
                 )
             ).scalar_one_or_none()
 
-    def assign_unit(self, unit_id: str, fingerprint: str, arm: str) -> str:
-        """Store a unit's first arm for this arm set; return the arm that won (first writer)."""
+    def assign_unit(
+        self, unit_id: str, fingerprint: str, arm: str, propensity: float | None = None
+    ) -> str:
+        """Store a unit's first arm for this arm set; return the arm that won (first writer).
+
+        The writer that stores it also counts the unit for the sample-ratio test, with
+        ``propensity`` (the arm's share of the split it was drawn from), in the same
+        transaction: one unit, one draw, however many requests it makes and replicas race.
+        """
         stmt = self._insert(units).values(
             unit_id=unit_id, fingerprint=fingerprint, arm=arm, created_at=time.time()
         )
 
         def work(conn: Connection) -> str:
-            conn.execute(stmt.on_conflict_do_nothing())
+            inserted = conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1
+            if inserted and propensity is not None and propensity > 0:
+                log_p = math.log(propensity)
+                self._add_to_arms(conn, {arm: {"assigned": 1, "assigned_log_p": log_p}})
             return str(
                 conn.execute(
                     select(units.c.arm).where(

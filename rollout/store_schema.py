@@ -76,6 +76,14 @@ arm_stats = Table(
     # decision rule reads these, so its stated error rates hold whatever the policy.
     Column("total_reward_sum", Float, nullable=False, default=0.0, server_default="0"),
     Column("total_reward_sq_sum", Float, nullable=False, default=0.0, server_default="0"),
+    # What a promotion's guardrail metrics read (rollout.multimetric), since the arm joined:
+    # predictions it made and how many failed (its latencies: rollout_latency_buckets).
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("errors", Integer, nullable=False, default=0, server_default="0"),
+    # What the sample-ratio test reads: units the policy's draw assigned (a request without a
+    # unit, or a sticky unit's first assignment) and the sum of their log P(arm).
+    Column("assigned", Integer, nullable=False, default=0, server_default="0"),
+    Column("assigned_log_p", Float, nullable=False, default=0.0, server_default="0"),
 )
 _COUNTERS = (
     "pulls",
@@ -87,6 +95,16 @@ _COUNTERS = (
     "total_reward_sq_sum",
 )
 Increment = tuple[float, float, float, int, int, float, float]
+
+# Each arm's per-prediction latencies since it joined, as a log-spaced histogram
+# (rollout.store_health): exact counts above any bucket edge, added across replicas.
+latency_buckets = Table(
+    "rollout_latency_buckets",
+    metadata,
+    Column("arm", String(200), primary_key=True),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("n", Integer, nullable=False, default=0),
+)
 
 segment_stats = Table(
     "rollout_segment_stats",
@@ -137,6 +155,10 @@ class DecisionRow:
     propensity: float | None = None
     policy: str | None = None
     segment: str | None = None
+    # A row re-routed after its arm failed: the arm the policy drew and that draw's
+    # propensity (the sample-ratio test counts the draw; off-policy evaluation skips the row).
+    drawn: str | None = None
+    drawn_propensity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +197,10 @@ class StoredStats:
     outcomes: int
     total_reward_sum: float = 0.0
     total_reward_sq_sum: float = 0.0
+    attempts: int = 0
+    errors: int = 0
+    assigned: int = 0
+    assigned_log_p: float = 0.0
 
     def policy_stats(self) -> ArmStats:
         """Return the (possibly discounted) statistics the policy routes on."""

@@ -8,6 +8,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from rollout.store import DecisionRow, FeedbackRow, ShadowRow, Store
 
@@ -29,8 +30,12 @@ class GroupCommitWriter:
         discount: Callable[[], float | None],
         max_batch: int,
         linger_s: float = 0.05,
+        health: Any = None,
     ) -> None:
         self.store = store
+        # Predictions' counts per arm (rollout.guardrails.Guardrails: take/restore/unstored),
+        # committed with each batch.
+        self._health = health
         self._discount = discount  # a callable returning the policy's discount now
         self.max_batch = max_batch
         self.linger_s = linger_s
@@ -75,7 +80,10 @@ class GroupCommitWriter:
 
     @property
     def pending(self) -> bool:
-        return bool(self._decisions or self._shadows or self._feedback or self._committing)
+        unstored = self._health is not None and self._health.unstored
+        return bool(
+            self._decisions or self._shadows or self._feedback or self._committing or unstored
+        )
 
     async def flush(self) -> None:
         """Commit everything queued so far (decisions included); wait on the writer, not a clock."""
@@ -104,13 +112,14 @@ class GroupCommitWriter:
             )
             if self._feedback:
                 self._wake.set()
-            if not (decisions or shadows or batch):
+            health = self._health.take() if self._health is not None else {}
+            if not (decisions or shadows or batch or health):
                 if self._closing:
                     return
                 continue
             self._committing = True  # still pending for flush() until the commit is done
             try:
-                committed = await self._commit(decisions, shadows, batch)
+                committed = await self._commit(decisions, shadows, batch, health)
             finally:
                 self._committing = False
             if not committed:
@@ -123,6 +132,7 @@ class GroupCommitWriter:
         decisions: list[DecisionRow],
         shadows: list[ShadowRow],
         batch: list[tuple[FeedbackRow, asyncio.Future[FeedbackStatus]]],
+        health: Any = None,
     ) -> bool:
         rows = [row for row, _ in batch]
         loop = asyncio.get_running_loop()
@@ -130,7 +140,12 @@ class GroupCommitWriter:
             statuses = await loop.run_in_executor(
                 self._executor,
                 functools.partial(
-                    self.store.apply_batch, decisions, rows, shadows, discount=self._discount()
+                    self.store.apply_batch,
+                    decisions,
+                    rows,
+                    shadows,
+                    discount=self._discount(),
+                    health=health,
                 ),
             )
         except Exception as exc:
@@ -138,6 +153,8 @@ class GroupCommitWriter:
             _log.exception("group commit of %d feedback failed", len(batch))
             # Decisions are retried with the next batch; feedback callers get the error.
             self._decisions[:0] = decisions[-100_000:]
+            if health:
+                self._health.restore(health)
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)

@@ -14,6 +14,7 @@ from rollout_helpers import ADMIN, BROKEN, FEATURES, MODEL, LiveServer, make_set
 import contract
 from rollout.app import create_app
 from rollout.store import DecisionRow, FeedbackRow
+from rollout.store_health import HealthCounts, latency_bucket
 
 RULE = {"min_outcomes": 200, "draws": 2000}
 
@@ -22,7 +23,9 @@ def seed(client: Any, arm: str, n: int, wins: int, tag: str) -> None:
     """Record ``n`` outcomes (``wins`` of them 1) on ``arm`` in the service's real store."""
     now = time.time()
     rows = [FeedbackRow(f"{tag}-{arm}-{i}", float(i < wins), arm, now) for i in range(n)]
-    client.app.state.service.store.apply_batch([], rows)
+    # The predictions behind them (none failed, all fast): what the guardrail metrics read.
+    health = {arm: HealthCounts(n, 0, {latency_bucket(2.0): n})}
+    client.app.state.service.store.apply_batch([], rows, health=health)
 
 
 def decide(client: Any) -> list[dict[str, Any]]:

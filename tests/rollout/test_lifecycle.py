@@ -13,6 +13,7 @@ from rollout_helpers import ADMIN, FEATURES, MODEL, make_settings, mlflow_client
 import contract
 from rollout.app import create_app
 from rollout.store import FeedbackRow
+from rollout.store_health import HealthCounts, latency_bucket
 
 RULE = {"min_outcomes": 200, "draws": 2000}
 
@@ -23,7 +24,9 @@ def seed_outcomes(client: Any, rewards: dict[str, tuple[int, int]]) -> None:
     rows = []
     for arm, (n, wins) in rewards.items():
         rows += [FeedbackRow(f"{arm}-{i}", float(i < wins), arm, time.time()) for i in range(n)]
-    store.apply_batch([], rows)
+    # The predictions behind them (none failed, all fast): what the guardrail metrics read.
+    health = {arm: HealthCounts(n, 0, {latency_bucket(2.0): n}) for arm, (n, _) in rewards.items()}
+    store.apply_batch([], rows, health=health)
 
 
 @pytest.mark.parametrize("auto", [False, True])
