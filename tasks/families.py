@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tasks.models import CLASSIFICATION, ModelFamilyError, TaskType, register_family
+from tasks.models import CLASSIFICATION, Fidelity, ModelFamilyError, TaskType, register_family
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
@@ -126,6 +126,7 @@ RANDOM_FOREST = register_family(
         "min_samples_leaf": {"type": "int", "low": 1, "high": 32, "log": True},
         "max_features": {"type": "categorical", "choices": ["sqrt", "log2", 0.5]},
     },
+    fidelity=Fidelity("iterations", "n_estimators"),  # trees added by warm start
 )
 HIST_GRADIENT_BOOSTING = register_family(
     "hist_gradient_boosting",
@@ -137,6 +138,7 @@ HIST_GRADIENT_BOOSTING = register_family(
         "min_samples_leaf": {"type": "int", "low": 5, "high": 100, "log": True},
         "l2_regularization": {"type": "float", "low": 1e-6, "high": 10.0, "log": True},
     },
+    fidelity=Fidelity("iterations", "max_iter"),  # boosting iterations, by warm start
 )
 
 

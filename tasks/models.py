@@ -38,6 +38,19 @@ class ModelFamilyError(ValueError):
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """What a budget-aware pruner (tasks/pruners.py) may cut a trial's evaluation by.
+
+    ``rows``: each fold's training rows subsampled; ``iterations``: the estimator's
+    ``param`` (boosting iterations, trees), grown by warm start from rung to rung;
+    ``folds``: the CV folds evaluated so far.
+    """
+
+    kind: Literal["rows", "iterations", "folds"] = "rows"
+    param: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """A named estimator builder, its default search space and the tasks it supports."""
 
@@ -46,6 +59,7 @@ class ModelFamily:
     default_space: Mapping[str, Mapping[str, Any]]
     tasks: tuple[TaskType, ...]
     preprocessing: Preprocessing
+    fidelity: Fidelity = Fidelity()
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -59,6 +73,7 @@ def register_family(
     tasks: Iterable[TaskType] = ALL_TASKS,
     preprocessing: Preprocessing = "tree",
     replace: bool = False,
+    fidelity: Fidelity | None = None,
 ) -> ModelFamily:
     """Register a model family under ``name`` (``replace=True`` to override one)."""
     tasks = tuple(tasks)
@@ -73,7 +88,11 @@ def register_family(
         raise ModelFamilyError(
             f"model family {name!r} is already registered; pass replace=True to override it"
         )
-    family = ModelFamily(name, builder, dict(default_space), tasks, preprocessing)
+    if fidelity is not None and fidelity.kind == "iterations" and not fidelity.param:
+        raise ModelFamilyError("an 'iterations' fidelity names its parameter, e.g. 'max_iter'")
+    family = ModelFamily(
+        name, builder, dict(default_space), tasks, preprocessing, fidelity or Fidelity()
+    )
     _FAMILIES[name] = family
     return family
 
