@@ -121,11 +121,23 @@ class ModelSpec(_Strict):
 
 
 class PruningSpec(_Strict):
-    """Stop a trial early when it is clearly worse than the others after some folds."""
+    """Stop a trial early when it is clearly worse than the others.
 
-    rule: Literal["median"] = "median"
-    after_folds: int = Field(default=2, ge=1)
-    min_trials: int = Field(default=5, ge=1)  # completed trials before pruning starts
+    ``median``: after ``after_folds`` folds, worse than the median of completed trials.
+    ``asha`` / ``hyperband``: Optuna's asynchronous successive halving or Hyperband over
+    the family's fidelity (tasks/pruners.py): rungs at ``min_fraction``, then
+    ``reduction_factor`` times more, up to the full fidelity; the top
+    ``1 / reduction_factor`` of each rung goes on.
+    """
+
+    rule: Literal["median", "asha", "hyperband"] = "median"
+    after_folds: int = Field(default=2, ge=1)  # median
+    min_trials: int = Field(default=5, ge=1)  # median: completed trials before it prunes
+    # asha / hyperband; fidelity None: the one the model family declares
+    fidelity: Literal["rows", "iterations", "folds"] | None = None
+    reduction_factor: int = Field(default=3, ge=2)
+    min_fraction: float = Field(default=1 / 9, gt=0, lt=1)
+    bootstrap_count: int = Field(default=0, ge=0)  # trials at a rung before it prunes
 
 
 class BudgetSpec(_Strict):
@@ -283,6 +295,17 @@ class StudySpec(_Strict):
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
         return name
+
+    @model_validator(mode="after")
+    def _check_pruning(self) -> StudySpec:
+        # asha/hyperband need a fidelity the family has (tasks/pruners.py says which).
+        from tasks.pruners import schedule_for
+
+        try:
+            schedule_for(self)
+        except ValueError as exc:
+            raise ValueError(f"budget.pruning: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_objectives(self) -> StudySpec:
