@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from rollout_helpers import ADMIN, BROKEN, FEATURES, make_settings
 
+from rollout.app import create_app
 from rollout.decide import DecisionRule, InvalidDecisionRuleError, decide
 from rollout.multimetric import GuardrailMetric, guardrail_blocker
 from rollout.policies import ArmStats, get_policy
@@ -80,3 +88,97 @@ def test_the_veto_names_the_metric() -> None:
     )
     with pytest.raises(InvalidDecisionRuleError, match="margin"):
         GuardrailMetric("x", margin=0.0)
+
+
+# --- the live rule, through the service and its real store ----------------------------------
+
+
+def _seed(client: Any, arm: str, n: int, wins: int, *, failed: int = 0, slow: int = 0) -> None:
+    """Record ``n`` outcomes on ``arm`` and the ``n`` predictions behind them (``failed`` of
+    them failed, ``slow`` of them took 600 ms, the rest 2 ms) in the service's store."""
+    from rollout.store import FeedbackRow
+    from rollout.store_health import HealthCounts, latency_bucket
+
+    tag = f"{arm}-{uuid.uuid4().hex[:6]}"
+    rows = [FeedbackRow(f"{tag}-{i}", float(i < wins), arm, time.time()) for i in range(n)]
+    buckets = {latency_bucket(2.0): n - slow, latency_bucket(600.0): slow}
+    health = {arm: HealthCounts(n, failed, {b: c for b, c in buckets.items() if c})}
+    client.app.state.service.store.apply_batch([], rows, health=health)
+
+
+def _decide(client: Any) -> dict[str, dict[str, Any]]:
+    response = client.post("/admin/decide", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    return {r["arm"]: r for r in response.json()["result"]["recommendations"]}
+
+
+def test_the_service_promotes_only_when_every_guardrail_metric_passes(rollout_home: Path) -> None:
+    # Two equal challengers: a loose expected-loss bound lets both pass the success rule.
+    rule = {"min_outcomes": 200, "draws": 2000, "max_expected_loss": 0.01}
+    with TestClient(create_app(make_settings(rollout_home, decision_params=rule))) as client:
+        _seed(client, "v1", 3000, 150, slow=15)  # the champion: 5 %, 0.5 % slower than 250 ms
+        _seed(client, "v2", 3000, 450, slow=300)  # 15 %, but 10 % of its predictions slow
+        _seed(client, "v3", 3000, 450, failed=300)  # 15 %, but 10 % of its predictions fail
+        recs = _decide(client)
+        assert recs["v2"]["action"] == "keep" and recs["v3"]["action"] == "keep", recs
+        assert recs["v2"]["reason"].startswith("keep v2: latency_p99 not shown within 0.01")
+        assert recs["v3"]["reason"].startswith("keep v3: error_rate not shown within 0.01")
+        shown = client.get("/arms").json()["decisions"]
+        assert shown["guardrail_metrics"]["latency_p99"]["threshold_ms"] == 250.0
+        v2, v3 = shown["guardrails"]["v2"], shown["guardrails"]["v3"]
+        assert (v2["latency_p99"]["verdict"], v2["error_rate"]["verdict"]) == ("fail", "pass")
+        assert (v3["latency_p99"]["verdict"], v3["error_rate"]["verdict"]) == ("pass", "fail")
+        assert v2["latency_p99"]["challenger"] == pytest.approx(0.1)
+        assert client.get("/readyz").json()["champion"] == "v1"
+        # v2's later predictions are fast: 300 slow of 33,000 (0.9 %) is within the margin.
+        _seed(client, "v2", 30_000, 4_500)
+        recs = _decide(client)
+        assert recs["v2"]["action"] == "promote" and recs["v2"]["applied"] is True, recs
+        assert client.get("/readyz").json()["champion"] == "v2"
+
+
+def test_an_invalid_guardrail_metric_fails_at_start(rollout_home: Path) -> None:
+    bad = make_settings(rollout_home, guardrail_metrics={"cpu": {"margin": 0.1}})
+    with (
+        pytest.raises(ValueError, match="unknown guardrail metric 'cpu'"),
+        TestClient(create_app(bad)),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_replicas_count_every_prediction_and_failure_in_the_shared_store(
+    rollout_home: Path, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    from rollout.store import Store
+
+    url = (
+        f"sqlite:///{tmp_path / 'shared.db'}"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("postgres_url"))
+    )
+    settings = make_settings(rollout_home, state_url=url, guardrail_min_failures=1000)
+    rows = 0
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        added = a.post("/admin/arms", headers=ADMIN, json={"version": BROKEN})
+        assert added.status_code == 200, added.text
+        assert b.post("/admin/reload", headers=ADMIN).status_code == 200
+        for i in range(60):
+            client = a if i % 2 else b
+            response = client.post("/predict", json=[{"features": FEATURES}] * 3)
+            assert response.status_code == 200, response.text
+            rows += 3
+    store = Store(url)  # both writers drained at stop
+    stats = store.read_stats()
+    latency = store.read_latency()
+    store.dispose()
+    attempts = {arm: s.attempts for arm, s in stats.items()}
+    errors = {arm: s.errors for arm, s in stats.items()}
+    broken = f"v{BROKEN}"
+    assert attempts[broken] > 0 and errors[broken] == attempts[broken]
+    assert all(errors[arm] == 0 for arm in attempts if arm != broken)
+    # Every row was predicted once by the arm drawn, and once more by the champion if it failed.
+    assert sum(attempts.values()) == rows + errors[broken]
+    assert all(sum(latency[arm].values()) == n for arm, n in attempts.items() if n)
+    # The failed rows were the policy's draws of the broken arm: the SRM counts them there.
+    assert stats[broken].assigned == attempts[broken]

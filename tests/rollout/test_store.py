@@ -211,3 +211,98 @@ def test_segment_counters_follow_each_decisions_segment(store: Store) -> None:
     assert seg["region=north"] == {"v1": (1, 1, 1.0, 1.0), "v2": (1, 1, 0.5, 0.25)}
     assert seg["region=south"] == {"v1": (1, 1, 0.0, 0.0)}
     assert set(seg) == {"region=north", "region=south"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database several Store objects (each like a replica) share: SQLite or PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_prediction_health_counts_add_exactly_across_replicas(shared_url: str) -> None:
+    from rollout.store_health import HealthCounts, latency_bucket, quantile_ms, slower_than
+
+    Store(shared_url).create_schema()
+    per_thread, threads = 40, 4
+
+    def work(t: int) -> None:
+        own = Store(shared_url)  # its own engine and pool, like another process
+        for i in range(per_thread):
+            fast, slow = latency_bucket(2.0), latency_bucket(400.0)
+            health = {
+                "v1": HealthCounts(10, i % 2, {fast: 9, slow: 1}),
+                "v2": HealthCounts(5, 0, {fast: 5}),
+            }
+            decisions_ = [DecisionRow(f"t{t}-{i}", "v1", time.time(), None, 0.5)]
+            own.apply_batch(decisions_, health=health)
+        own.dispose()
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    store = Store(shared_url)
+    stats, latency = store.read_stats(), store.read_latency()
+    n = per_thread * threads
+    assert (stats["v1"].attempts, stats["v1"].errors) == (10 * n, n // 2)
+    assert (stats["v2"].attempts, stats["v2"].errors) == (5 * n, 0)
+    assert sum(latency["v1"].values()) == 10 * n
+    slow, edge = slower_than(latency["v1"], 250.0)
+    assert slow == n and edge <= 250.0 < edge * 2 ** (1 / 8)
+    assert slower_than(latency["v2"], 250.0)[0] == 0
+    # 10 % of v1's predictions took 400 ms: its p99 lies in the 400 ms bucket (edges 9 % apart).
+    p99 = quantile_ms(latency["v1"], 0.99)
+    assert p99 is not None and 400.0 < p99 <= 400.0 * 2 ** (1 / 8)
+    assert stats["v1"].assigned == n and stats["v1"].assigned_log_p == pytest.approx(
+        n * math.log(0.5)
+    )
+    store.dispose()
+
+
+def test_an_older_database_gains_the_health_columns_and_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    from rollout.store_health import HealthCounts
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE rollout_arm_stats (arm VARCHAR(200) PRIMARY KEY, pulls FLOAT NOT NULL,"
+            " reward_sum FLOAT NOT NULL, reward_sq_sum FLOAT NOT NULL, served INTEGER NOT NULL,"
+            " outcomes INTEGER NOT NULL, total_reward_sum FLOAT NOT NULL DEFAULT 0,"
+            " total_reward_sq_sum FLOAT NOT NULL DEFAULT 0)"
+        )
+        conn.execute("INSERT INTO rollout_arm_stats VALUES ('v1', 3, 2, 2, 5, 3, 2, 2)")
+    old = Store(f"sqlite:///{path}")
+    old.create_schema()
+    before = old.read_stats()["v1"]
+    assert (before.outcomes, before.attempts, before.errors, before.assigned) == (3, 0, 0, 0)
+    old.apply_batch(health={"v1": HealthCounts(4, 1, {100: 4})})
+    after = old.read_stats()["v1"]
+    assert (after.outcomes, after.attempts, after.errors) == (3, 4, 1)
+    assert old.read_latency() == {"v1": {100: 4}}
+
+
+def test_the_sample_ratio_counters_count_draws_not_requests(store: Store) -> None:
+    now = time.time()
+    store.apply_batch(
+        [
+            DecisionRow("a", "v1", now, None, 0.25),
+            DecisionRow("b", "v2", now, None, 0.75),
+            DecisionRow("c", "v2", now, "unit-1", 0.75),  # a sticky unit's request: not a draw
+            # Drawn v3 (p 0.5), which failed; served by v1: counted as v3's draw.
+            DecisionRow("d", "v1", now, None, None, drawn="v3", drawn_propensity=0.5),
+        ]
+    )
+    # A sticky unit is one draw, counted when it is first stored, however often it returns.
+    assert store.assign_unit("unit-1", "fp", "v2", 0.75) == "v2"
+    assert store.assign_unit("unit-1", "fp", "v1", 0.25) == "v2"
+    stats = store.read_stats()
+    counts = {a: (s.assigned, s.assigned_log_p) for a, s in stats.items()}
+    assert counts["v1"] == (1, pytest.approx(math.log(0.25)))
+    assert counts["v2"] == (2, pytest.approx(2 * math.log(0.75)))
+    assert counts["v3"] == (1, pytest.approx(math.log(0.5)))
+    assert stats["v1"].served == 2  # decisions still count per request
