@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, select
 
+from rollout import upserts
 from rollout.store_schema import DecisionRow, arm_stats, latency_buckets
 
 BASE_MS = 0.001  # the lower edge of bucket 0 (1 µs)
@@ -84,6 +85,8 @@ HealthBatch = Mapping[str, HealthCounts]
 class HealthCounters:
     """Health and assignment upserts and reads; ``Store`` provides I/O."""
 
+    dialect: str  # rollout.upserts' key, set by ``Store``
+
     def _read(self) -> Connection:
         raise NotImplementedError
 
@@ -99,12 +102,7 @@ class HealthCounters:
             {"arm": arm, **{n: v.get(n, 0) for n in names}}
             for arm, v in sorted(by_arm.items())  # sorted: one lock order for every writer
         ]
-        stmt = self._insert(arm_stats)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[arm_stats.c.arm],
-            set_={n: getattr(arm_stats.c, n) + getattr(stmt.excluded, n) for n in names},
-        )
-        conn.execute(stmt, rows)
+        conn.execute(upserts.adding(self.dialect, arm_stats, ("arm",), tuple(names)), rows)
 
     def _count_health(self, conn: Connection, health: HealthBatch) -> None:
         """Add predictions made and failed per arm, and their latency buckets."""
@@ -121,11 +119,7 @@ class HealthCounters:
             if n > 0
         ]
         if rows:
-            stmt = self._insert(latency_buckets)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[latency_buckets.c.arm, latency_buckets.c.bucket],
-                set_={"n": latency_buckets.c.n + stmt.excluded.n},
-            )
+            stmt = upserts.adding(self.dialect, latency_buckets, ("arm", "bucket"), ("n",))
             conn.execute(stmt, rows)
 
     def _count_assignments(self, conn: Connection, rows: Sequence[DecisionRow]) -> None:

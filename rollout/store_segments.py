@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, select
 
+from rollout import upserts
 from rollout.store_schema import DecisionRow, decisions, segment_stats
 
 _SEGMENT_COUNTERS = ("served", "outcomes", "reward_sum", "reward_sq_sum")
@@ -23,6 +24,8 @@ _RECHECK_S = 5.0
 
 class SegmentCounters:
     """Per-segment upserts and reads; ``Store`` provides I/O."""
+
+    dialect: str  # rollout.upserts' key, set by ``Store``
 
     def _read(self) -> Connection:
         raise NotImplementedError
@@ -86,15 +89,8 @@ class SegmentCounters:
             {"segment": s, "arm": a, **dict(zip(_SEGMENT_COUNTERS, v, strict=True))}
             for (s, a), v in sorted(by_cell.items())  # one lock order for every writer
         ]
-        stmt = self._insert(segment_stats)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[segment_stats.c.segment, segment_stats.c.arm],
-            set_={
-                n: getattr(segment_stats.c, n) + getattr(stmt.excluded, n)
-                for n in _SEGMENT_COUNTERS
-            },
-        )
-        conn.execute(stmt, rows)
+        keys = ("segment", "arm")
+        conn.execute(upserts.adding(self.dialect, segment_stats, keys, _SEGMENT_COUNTERS), rows)
 
     def read_segment_stats(self) -> dict[str, dict[str, tuple[int, int, float, float]]]:
         """Return ``{segment: {arm: (served, outcomes, reward_sum, reward_sq_sum)}}``."""
