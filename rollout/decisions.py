@@ -99,6 +99,8 @@ def plain(svc: RolloutService, arm: str) -> ArmStats:
 
 async def run_decisions(svc: RolloutService) -> list[Recommendation]:
     """Run the checks and the rule; act on them when automatic decisions are on."""
+    if svc.writer is not None:
+        await svc.writer.flush()  # every decision and prediction count so far is read
     await svc.refresh_state()
     snap = svc.pool.snapshot
     if snap.champion is None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from rollout_helpers import ADMIN, FEATURES, make_settings
 from scipy.special import gammaln
 
+from rollout.app import create_app
 from rollout.srm import InvalidSrmSettingsError, SampleRatioTest
 
 
@@ -81,3 +86,39 @@ def test_logged_propensities_of_a_moving_split_raise_no_alarm_and_a_bias_does() 
         a2 = int(gen.binomial(100, 0.45))
         biased.update_logged({"a": a2, "b": 100 - a2}, 100 * math.log(0.5))
     assert biased.mismatch and not honest.mismatch
+
+
+# --- through the service: the unit of the test is the unit -----------------------------------
+
+
+def _decide_and_read(client: Any) -> dict[str, Any]:
+    assert client.post("/admin/decide", headers=ADMIN).status_code == 200
+    return dict(client.get("/arms").json()["decisions"])
+
+
+def test_the_service_counts_each_sticky_unit_once_and_each_plain_request(
+    rollout_home: Path,
+) -> None:
+    with TestClient(create_app(make_settings(rollout_home))) as client:
+        for visit in range(5):  # 200 units come back five times each
+            for lo in range(0, 200, 20):
+                rows = [{"features": FEATURES, "unit_id": f"u{i}"} for i in range(lo, lo + 20)]
+                assert client.post("/predict", json=rows).status_code == 200, visit
+        status = _decide_and_read(client)
+        assert status["srm"]["units"] == 200 and status["srm"]["mismatch"] is False
+        for _ in range(5):  # 50 requests without a unit: 50 draws
+            assert client.post("/predict", json=[{"features": FEATURES}] * 10).status_code == 200
+        status = _decide_and_read(client)
+        assert status["srm"]["units"] == 250 and status["automatic"] is True
+
+
+def test_a_sticky_assignment_gone_wrong_freezes_decisions(rollout_home: Path) -> None:
+    with TestClient(create_app(make_settings(rollout_home))) as client:
+        store = client.app.state.service.store
+        # A router that stores every new unit on v1 while it states a third for each arm.
+        for i in range(3000):
+            store.assign_unit(f"u{i}", "arm-set", "v1", 1 / 3)
+        status = _decide_and_read(client)
+        assert status["srm"]["units"] == 3000 and status["srm"]["mismatch"] is True
+        assert status["automatic"] is False
+        assert status["frozen_reason"].startswith("sample ratio mismatch: mismatch")
