@@ -281,11 +281,7 @@ class Store(HealthCounters, StoreReads, SegmentCounters):
     def _insert_feedback(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
         if not rows:
             return set()
-        stmt = (
-            self._insert(feedback)
-            .on_conflict_do_nothing(index_elements=[feedback.c.request_id])
-            .returning(feedback.c.request_id)
-        )
+        stmt = upserts.insert_ignoring(self.dialect, feedback, ("request_id",), "request_id")
         return set(conn.execute(stmt, rows).scalars().all())
 
     def _count_rewards(

@@ -27,12 +27,16 @@ def insert(dialect: str, table: Table) -> Any:
 
 
 @functools.lru_cache(maxsize=128)
-def insert_ignoring(dialect: str, table: Table, keys: tuple[str, ...] = ()) -> Any:
-    """``INSERT ... ON CONFLICT [(keys)] DO NOTHING`` for ``table``, built once."""
+def insert_ignoring(
+    dialect: str, table: Table, keys: tuple[str, ...] = (), returning: str | None = None
+) -> Any:
+    """``INSERT ... ON CONFLICT [(keys)] DO NOTHING [RETURNING returning]``, built once."""
     stmt = insert(dialect, table)
     if keys:
-        return stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
-    return stmt.on_conflict_do_nothing()
+        stmt = stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
+    else:
+        stmt = stmt.on_conflict_do_nothing()
+    return stmt.returning(table.c[returning]) if returning is not None else stmt
 
 
 @functools.lru_cache(maxsize=128)
