@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract import TAG_ROLE  # noqa: E402
 from tasks.study_record import child_runs, load_study_result, record_from_run  # noqa: E402
 from tasks.study_report import pareto_figure  # noqa: E402
 from tasks.tracking import configure_mlflow  # noqa: E402
@@ -19,7 +20,8 @@ def main(study: str) -> Path:
     result = load_study_result(study)
     client = configure_mlflow()
     runs = child_runs(client, result.experiment_id, result.parent_run_id)
-    records = [record_from_run(r) for r in runs]
+    # The trials' runs (stage runs and registered candidates are children of the study too).
+    records = [record_from_run(r) for r in runs if r.data.tags.get(TAG_ROLE) == "trial"]
     out = Path(__file__).resolve().parent / f"{study}-pareto.png"
     pareto_figure(result, records).savefig(out, dpi=110)
     print(f"{len(result.pareto)} trials in the Pareto set of {len(records)}: {out}")

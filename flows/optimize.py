@@ -13,6 +13,16 @@ from tasks.evaluate import EvalConfig, TrialOutcome
 from tasks.executors import TrialExecutor, run_trial
 from tasks.settings import get_settings
 from tasks.spec import StudySpec
+from tasks.stages import (
+    COMPRESSION,
+    FEATURE_SELECTION,
+    compression_stage,
+    defaults_only,
+    feature_selection_stage,
+    has_stage,
+    hpo_stage,
+    log_selection,
+)
 from tasks.study import Study, StudyResult, notify
 
 load_data = task(name="load-study-data", cache_policy=NO_CACHE)(load_study_data)
@@ -26,45 +36,66 @@ def optimize(spec: StudySpec, runner: str | None = None) -> StudyResult:
     """Optimize ``spec``'s model family; resumes the study saved under ``spec.name``.
 
     ``runner`` overrides ``settings.task_runner``: threads | processes | dask
-    (| prefect-processes, Prefect's own process runner, to compare).
+    (| prefect-processes, Prefect's own process runner, to compare). With ``stages:``
+    (tasks/stages.py) the columns are selected first and the candidates compressed last,
+    each stage a task and an MLflow run under the study's.
     """
     settings = get_settings().ensure_dirs()
     logger = get_run_logger()
     notify({"phase": "loading data"})
     data: StudyData = load_data(spec, settings)
     logger.info("data: %s", data.summary())
-    config = EvalConfig.from_spec(spec)
+    selection = None
+    if has_stage(spec, FEATURE_SELECTION):
+        notify({"phase": "selecting features"})
+        spec, data, selection = feature_selection_stage(spec, data)
+        logger.info("features kept: %s", selection.summary())
+    spec = defaults_only(spec)
     notify({"phase": "opening study"})
     study = Study.open(spec, settings)
-    notify({"phase": "trials", "finished": study.n_finished})
-    kind = runner or settings.task_runner
-    data_path = str(settings.studies_dir / f"{spec.name}.data.pkl")
     try:
-        with TrialExecutor(
-            kind, data, q=spec.q, data_path=data_path, dask_address=settings.dask_address
-        ) as executor:
-            in_flight: dict[Any, Any] = {}
-            while True:
-                # Keep q trials in flight: when one finishes, ask for one more.
-                for trial in study.ask(spec.q - len(in_flight)):
-                    future = executor.submit(
-                        evaluate, config, trial.id, trial.params, study.prune_threshold()
-                    )
-                    in_flight[future] = trial
-                if not in_flight:
-                    break
-                finished = next(as_completed(list(in_flight)))
-                trial = in_flight.pop(finished)
-                outcome = _outcome(finished, trial)
-                record = study.tell(trial, outcome)
-                logger.info("trial %s %s %s", trial.id, record.status, _short(record.values, spec))
+        if selection is not None:
+            log_selection(study.client, study.experiment_id, study.parent_run_id, spec, selection)
+        notify({"phase": "trials", "finished": study.n_finished})
+        run_trials(study, spec, data, settings, runner or settings.task_runner)
         notify({"phase": "finishing"})
         result = study.finish()
         report_failed_trials(spec.name, study.records())
     finally:
         study.close()
     logger.info("study %s: %s; best %s", spec.name, result.stop_reason, result.best)
+    if spec.stages is not None:
+        hpo_stage(spec, result, data, settings)
+    if has_stage(spec, COMPRESSION):
+        notify({"phase": "compressing"})
+        found = compression_stage(spec, result, data, settings)
+        logger.info("compression: best trade-off %s", found["chosen"])
     return result
+
+
+def run_trials(study: Study, spec: StudySpec, data: StudyData, settings: Any, kind: str) -> None:
+    """The HPO loop: keep q trials in flight, tell each as it finishes, until the budget."""
+    logger = get_run_logger()
+    config = EvalConfig.from_spec(spec)
+    data_path = str(settings.studies_dir / f"{spec.name}.data.pkl")
+    with TrialExecutor(
+        kind, data, q=spec.q, data_path=data_path, dask_address=settings.dask_address
+    ) as executor:
+        in_flight: dict[Any, Any] = {}
+        while True:
+            # Keep q trials in flight: when one finishes, ask for one more.
+            for trial in study.ask(spec.q - len(in_flight)):
+                future = executor.submit(
+                    evaluate, config, trial.id, trial.params, study.prune_threshold()
+                )
+                in_flight[future] = trial
+            if not in_flight:
+                break
+            finished = next(as_completed(list(in_flight)))
+            trial = in_flight.pop(finished)
+            outcome = _outcome(finished, trial)
+            record = study.tell(trial, outcome)
+            logger.info("trial %s %s %s", trial.id, record.status, _short(record.values, spec))
 
 
 def report_failed_trials(study: str, records: list[Any]) -> str | None:

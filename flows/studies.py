@@ -26,5 +26,9 @@ def studies(specs: list[StudySpec], model_name: str | None = None) -> list[dict[
     for spec in specs:
         result = optimize(spec)
         logger.info("study %s: %d trials done", spec.name, result.n_completed)
-        summaries.append(register(spec.name, spec=spec, model_name=model_name))
+        # Feature selection changed the spec's columns: registration reads the spec the
+        # study logged (data.drop_columns with the columns it dropped), not the one given.
+        selected = spec.stages is not None and spec.stages.feature_selection is not None
+        logged = None if selected else spec
+        summaries.append(register(spec.name, spec=logged, model_name=model_name))
     return summaries

@@ -265,7 +265,7 @@ def load_study_result(study_name: str, settings: PipelineSettings | None = None)
         pass
     runs = child_runs(client, experiment.experiment_id, parent.info.run_id)
     records = sorted(
-        (record_from_run(r) for r in runs),
+        (record_from_run(r) for r in runs if TAG_TRIAL in r.data.tags),  # not stage runs
         key=lambda r: int(r.trial_id) if r.trial_id.isdigit() else r.trial_id,
     )
     objectives = dict(

@@ -1,0 +1,177 @@
+"""Stages on real runs: feature selection -> HPO -> compression through the optimize flow.
+
+No stubs: a real Prefect test API, MLflow on SQLite in a temp folder, scikit-learn fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.data import split_study_data
+from tasks.spec import StudySpec
+
+INFORMATIVE = ["x1", "x2", "colour"]
+
+
+def stage_frame(n: int = 500, seed: int = 0) -> pd.DataFrame:
+    """Three informative columns, four noise columns and ``leak``.
+
+    ``leak`` is the label (as -1/+1, plus a little noise) on the latest 20 % of rows, the
+    hold-out part of a time-stamped study, and small noise on the training part: only a
+    selection that looked at the hold-out would keep it.
+    """
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "x1": rng.normal(size=n),
+            "x2": rng.normal(size=n),
+            "colour": rng.choice(["red", "green", "blue"], n),
+        }
+    )
+    for i in range(4):
+        frame[f"noise{i}"] = rng.normal(size=n)
+    signal = 1.5 * frame.x1 + 0.8 * frame.x2 + 0.9 * (frame.colour == "red")
+    frame["y"] = (signal + rng.normal(0, 0.7, n) > 0.4).astype(int)
+    frame["event_timestamp"] = pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC")
+    late = np.arange(n) >= n - int(round(n * 0.2))
+    frame["leak"] = np.where(late, 2 * frame.y - 1, 0) + rng.normal(0, 0.05, n)
+    return frame
+
+
+def stage_spec(path: Path, name: str = "stages", **stages) -> StudySpec:
+    return StudySpec.parse(
+        {
+            "name": name,
+            "data": {"source": "file", "path": str(path), "target": "y"},
+            "model": {"family": "logistic_regression"},
+            "optimizer": "random",
+            "budget": {"max_trials": 4},
+            "q": 2,
+            "evaluation": {"folds": 3, "latency_calls": 10, "test_fraction": 0.2},
+            "gates": {"performance": None},
+            "stages": stages or {"feature_selection": {"folds": 3, "repeats": 3}},
+        }
+    )
+
+
+def test_selection_keeps_the_informative_columns_and_never_sees_the_holdout(tmp_path):
+    from tasks.selection import select_features
+
+    frame = stage_frame()
+    spec = stage_spec(tmp_path / "unused.csv")
+    data = split_study_data(frame, spec)
+    assert "leak" in data.X_test.columns and data.X_test["leak"].corr(data.y_test) > 0.9
+    result = select_features(spec, data)
+    assert set(result.features) == set(INFORMATIVE), result.to_markdown()
+    assert "leak" not in result.features
+    assert result.rows_used == len(data.y_train)
+    # The same selection given the hold-out rows as well keeps the leak: the assertions
+    # above fail if selection peeks at the hold-out.
+    peeking = replace(
+        data,
+        X_train=pd.concat([data.X_train, data.X_test], ignore_index=True),
+        y_train=pd.concat([data.y_train, data.y_test], ignore_index=True),
+    )
+    assert "leak" in select_features(spec, peeking).features
+
+
+def test_the_number_of_features_as_an_objective_is_chosen_on_the_pareto_set(tmp_path):
+    from tasks.selection import select_features
+
+    frame = stage_frame(seed=1)
+    spec = stage_spec(
+        tmp_path / "unused.csv",
+        feature_selection={"folds": 3, "repeats": 2, "objective": True, "k_grid": [1, 2, 3, 8]},
+    )
+    result = select_features(spec, split_study_data(frame, spec))
+    assert [s.k for s in result.curve] == [1, 2, 3, 8]
+    assert result.rule == "knee" and result.k in result.pareto
+    by_k = {s.k: s.mean for s in result.curve}
+    # The front over (roc_auc up, n_features down): each larger k on it scores higher.
+    front = sorted(result.pareto)
+    assert all(by_k[a] < by_k[b] for a, b in zip(front, front[1:], strict=False))
+    assert 1 in front and result.k > 1  # one column is far worse: the knee keeps more
+    assert result.features == result.ranking[: result.k]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_spec_with_all_three_stages_runs_through_the_flow_and_registers_the_kept_columns(
+    prefect_harness, settings, tmp_path
+) -> None:
+    import mlflow
+
+    from contract import TAG_KIND, TAG_ROLE
+    from flows.optimize import optimize
+    from flows.register import register
+    from tasks.study_record import child_runs
+    from tasks.tracking import configure_mlflow
+
+    path = tmp_path / "stages.csv"
+    stage_frame().to_csv(path, index=False)
+    spec = StudySpec.parse(
+        {
+            **stage_spec(path, name="three-stages").model_dump(mode="json"),
+            "model": {
+                "family": "random_forest",
+                "space": {
+                    "n_estimators": {"type": "int", "low": 16, "high": 48},
+                    "max_depth": {"type": "int", "low": 2, "high": 8},
+                },
+            },
+            "registration": {"convert_onnx": False, "max_candidates": 1},
+            "stages": {
+                "feature_selection": {"folds": 3, "repeats": 2},
+                "hpo": {},
+                "compression": {"tolerance": 0.02, "refit_leaves": False},
+            },
+        }
+    )
+    state = optimize(spec, runner="threads", return_state=True)
+    result = state.result()
+    assert result.n_completed == 4
+
+    client = configure_mlflow(settings)
+    runs = child_runs(client, result.experiment_id, result.parent_run_id)
+    stages = {r.data.tags[TAG_KIND]: r for r in runs if r.data.tags.get(TAG_ROLE) == "stage"}
+    assert set(stages) == {"feature_selection", "hpo", "compression"}
+    assert sum(r.data.tags.get(TAG_ROLE) == "trial" for r in runs) == 4
+    selection = stages["feature_selection"]
+    kept = selection.data.params["selected"].split(",")
+    # An untuned forest is noisier than the logistic model above: a noise column may stay.
+    assert set(INFORMATIVE) <= set(kept) and "leak" not in kept and len(kept) <= 5, kept
+    assert selection.data.metrics["n_features"] == len(kept)
+    assert selection.data.metrics["n_columns"] == 8
+    assert stages["hpo"].data.metrics["n_features"] == len(kept)
+    compression = stages["compression"].data
+    assert compression.metrics["n_variants"] >= 3  # uncompressed + fewer-trees variants
+    assert compression.tags["banditflow.compression_choice"] != "-"
+    artifacts = {a.path for a in client.list_artifacts(stages["compression"].info.run_id)}
+    assert {"compression.md", "compression.json"} <= artifacts
+
+    # Prefect shows each stage as a task of the flow run.
+    names = _task_run_names(state.state_details.flow_run_id)
+    for task in ("stage-feature-selection", "stage-hpo", "stage-compression"):
+        assert any(n.startswith(task) for n in names), names
+
+    # Registration reads the logged spec: the model's signature lists the kept columns only.
+    summary = register("three-stages")
+    version = summary["versions"][0]["version"]
+    info = mlflow.models.get_model_info(f"models:/three-stages/{version}")
+    assert sorted(info.signature.inputs.input_names()) == sorted(kept)
+
+
+def _task_run_names(flow_run_id) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name for r in runs}
