@@ -1,9 +1,13 @@
 """The shipped gates, each a registration: performance, fairness (two checks), latency, size.
 
-- ``performance`` -- the serving flavour's hold-out metric is not worse than the champion's
-  on the same rows by more than ``max_regression`` (no champion: the absolute ``floor``);
+- ``performance`` -- the serving flavour's hold-out metric is not shown worse than the
+  champion's on the same rows by more than ``max_regression``: it fails when the paired
+  bootstrap interval of the difference lies wholly beyond the margin (no champion: the
+  absolute ``floor``);
 - ``fairness.demographic_parity`` and ``fairness.equalized_odds`` -- fairlearn's differences
-  across the groups of the sensitive attribute, under their limits (plus a per-group report);
+  across the groups of the sensitive attribute (plus a per-group report); a candidate fails
+  when the gap its hold-out *shows* (simultaneous per-group intervals) exceeds the limit.
+  ``tasks/gate_stats.py`` says why a point estimate is not enough on few rows;
 - ``latency`` -- the serving flavour's single-row p95 CPU milliseconds, under a budget;
 - ``size`` -- the bytes of the artifact that serves (ONNX file or pickled pipeline).
 """
@@ -16,6 +20,13 @@ from typing import Any
 import numpy as np
 
 from tasks.gate_report import fmt
+from tasks.gate_stats import (
+    CONFIDENCE,
+    Interval,
+    mean_difference_interval,
+    paired_difference_interval,
+    parity_gap_bounds,
+)
 from tasks.gates import (
     Gate,
     GateCandidate,
@@ -24,7 +35,7 @@ from tasks.gates import (
     Holdout,
     register_gate,
 )
-from tasks.metrics import better, direction_of, sign
+from tasks.metrics import better, direction_of, row_terms, score, sign
 from tasks.spec import TaskType
 
 PERFORMANCE = "performance"
@@ -73,20 +84,63 @@ class PerformanceGate(Gate):
         champion_value, unscored = None, ""
         if champion is not None and champion.X is None:
             unscored = "; the champion needs columns these rows lack, so the floor applies"
+            champion = None
         elif champion is not None:
             champion_value = champion.score(perf.metric)
+        direction = direction_of(perf.metric, candidate.task)
         result = performance_gate(
             metric=perf.metric,
-            direction=direction_of(perf.metric, candidate.task),
+            direction=direction,
             value=value,
             champion_value=champion_value,
             max_regression=perf.max_regression,
             floor=perf.floor,
         )
-        note = f"{result.note}{unscored}; scored as served ({candidate.flavour})"
+        passed, judged = result.passed, ""
+        if champion is not None:
+            worse = regression_interval(candidate, champion, perf.metric, direction)
+            passed, judged = judge_regression(result.passed, worse, perf.max_regression)
+        note = f"{result.note}{judged}{unscored}; scored as served ({candidate.flavour})"
         return GateResult(
-            result.name, result.passed, result.value, result.threshold, result.comparison, note
+            result.name, passed, result.value, result.threshold, result.comparison, note
         )
+
+
+def regression_interval(
+    candidate: GateCandidate, champion: GateCandidate, metric: str, direction: str
+) -> Interval:
+    """Return how much worse the candidate scores than the champion (paired bootstrap).
+
+    Positive is worse, whatever the metric's direction; both are scored as they serve on
+    the same resampled hold-out rows.
+    """
+    y = np.asarray(candidate.holdout.y)
+    ours, theirs = candidate.outputs(), champion.outputs()
+    factor = sign(direction)
+    a = row_terms(metric, y, ours, classes=candidate.classes)
+    b = row_terms(metric, y, theirs, classes=champion.classes)
+    if a is not None and b is not None:  # a mean over rows: resample the rows' terms
+        return mean_difference_interval(factor * (a - b))
+
+    def worse_by(rows: np.ndarray) -> float:
+        a = score(metric, y[rows], ours[rows], classes=candidate.classes, task=candidate.task)
+        b = score(metric, y[rows], theirs[rows], classes=champion.classes, task=champion.task)
+        return factor * (a - b)
+
+    return paired_difference_interval(worse_by, len(y))
+
+
+def judge_regression(point_passed: bool, worse: Interval, margin: float) -> tuple[bool, str]:
+    """Return (passed, note): fail only when the whole interval is beyond ``margin``.
+
+    An interval that cannot be computed (the metric undefined on a resample) leaves the
+    point verdict.
+    """
+    if math.isnan(worse.low):
+        return point_passed, "; bootstrap undefined on these rows: point verdict"
+    shown = worse.low > margin
+    verdict = "shown worse" if shown else "not shown worse"
+    return not shown, f"; worse by {worse.text()}: {verdict} than the margin"
 
 
 def _fairness_task_error(task: TaskType) -> GateError:
@@ -125,28 +179,26 @@ def fairness_gates(
     sensitive = holdout.sensitive.astype(str).to_numpy()
     dpd = float(demographic_parity_difference(y_true, y_pred, sensitive_features=sensitive))
     eod = float(equalized_odds_difference(y_true, y_pred, sensitive_features=sensitive))
+    shown = parity_gap_bounds(y_true, y_pred, sensitive, confidence=CONFIDENCE)
     attr = holdout.sensitive.name or "sensitive attribute"
     groups = _by_group(y_true, y_pred, sensitive)
     note = f"across {attr}, acting at P >= {decision_threshold:g}"
+    checks = [
+        (DEMOGRAPHIC_PARITY, dpd, shown["demographic_parity"], max_demographic_parity_difference),
+        (EQUALIZED_ODDS, eod, shown["equalized_odds"], max_equalized_odds_difference),
+    ]
     results = [
         GateResult(
-            DEMOGRAPHIC_PARITY,
-            dpd <= max_demographic_parity_difference,
-            dpd,
-            max_demographic_parity_difference,
+            name,
+            at_least <= limit,
+            point,
+            limit,
             "<=",
-            note,
+            f"{note}; the rows show a gap of at least {at_least:.3g} "
+            f"({CONFIDENCE:.0%} simultaneous intervals per group): fails above the limit",
             groups,
-        ),
-        GateResult(
-            EQUALIZED_ODDS,
-            eod <= max_equalized_odds_difference,
-            eod,
-            max_equalized_odds_difference,
-            "<=",
-            note,
-            groups,
-        ),
+        )
+        for name, point, at_least, limit in checks
     ]
     return results, groups
 

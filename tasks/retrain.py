@@ -4,9 +4,11 @@
 schedule (then the drift check of ``tasks/drift_check.py`` decides), or from a signal
 whose producer has judged already (``banditflow.drift.detected``, a degraded champion, a
 rollback: :func:`plan_from_signal`). The window is the event's range, else the last
-``drift.recent_days`` before the newest labelled row. The retrain study keeps the
-champion's model family and search, learns from the recent window, and starts from the
-previous study's best points; the flow optimizes it and registers its candidates.
+``drift.recent_days`` before the newest labelled row, narrowed to the change
+(``tasks/retrain_window.py``). The retrain study learns from that window on every serving
+arm's features, searches the model family cross-validation picks on it
+(``tasks/retrain_family.py``: the champion's, or one that learns better from few rows),
+and starts from the best screened points; the flow optimizes it and registers its candidates.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class RetrainOutcome:
     # Each serving version checked: alias, study, drifted features, the champion's metric.
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
     reason: str | None = None  # the signal that started a retrain without a check
+    family: str | None = None  # the model family the retrain study searched
 
 
 # --- plain functions (testable without a flow run) --------------------------------------
@@ -281,6 +284,7 @@ def plan_retrain(
     A study is named after the model and the window's end, so a second signal for the
     same window (a feature update and its drift event, say) finds it and starts nothing.
     """
+    from tasks.retrain_family import choose_family, with_family
     from tasks.retrain_window import plan_training
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
@@ -301,6 +305,12 @@ def plan_retrain(
         outcome.status = "already-retrained"
         outcome.detail = f"study {new_spec.name} already covers this window"
         return RetrainPlan(outcome)
+    if data.drop_columns != (champ.spec.data.drop_columns or []):  # every arm's features
+        recent = load_recent(new_spec, settings)
+    # What it learns with: the family cross-validation picks on these rows.
+    choice = choose_family(new_spec, recent, warm)
+    new_spec, warm = with_family(new_spec, choice), choice.warm_start
+    outcome.family, outcome.detail = choice.family, f"{outcome.detail}; {choice.detail()}"
     run_logger().info(
         "%s: retraining as study %s warm-started from %d points (%s)",
         outcome.model,
