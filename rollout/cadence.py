@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,18 @@ async def outcomes_acknowledged(svc: RolloutService, n: int) -> None:
             from rollout.segments import refresh_segments
 
             await refresh_segments(svc)  # a contextual policy's per-segment statistics too
+
+
+async def exclusive(svc: RolloutService, job: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a wall-clock job (the alias poll) between points, never inside one.
+
+    At counts, a poll that ran while a decision point was promoting would see the registry
+    half-way and re-draw the allocation at a moment the wall clock chose.
+    """
+    if not counted(svc):
+        return await job()
+    async with cadence(svc).lock:
+        return await job()
 
 
 def status(svc: RolloutService) -> dict[str, Any]:

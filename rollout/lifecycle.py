@@ -39,7 +39,7 @@ async def start(svc: RolloutService) -> None:
         # At outcome counts (rollout.cadence) the feedback path refreshes and decides instead.
         if s.refresh_every_outcomes is None:
             every(svc, s.stats_refresh_ms / 1000.0, svc.refresh_state)
-        every(svc, s.alias_poll_s, svc.refresh_models)
+        every(svc, s.alias_poll_s, lambda: cadence.exclusive(svc, svc.refresh_models))
         every(svc, s.expiry_interval_s, svc.expire_decisions)
         if s.decide_every_outcomes is None:
             every(svc, s.decision_interval_s, svc.run_decisions)
