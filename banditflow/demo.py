@@ -61,11 +61,16 @@ class DemoPlan:
     # Thompson's discount per outcome: after the drift, the arms' old rewards fade.
     discount: float = 0.9998
     min_outcomes: int = 800
-    concurrency: int = 8
+    # One client sending each day's visits in order, in batches of ``batch`` rows: with the
+    # service deciding at outcome counts, the same seed then routes every visit alike and
+    # decides alike on a quiet or a loaded machine (concurrent clients reorder outcomes).
+    concurrency: int = 1
     batch: int = 10
     lock_step: bool = True
     rate: float | None = None  # simulated seconds per wall second (None: as fast as it goes)
     poll_s: float = 1.0
+    decide_every_outcomes: int = 200
+    refresh_every_outcomes: int = 50
 
     @classmethod
     def quick(cls) -> DemoPlan:
@@ -145,9 +150,10 @@ class Demo:
             "BANDITFLOW_POLICY_PARAMS": json.dumps(
                 {"min_share": 0.1, "discount": self.plan.discount}
             ),
-            # A decision tick inside each lock-step's quiet polls: a day's last outcomes
-            # are judged before the next day starts.
-            "BANDITFLOW_DECISION_INTERVAL_S": str(self.plan.poll_s),
+            # Decisions and the statistics Thompson draws from at counts of acknowledged
+            # outcomes (rollout.cadence), not on the wall clock: reproducible under load.
+            "BANDITFLOW_DECIDE_EVERY_OUTCOMES": str(self.plan.decide_every_outcomes),
+            "BANDITFLOW_REFRESH_EVERY_OUTCOMES": str(self.plan.refresh_every_outcomes),
             "BANDITFLOW_DECISION_PARAMS": json.dumps({"min_outcomes": self.plan.min_outcomes}),
             "BANDITFLOW_ALIAS_POLL_S": "1",
             "BANDITFLOW_SEED": str(self.plan.world.seed),
