@@ -5,9 +5,13 @@
     on the same parquet files; the values are checked to agree.
 (b) Online lookup of 1 and 100 entity keys through ``FeatureStore.get_online_features``
     against a direct SQL select (and protobuf decoding) on the same SQLite online file.
+(c) The same Feast lookup on the Redis online store (the scaled profile's) against the
+    SQLite one, the same data materialized into both, keys alternating between them
+    (``--redis 127.0.0.1:6379``, database ``--redis-db``, flushed first and after).
 
     .venv/bin/python benchmarks/features.py                 # full size: 1,000,000 labels
     .venv/bin/python benchmarks/features.py --rows 50000 --file-rows 20000   # quick
+    .venv/bin/python benchmarks/features.py --rows 50000 --skip-offline --redis 127.0.0.1:6379
 """
 
 from __future__ import annotations
@@ -188,6 +192,52 @@ def bench_online(settings: PipelineSettings, ids: np.ndarray, repeats: int) -> l
     return results
 
 
+def bench_redis_vs_sqlite(
+    settings: PipelineSettings, ids: np.ndarray, repeats: int, redis: str, db: int
+) -> list[dict]:
+    """Feast lookups on Redis and on SQLite, same data and keys, alternating; p50/p99."""
+    import shutil
+
+    import redis as redis_client
+
+    host, _, port = redis.partition(":")
+    flush = redis_client.Redis(host=host, port=int(port or 6379), db=db).flushdb
+    flush()
+    home = settings.home / "redis-home"
+    shutil.copytree(settings.data_dir, home / "data")
+    yaml_path = home / "feature_store.yaml"
+    yaml_path.write_text(f"online_store:\n  type: redis\n  connection_string: '{redis},db={db}'\n")
+    on_redis = PipelineSettings(home=home, feature_store_yaml=yaml_path).ensure_dirs()
+    apply_repository(on_redis)
+    materialize_incremental(datetime.now(UTC), settings=on_redis)
+    stores = {"sqlite": get_store(settings), "redis": get_store(on_redis)}
+    service = stores["sqlite"].get_feature_service("conversion_model_v1")
+    probe = [{"customer_id": int(k)} for k in ids[:20]]
+    answers = {n: s.get_online_features(features=service, entity_rows=probe).to_dict()
+               for n, s in stores.items()}  # fmt: skip
+    assert answers["sqlite"] == answers["redis"], "Redis and SQLite disagree"
+    rng, results = np.random.default_rng(1), []
+    try:
+        for n_keys in (1, 100):
+            times: dict[str, list[float]] = {name: [] for name in stores}
+            for _ in range(repeats):
+                rows = [{"customer_id": int(k)} for k in rng.choice(ids, n_keys, replace=False)]
+                for name, store in stores.items():
+                    start = time.perf_counter()
+                    store.get_online_features(features=service, entity_rows=rows).to_dict()
+                    times[name].append(time.perf_counter() - start)
+            (r50, r99), (s50, s99) = _percentiles(times["redis"]), _percentiles(times["sqlite"])
+            results.append(
+                {"keys": n_keys, "repeats": repeats, "redis_p50_ms": round(r50, 3)}
+                | {"redis_p99_ms": round(r99, 3), "sqlite_p50_ms": round(s50, 3)}
+                | {"sqlite_p99_ms": round(s99, 3), "p50_ratio": round(r50 / s50, 2)}
+            )
+            print(results[-1], flush=True)
+    finally:
+        flush()
+    return results
+
+
 def to_markdown(result: dict) -> str:
     lines = [
         f"# Feature store benchmark ({result['when']}, {result['machine']})",
@@ -222,6 +272,20 @@ def to_markdown(result: dict) -> str:
             f"| {row['keys']} | {row['feast_p50_ms']:.2f} | {row['feast_p99_ms']:.2f} | "
             f"{row['sql_p50_ms']:.2f} | {row['sql_p99_ms']:.2f} | {row['p50_ratio']:.2f}x |"
         )
+    if result.get("online_redis"):
+        lines += [
+            "",
+            "## (c) Online lookup through Feast: Redis online store vs SQLite (same data, keys)",
+            "",
+            "| keys | Redis p50 ms | Redis p99 ms | SQLite p50 ms | SQLite p99 ms "
+            "| Redis / SQLite (p50) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['keys']} | {r['redis_p50_ms']:.2f} | {r['redis_p99_ms']:.2f} | "
+            f"{r['sqlite_p50_ms']:.2f} | {r['sqlite_p99_ms']:.2f} | {r['p50_ratio']:.2f}x |"
+            for r in result["online_redis"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -238,6 +302,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=300, help="online lookups per size")
     parser.add_argument("--home", type=Path, default=None, help="data folder (default: a tmp)")
+    parser.add_argument("--skip-offline", action="store_true", help="online lookups only")
+    parser.add_argument("--redis", default="", help="host:port: also measure Redis (c)")
+    parser.add_argument("--redis-db", type=int, default=15, help="Redis database (flushed)")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="banditflow-bench-"))
@@ -251,14 +318,17 @@ def main() -> None:
     labels = pd.read_parquet(settings.data_dir / "sessions.parquet")
 
     stores = {"duckdb": args.rows}
-    offline = bench_offline(settings, labels, stores)
-    for n in [n for n in args.file_rows if n > 0]:
+    offline = [] if args.skip_offline else bench_offline(settings, labels, stores)
+    for n in [n for n in args.file_rows if n > 0 and not args.skip_offline]:
         offline += bench_offline(settings, labels, {"file": n})
         offline += bench_offline(settings, labels, {"duckdb": n})
 
     materialize_incremental(datetime.now(UTC), settings=settings)
     ids = pd.read_parquet(settings.data_dir / "customers.parquet")["customer_id"].to_numpy()
     online = bench_online(settings, ids, args.repeats)
+    on_redis = []
+    if args.redis:
+        on_redis = bench_redis_vs_sqlite(settings, ids, args.repeats, args.redis, args.redis_db)
 
     result = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -268,8 +338,15 @@ def main() -> None:
         "days": config.days,
         "offline": offline,
         "online": online,
+        "online_redis": on_redis,
+        "load_average_end": "/".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.skip_offline:  # a partial run keeps the full run's files
+        (RESULTS / "features-online.md").write_text(to_markdown(result))
+        (RESULTS / "features-online.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(to_markdown(result))
+        return
     (RESULTS / "features.json").write_text(json.dumps(result, indent=2) + "\n")
     table = to_markdown(result)
     (RESULTS / "features.md").write_text(table)
