@@ -7,6 +7,12 @@ value (higher, margin 0.05, sd 1). Cases: every guardrail equal (a promotion is 
 one guardrail worse by exactly its margin (the least favourable null: any promotion is
 wrong); worse by twice the margin. Stated family-wise false-promotion rate: 5 %.
 
+Then the guardrails as the live service declares them (``rollout.multimetric.from_settings``
+over the store's counts): error rate, and the share of predictions slower than a fixed
+threshold read from the latency histogram (``rollout.store_health``), with a basket value
+as the third: the champion's share above the threshold is 1 % (its p99 sits at it), and a
+challenger's share worse by exactly the margin is the least favourable null.
+
     .venv/bin/python benchmarks/rollout_multimetric.py [--seeds 200]
 """
 
@@ -20,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from rollout.decide import DecisionRule, decide
-from rollout.multimetric import GuardrailMetric, guardrail_blocker
+from rollout.multimetric import GuardrailMetric, from_settings, guardrail_blocker, live_stats
 from rollout.policies import ArmStats, get_policy
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,6 +76,66 @@ def run(seed: int, gaps: dict[str, float], checks: int = 30, step: int = 1000) -
     return None
 
 
+THRESHOLD_MS = 50.0
+LIVE = [
+    *from_settings({"error_rate": {"margin": 0.01}, "latency_p99": {"margin": 0.01}}, THRESHOLD_MS),
+    GuardrailMetric("basket", margin=0.05, better="higher"),
+]
+
+
+def latencies(gen: np.random.Generator, n: int, share_above: float) -> np.ndarray:
+    """Log-normal latencies (ms) with ``share_above`` of them above THRESHOLD_MS' bucket edge."""
+    from scipy.stats import norm
+
+    from rollout.store_health import slower_than
+
+    edge = slower_than({}, THRESHOLD_MS)[1]
+    z = norm.ppf(1.0 - share_above)
+    return np.asarray(edge * np.exp(0.6 * (gen.standard_normal(n) - z)))
+
+
+def run_live(seed: int, gaps: dict[str, float], checks: int = 30, step: int = 1000) -> int | None:
+    """The live metrics: histogram buckets and failure counts, as the store keeps them."""
+    from rollout.store_health import latency_bucket
+
+    gen = np.random.default_rng(seed)
+    n = checks * step
+    first_slow = latency_bucket(THRESHOLD_MS)
+    arms: dict[str, dict[str, np.ndarray]] = {}
+    for arm, rate, g in (("a", 0.05, {}), ("b", 0.06, gaps)):
+        slow = [latency_bucket(x) >= first_slow for x in latencies(gen, n, 0.01 + g.get("lat", 0))]
+        arms[arm] = {
+            "reward": np.cumsum(gen.random(n) < rate),
+            "failed": np.cumsum(gen.random(n) < 0.01 + g.get("err", 0.0)),
+            "slow": np.cumsum(slow),
+            "basket": gen.normal(1.0 - g.get("basket", 0.0), 1.0, n),
+        }
+    policy = get_policy("thompson")
+    for check in range(1, checks + 1):
+        i = check * step - 1
+        made = {a: (i + 1, int(d["failed"][i])) for a, d in arms.items()}
+        # The histogram's count above the threshold's edge is all the test reads of it.
+        hist = {
+            a: {first_slow: int(d["slow"][i]), 0: i + 1 - int(d["slow"][i])}
+            for a, d in arms.items()
+        }
+        stats = live_stats(LIVE[:2], made, hist)
+        basket = {a: d["basket"][: i + 1] for a, d in arms.items()}
+        stats["basket"] = {
+            a: ArmStats(a, float(i + 1), float(x.sum()), float((x * x).sum()))
+            for a, x in basket.items()
+        }
+        block = guardrail_blocker(LIVE, stats, "a", RULE, challengers=1)
+        reward = {
+            a: ArmStats(a, float(i + 1), float(d["reward"][i]), float(d["reward"][i]))
+            for a, d in arms.items()
+        }
+        (d,) = decide(reward["a"], [reward["b"]], RULE, gen, policy=policy, blocker=block)
+        if d.action == "promote":
+            return check * step
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=200)
@@ -93,6 +159,23 @@ def main() -> None:
                 "median_outcomes": float(np.median(hits)) if hits else None,
             }
         )
+    live_cases = {
+        "live: all guardrails equal (promotion right)": {},
+        "live: share above 50 ms worse by its margin, 2 % vs 1 % (null)": {"lat": 0.01},
+        "live: error rate worse by its margin, 2 % vs 1 % (null)": {"err": 0.01},
+        "live: basket worse by its margin (null)": {"basket": 0.05},
+        "live: share above 50 ms worse by twice its margin": {"lat": 0.02},
+    }
+    for label, gaps in live_cases.items():
+        found = [run_live(seed, gaps) for seed in range(args.seeds)]
+        hits = [f for f in found if f is not None]
+        rows.append(
+            {
+                "case": label,
+                "promoted": len(hits) / args.seeds,
+                "median_outcomes": float(np.median(hits)) if hits else None,
+            }
+        )
     lines = [
         f"Success 6 % vs 5 %, 50/50 split, checked every 1,000 outcomes per arm to 30,000, "
         f"{args.seeds} seeds; stated family-wise false-promotion rate 5 %.",
@@ -103,6 +186,8 @@ def main() -> None:
     for r in rows:
         med = "-" if r["median_outcomes"] is None else f"{r['median_outcomes']:,.0f}"
         lines.append(f"| {r['case']} | {r['promoted']:.1%} | {med} |")
+    with open("/proc/loadavg") as f:
+        lines += ["", f"load average at the end: {f.read().split()[0]}"]
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(exist_ok=True)
