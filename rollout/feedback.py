@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rollout import cadence
 from rollout.errors import (
@@ -93,20 +93,30 @@ async def record_many(
                 "send the feedback again"
             ) from exc
         for (i, row), (status, arm) in zip(to_write, statuses, strict=True):
-            results[i] = FeedbackResponse(
-                request_id=row.request_id,
-                status=status,  # type: ignore[arg-type]
-                arm=arm,
+            # The store's own status and arm: built as they are, not validated again.
+            results[i] = FeedbackResponse.model_construct(
+                request_id=row.request_id, status=status, arm=arm
             )
             if status == "accepted" and arm is not None:
-                svc.metrics.feedback.labels(arm).inc()
-                svc.metrics.rewards.labels(arm).inc(max(row.reward, 0.0))
+                counted, rewards = _arm_counters(svc, arm)
+                counted.inc()
+                rewards.inc(max(row.reward, 0.0))
             elif status == "duplicate":
                 svc.metrics.duplicates.inc()
         # At outcome counts, the refresh or decision a batch reaches runs before its answer.
         accepted = sum(1 for status, _ in statuses if status == "accepted")
         await cadence.outcomes_acknowledged(svc, accepted)
     return [r for r in results if r is not None]
+
+
+def _arm_counters(svc: RolloutService, arm: str) -> tuple[Any, Any]:
+    """Return the arm's feedback and reward counters (``labels()`` looked up once per arm)."""
+    cache: dict[str, tuple[Any, Any]] = svc.__dict__.setdefault("_feedback_counters", {})
+    counters = cache.get(arm)
+    if counters is None:
+        m = svc.metrics
+        counters = cache[arm] = (m.feedback.labels(arm), m.rewards.labels(arm))
+    return counters
 
 
 async def expire_decisions(svc: RolloutService) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from contract import TAG_ONNX_URI, TAG_SERVING_FLAVOUR
 from rollout.errors import FeatureError, excerpt, listing
+from rollout.schemas import ModelRef
 
 MLFLOW_LOCK = threading.Lock()  # mlflow's tracking/registry URIs are process globals
 
@@ -87,6 +88,32 @@ def check_features(
         )
 
 
+class RowCheck:
+    """``check_features`` for one set of columns, with its name sets and kinds built once.
+
+    A valid row (the common case) costs one pass over its values; a row that fails any
+    check goes through ``check_features`` itself, so the message is the same either way.
+    """
+
+    def __init__(self, columns: Sequence[Column], *, required: Sequence[Column]) -> None:
+        self.columns = list(columns)
+        self.required = list(required)
+        self._expected = frozenset(c.name for c in self.columns)
+        self._needed = tuple(c.name for c in self.required if c.required)
+        self._kinds = tuple((c.name, c.type) for c in self.columns)
+
+    def __call__(self, features: Mapping[str, Any]) -> None:
+        """Raise ``FeatureError`` naming every missing, unexpected or wrongly typed feature."""
+        ok = features.keys() <= self._expected and all(n in features for n in self._needed)
+        if ok:
+            for name, kind in self._kinds:
+                if name in features and not _type_ok(features[name], kind):
+                    ok = False
+                    break
+        if not ok:
+            check_features(features, self.columns, required=self.required)
+
+
 def _expected(kind: str) -> str:
     if kind in _INTEGRAL:
         return f"{kind} in [{-_INT_LIMIT[kind]}, {_INT_LIMIT[kind] - 1}]"
@@ -133,6 +160,7 @@ class ServingModel:
         self.arm = arm_name(version)
         self.flavour = flavour
         self.columns = columns
+        self.ref = ModelRef(name=name, version=self.version)  # what each response names
         self._predict_rows = predict_rows
 
     def check(self, features: Mapping[str, Any]) -> None:

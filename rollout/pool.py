@@ -24,6 +24,7 @@ from contract import CHAMPION, STAGING, is_challenger_alias
 from rollout.models import (
     MLFLOW_LOCK,
     Column,
+    RowCheck,
     ServingModel,
     arm_name,
     check_features,
@@ -39,6 +40,7 @@ __all__ = [
     "Column",
     "ModelPool",
     "PoolSnapshot",
+    "RowCheck",
     "ServingModel",
     "arm_name",
     "check_features",
@@ -76,16 +78,17 @@ class PoolSnapshot:
     aliases: dict[str, str] = field(default_factory=dict)
     registry_error: str | None = None
 
-    @property
+    # Cached: a snapshot never changes (a change is a new snapshot), and requests read these.
+    @cached_property
     def rotation(self) -> list[str]:
         """Arms that take live traffic: the champion and challengers that can serve."""
         return sorted(a for a, e in self.arms.items() if e.serving and e.role != SHADOW)
 
-    @property
+    @cached_property
     def shadows(self) -> list[str]:
         return sorted(a for a, e in self.arms.items() if e.serving and e.role == SHADOW)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Identify the arm set in rotation (sticky units keep their arm while it holds)."""
         return hashlib.sha256(",".join(self.rotation).encode()).hexdigest()[:16]
@@ -110,7 +113,12 @@ class PoolSnapshot:
 
     def check_row(self, features: Mapping[str, Any], champion: ServingModel) -> None:
         """Raise ``FeatureError`` for a row the champion cannot score or no arm knows."""
-        check_features(features, self.input_columns or champion.columns, required=champion.columns)
+        checks: dict[int, RowCheck] = self.__dict__.setdefault("_row_checks", {})
+        check = checks.get(id(champion))
+        if check is None:  # one table of names, kinds and ranges per (snapshot, anchor)
+            columns = self.input_columns or champion.columns
+            check = checks[id(champion)] = RowCheck(columns, required=champion.columns)
+        check(features)
 
 
 Loader = Callable[[str, str], ServingModel]

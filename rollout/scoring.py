@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rollout import decisions
 from rollout.errors import BadInput, NoModelAvailable
@@ -71,6 +71,23 @@ def _fallback(
         ) from second
 
 
+class ArmMetrics(NamedTuple):
+    """One arm's Prometheus children (``labels()`` takes a lock and a lookup per call)."""
+
+    latency: Any
+    pulls: Any
+
+
+def arm_metrics(svc: RolloutService, arm: str) -> ArmMetrics:
+    """Return the per-arm metric children of ``svc``, looked up once per arm."""
+    cache: dict[str, ArmMetrics] = svc.__dict__.setdefault("_arm_metrics", {})
+    children = cache.get(arm)
+    if children is None:
+        m = svc.metrics
+        children = cache[arm] = ArmMetrics(m.model_latency.labels(arm), m.pulls.labels(arm))
+    return children
+
+
 def _score(
     svc: RolloutService,
     model: ServingModel,
@@ -87,7 +104,7 @@ def _score(
         return result
     finally:
         elapsed = time.perf_counter() - start
-        svc.metrics.model_latency.labels(model.arm).observe(elapsed)
+        arm_metrics(svc, model.arm).latency.observe(elapsed)
         if count or ok:
             _guard(svc, model.arm, elapsed / max(len(rows), 1), ok, max(len(rows), 1))
 

@@ -28,7 +28,6 @@ from rollout.policies import ArmStats, Policy, PolicyError, get_policy
 from rollout.pool import ModelPool, PoolSnapshot, ServingModel
 from rollout.request_ids import ClientIds
 from rollout.schemas import (
-    ModelRef,
     PredictRequest,
     PredictResponse,
     Recommendation,
@@ -253,10 +252,11 @@ class RolloutService:
             self.metrics.errors.labels("no_model", "").inc()
             raise NoModelAvailable(self.no_model_reason(snap))
         rows = await self._checked_rows(snap, anchor, reqs)
+        serving = self.serving_arms(snap)
         arms = [
-            await self._choose(snap, anchor.arm, r.unit_id, rows[i]) for i, r in enumerate(reqs)
+            await self._choose(serving, anchor.arm, r.unit_id, rows[i]) for i, r in enumerate(reqs)
         ]
-        reused = await self.client_ids.reuse(reqs, arms, self.serving_arms(snap), anchor.arm)
+        reused = await self.client_ids.reuse(reqs, arms, serving, anchor.arm)
         chosen = list(arms)  # the policy's choices, before any failure re-routes a row
         predictions, scores, served = scoring.score_by_arm(self, snap, anchor, rows, arms)
         now = self.clock()
@@ -269,14 +269,15 @@ class RolloutService:
                 self.writer.add_decision(
                     segments.decision(self, request_id, arm, now, req, rows[i], chosen[i])
                 )
-                self.metrics.pulls.labels(arm).inc()
+                scoring.arm_metrics(self, arm).pulls.inc()
                 if req.request_id is not None:
                     self.client_ids.remember(request_id, arm, now)
+            # Every field is built here from checked values: no second validation.
             out.append(
-                PredictResponse(
+                PredictResponse.model_construct(
                     request_id=request_id,
                     arm=arm,
-                    model=ModelRef(name=served[i].name, version=served[i].version),
+                    model=served[i].ref,
                     prediction=predictions[i],
                     score=scores[i],
                 )
@@ -326,9 +327,9 @@ class RolloutService:
         )
 
     async def _choose(
-        self, snap: PoolSnapshot, anchor: str, unit_id: str | None, row: Mapping[str, Any]
+        self, arms: list[str], anchor: str, unit_id: str | None, row: Mapping[str, Any]
     ) -> str:
-        arms = self.serving_arms(snap)
+        """Return the arm for one row among ``arms`` (``serving_arms`` of the request)."""
         if len(arms) == 1:
             return arms[0]
         if unit_id is not None:

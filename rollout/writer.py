@@ -76,6 +76,8 @@ class GroupCommitWriter:
         self._idle.clear()
         self._wake.set()
         self._urgent.set()
+        if len(futures) == 1:  # one feedback per call, the common case: no gather task
+            return [await futures[0]]
         return list(await asyncio.gather(*futures))
 
     @property
