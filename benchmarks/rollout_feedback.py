@@ -26,12 +26,15 @@ from typing import Any
 import httpx
 from rollout_overhead import (
     FEATURES,
+    FLAVOURS,
     RESULTS,
     Server,
     build_registry,
     http_post,
+    loadavg,
     markdown,
     run_load,
+    run_load_cpu,
     server_env,
     write_requests,
 )
@@ -110,7 +113,7 @@ def measure(
             home / f"feedback-{uuid.uuid4().hex[:6]}.json",
             [http_post("/feedback", body) for body in bodies],
         )
-        result = run_load(server.url, feedback, seconds, 64, warmup=0.0, once=True)
+        result = run_load_cpu(server, feedback, seconds, 64, warmup=0.0, once=True)
     finally:
         server.stop()
     stored = stored_outcomes(state_url) - before
@@ -122,6 +125,7 @@ def measure(
         "acked_per_s": result["rps"] * batch,
         "ceiling_per_s": ceiling["rps"],
         "ratio": result["rps"] / ceiling["rps"],
+        "cpu_us": result["cpu_us_per_request"],
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
         "acked": result["ok"] * batch,
@@ -136,19 +140,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--ids", type=int, default=30_000, help="distinct request ids per run")
+    parser.add_argument("--flavour", choices=FLAVOURS, default="onnx", help="the arms' flavour")
+    parser.add_argument("--sqlite-only", action="store_true", help="skip the PostgreSQL rows")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rollout-feedback-"))
     rows = []
     try:
+        load_before = loadavg()
         print("building a registry with 3 arms ...", flush=True)
-        build_registry(work)
+        build_registry(work, args.flavour)
         sqlite = "SQLite WAL, synchronous=FULL"
         configs: list[tuple[str, str, int, str | None, int]] = [
             (sqlite, f"sqlite:///{work / 'state-1.db'}", 1, None, 1),
             (sqlite, f"sqlite:///{work / 'state-2.db'}", 2, None, 1),
             (sqlite, f"sqlite:///{work / 'state-3.db'}", 1, None, 50),
         ]
-        for workers in (1, 2):
+        for workers in () if args.sqlite_only else (1, 2):
             pg = postgres_database()
             if pg is not None:
                 configs.append(("PostgreSQL", pg[0], workers, pg[1], 1))
@@ -170,6 +177,7 @@ def main() -> None:
             ("acked_per_s", "acked feedback/s", ".0f"),
             ("ceiling_per_s", "GET /healthz/s (ceiling)", ".0f"),
             ("ratio", "calls/s ÷ ceiling", ".2f"),
+            ("cpu_us", "server CPU µs/call", ".0f"),
             ("p50_ms", "p50 ms", ".1f"),
             ("p99_ms", "p99 ms", ".1f"),
             ("acked", "acked", "d"),
@@ -188,10 +196,12 @@ def main() -> None:
             f"(one feedback per call: {single:.0f}/s; batch form: {batched:.0f}/s)."
         )
         meta = (
+            f"{args.flavour} arms; "
             f"up to {args.seconds:.0f} s per run (less when the {args.ids} ids run out), "
             "64 keep-alive connections from a separate process, each request id sent once; "
             f"Python {platform.python_version()}, "
-            f"{os.cpu_count()} cores shared with the load generator and other work."
+            f"{os.cpu_count()} cores shared with the load generator and other work; "
+            f"load average {load_before} before, {loadavg()} after."
         )
         print(table)
         print(verdict)

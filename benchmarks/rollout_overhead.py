@@ -1,11 +1,13 @@
 """Measure what the bandit costs on /predict: the rollout with 3 arms vs a bare endpoint.
 
-Both servers run under the same uvicorn settings (1 worker), serve the same sklearn
-pipeline through the same feature check, and take load from a separate process on
-loopback (a small keep-alive HTTP/1.1 client on asyncio streams, cheaper than httpx so the
-client is not the bottleneck). Throughput at 16 connections; latency at 1 and 16.
+Both servers run under the same uvicorn settings (1 worker), serve the same model (ONNX
+through onnxruntime, and the sklearn pipeline) through the same loader and feature check,
+and take load from a separate process on loopback (a small keep-alive HTTP/1.1 client on
+asyncio streams, cheaper than httpx so the client is not the bottleneck). Throughput at 16
+connections; latency at 1 and 16.
 
     .venv/bin/python benchmarks/rollout_overhead.py [--seconds 8] [--rounds 2]
+        [--flavours onnx sklearn]
 
 Writes benchmarks/results/rollout_overhead.{json,md}.
 """
@@ -34,8 +36,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 
 # --- a registry with three small pipelines ---------------------------------------------------
-def build_registry(home: Path) -> None:
-    """Log three logistic-regression pipelines; champion=1, challenger-1=2, challenger-2=3."""
+FLAVOURS = ("onnx", "sklearn")
+
+
+def build_registry(home: Path, flavour: str = "onnx") -> None:
+    """Log three logistic-regression pipelines; champion=1, challenger-1=2, challenger-2=3.
+
+    ``flavour="onnx"``: each version also carries its ONNX file and the serving-flavour tags
+    registration writes (tasks.onnx), so every server loads it with onnxruntime.
+    """
     import mlflow
     import numpy as np
     import pandas as pd
@@ -49,6 +58,7 @@ def build_registry(home: Path) -> None:
     uri = f"sqlite:///{home / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
     experiment = mlflow.create_experiment(
         "rollout-bench", artifact_location=(home / "mlartifacts").as_uri()
     )
@@ -69,8 +79,8 @@ def build_registry(home: Path) -> None:
             ]
         )
         model = Pipeline([("prep", prep), ("model", LogisticRegression(C=c))]).fit(frame, y)
-        with mlflow.start_run(experiment_id=experiment):
-            mlflow.sklearn.log_model(
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = mlflow.sklearn.log_model(
                 model,
                 name="model",
                 signature=infer_signature(frame.head(5), model.predict(frame.head(5))),
@@ -78,7 +88,13 @@ def build_registry(home: Path) -> None:
                 pip_requirements=["scikit-learn"],
                 registered_model_name=MODEL,
             )
-    client = MlflowClient(uri, uri)
+        if flavour == "onnx":
+            from tasks.onnx import OnnxOutcome, record_serving_flavour, to_onnx
+
+            onnx_bytes = to_onnx(model, frame.head(5))
+            version = str(info.registered_model_version)
+            outcome = OnnxOutcome("onnx", "", converted=True)
+            record_serving_flavour(client, MODEL, version, run.info.run_id, outcome, onnx_bytes)
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.set_registered_model_alias(MODEL, "challenger-1", "2")
     client.set_registered_model_alias(MODEL, "challenger-2", "3")
@@ -167,10 +183,11 @@ async def _load(
     once: bool = False,
 ) -> dict[str, Any]:
     host, port = url.split("//")[1].split(":")
+    warm: list[float] = []
     if warmup > 0:
         until = time.perf_counter() + warmup
         await asyncio.gather(
-            *[_connection(host, int(port), requests, until, []) for _ in range(concurrency)]
+            *[_connection(host, int(port), requests, until, warm) for _ in range(concurrency)]
         )
     latencies: list[float] = []
     start = time.perf_counter()
@@ -188,6 +205,7 @@ async def _load(
     n = len(latencies)
     return {
         "requests": n,
+        "warmup_requests": len(warm),
         "ok": sum(oks),
         "seconds": elapsed,
         "rps": sum(oks) / elapsed,
@@ -226,6 +244,32 @@ def run_load(
         text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load_cpu(
+    server: Server,
+    requests_file: Path,
+    seconds: float,
+    concurrency: int,
+    warmup: float = 1.0,
+    once: bool = False,
+) -> dict[str, Any]:
+    """``run_load`` and the server's CPU time per answered request (warm-up requests included).
+
+    CPU per request holds on a shared machine where requests per second move with the load.
+    """
+    before = cpu_seconds(server.proc.pid)
+    result = run_load(server.url, requests_file, seconds, concurrency, warmup, once)
+    used = cpu_seconds(server.proc.pid) - before
+    answered = result["requests"] + result.get("warmup_requests", 0)
+    result["cpu_us_per_request"] = 1e6 * used / answered if answered else None
+    return result
 
 
 def write_requests(path: Path, requests: list[bytes]) -> Path:
@@ -305,11 +349,80 @@ def markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) ->
     return "\n".join(lines)
 
 
+def loadavg() -> str:
+    """The 1-, 5- and 15-minute load averages (what else the 2 cores were doing)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def measure_flavour(work: Path, flavour: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Bare endpoint and rollout on one registry of ``flavour`` models, interleaved rounds."""
+    home = work / flavour
+    home.mkdir()
+    print(f"building a registry with 3 {flavour} arms ...", flush=True)
+    build_registry(home, flavour)
+    requests = write_requests(
+        home / "predict.json", [http_post("/predict", {"features": FEATURES})]
+    )
+    env = server_env(home)
+    servers = {
+        "bare endpoint (1 model, no routing)": ("rollout_overhead:bare_app", ROOT / "benchmarks"),
+        "rollout (3 arms, Thompson)": ("rollout.app:create_app", None),
+    }
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"c1": [], "cN": []} for k in servers}
+    for round_ in range(args.rounds):  # interleaved rounds: machine noise hits both alike
+        for name, (factory, app_dir) in servers.items():
+            server = Server(factory, env, app_dir).wait()
+            try:
+                results[name]["cN"].append(
+                    run_load_cpu(server, requests, args.seconds, args.concurrency)
+                )
+                results[name]["c1"].append(
+                    run_load(server.url, requests, args.seconds / 2, 1, warmup=0.5)
+                )
+            finally:
+                server.stop()
+            print(
+                f"{flavour} round {round_ + 1}: {name}: "
+                f"{results[name]['cN'][-1]['rps']:.0f} req/s (load {loadavg()})",
+                flush=True,
+            )
+    rows = []
+    for name, by in results.items():
+        best = max(by["cN"], key=lambda r: r["rps"])
+        seq = min(by["c1"], key=lambda r: r["p50_ms"])
+        rows.append(
+            {
+                "flavour": flavour,
+                "server": name,
+                "rps": best["rps"],
+                "p50_ms": best["p50_ms"],
+                "p99_ms": best["p99_ms"],
+                "seq_p50_ms": seq["p50_ms"],
+                "seq_p99_ms": seq["p99_ms"],
+                "cpu_us": min(r["cpu_us_per_request"] for r in by["cN"]),
+                "errors": sum(r["requests"] - r["ok"] for r in by["cN"] + by["c1"]),
+                "raw": by,
+            }
+        )
+    bare = rows[0]
+    for row in rows:
+        row["ratio"] = row["rps"] / bare["rps"]
+        row["added_p50_ms"] = row["seq_p50_ms"] - bare["seq_p50_ms"]
+        row["cpu_ratio"] = row["cpu_us"] / bare["cpu_us"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--flavours", nargs="+", choices=FLAVOURS, default=list(FLAVOURS), help="model flavours"
+    )
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--requests-file", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -325,58 +438,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rollout-overhead-"))
     try:
-        print("building a registry with 3 arms ...", flush=True)
-        build_registry(work)
-        requests = write_requests(
-            work / "predict.json", [http_post("/predict", {"features": FEATURES})]
-        )
-        env = server_env(work)
-        rows: list[dict[str, Any]] = []
-        servers = {
-            "bare endpoint (1 model, no routing)": (
-                "rollout_overhead:bare_app",
-                ROOT / "benchmarks",
-            ),
-            "rollout (3 arms, Thompson)": ("rollout.app:create_app", None),
-        }
-        results: dict[str, dict[str, list[dict[str, Any]]]] = {
-            k: {"c1": [], "cN": []} for k in servers
-        }
-        for round_ in range(args.rounds):  # interleaved rounds: machine noise hits both alike
-            for name, (factory, app_dir) in servers.items():
-                server = Server(factory, env, app_dir).wait()
-                try:
-                    results[name]["cN"].append(
-                        run_load(server.url, requests, args.seconds, args.concurrency)
-                    )
-                    results[name]["c1"].append(
-                        run_load(server.url, requests, args.seconds / 2, 1, warmup=0.5)
-                    )
-                finally:
-                    server.stop()
-                print(
-                    f"round {round_ + 1}: {name}: {results[name]['cN'][-1]['rps']:.0f} req/s",
-                    flush=True,
-                )
-        for name, by in results.items():
-            best = max(by["cN"], key=lambda r: r["rps"])
-            seq = min(by["c1"], key=lambda r: r["p50_ms"])
-            rows.append(
-                {
-                    "server": name,
-                    "rps": best["rps"],
-                    "p50_ms": best["p50_ms"],
-                    "p99_ms": best["p99_ms"],
-                    "seq_p50_ms": seq["p50_ms"],
-                    "seq_p99_ms": seq["p99_ms"],
-                    "errors": sum(r["requests"] - r["ok"] for r in by["cN"] + by["c1"]),
-                }
-            )
-        bare, bandit = rows
-        for row in rows:
-            row["ratio"] = row["rps"] / bare["rps"]
-            row["added_p50_ms"] = row["seq_p50_ms"] - bare["seq_p50_ms"]
+        load_before = loadavg()
+        rows = [row for flavour in args.flavours for row in measure_flavour(work, flavour, args)]
         columns = [
+            ("flavour", "models", ""),
             ("server", "server", ""),
             ("rps", f"req/s ({args.concurrency} conns)", ".0f"),
             ("ratio", "× bare", ".2f"),
@@ -385,23 +450,31 @@ def main() -> None:
             ("seq_p50_ms", "p50 ms (1 conn)", ".3f"),
             ("seq_p99_ms", "p99 ms (1 conn)", ".3f"),
             ("added_p50_ms", "added p50 ms (1 conn)", ".3f"),
+            ("cpu_us", "server CPU µs/request", ".0f"),
+            ("cpu_ratio", "CPU × bare", ".2f"),
             ("errors", "non-200", "d"),
         ]
         table = markdown(rows, columns)
-        verdict = (
-            f"Targets: throughput ≥ 0.9× bare (got {bandit['ratio']:.2f}×), "
-            f"p50 added latency < 0.5 ms (got {bandit['added_p50_ms']:.3f} ms at 1 connection)."
-        )
+        verdicts = [
+            f"{r['flavour']}: throughput {r['ratio']:.2f}× bare (target ≥ 0.9×), "
+            f"added p50 {r['added_p50_ms']:.3f} ms at 1 connection (target < 0.5 ms)."
+            for r in rows
+            if r["server"].startswith("rollout")
+        ]
+        verdict = "Targets: " + " ".join(verdicts)
         meta = (
             f"uvicorn 1 worker each, {args.rounds} interleaved rounds of {args.seconds:.0f} s "
-            f"(best round kept), load from a separate process on loopback; "
-            f"{platform.python_version()}, {os.cpu_count()} cores shared with other work."
+            f"(best round kept), load from a separate process on loopback; both sides serve "
+            f"the same model flavour (ONNX: onnxruntime, 1 thread); "
+            f"{platform.python_version()}, {os.cpu_count()} cores shared with other work; "
+            f"load average {load_before} before, {loadavg()} after."
         )
         print(table)
         print(verdict)
+        print(meta)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "rollout_overhead.json").write_text(
-            json.dumps({"rows": rows, "raw": results, "meta": meta}, indent=2)
+            json.dumps({"rows": rows, "meta": meta}, indent=2)
         )
         (RESULTS / "rollout_overhead.md").write_text(
             f"# /predict overhead of the bandit\n\n{table}\n\n{verdict}\n\n{meta}\n"
