@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from banditflow.warm_child import child_main
+
 LAUNCHER = Path(__file__).with_name("warm_launch.py")
 SOCKET_VAR = "BANDITFLOW_WARM_SOCKET"
 ENABLE_VAR = "BANDITFLOW_WARM_RUNS"
@@ -112,6 +114,18 @@ def pool_args(home: Path, start: Any) -> list[str]:
     return ["--base-job-template", str(path)]
 
 
+def project_files() -> dict[str, int]:
+    """Return the modification time of every loaded module of this checkout (not its venv)."""
+    root = str(Path(__file__).resolve().parents[1]) + os.sep
+    out = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and path.startswith(root) and "site-packages" not in path:
+            with contextlib.suppress(OSError):
+                out[path] = os.stat(path).st_mtime_ns
+    return out
+
+
 def os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
@@ -128,73 +142,6 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> dict[str, float]:
         names = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tasks]
         raise WarmError(f"{threads} threads run after the imports ({names}): forking is unsafe")
     return took
-
-
-# --- the child: one flow run -------------------------------------------------------------
-def refresh_after_fork() -> None:
-    """Re-read what the imports read from the (server's) environment."""
-    import numpy as np
-    from prefect.context import refresh_global_settings_context
-    from prefect.logging.configuration import setup_logging
-
-    from tasks.settings import get_settings
-
-    refresh_global_settings_context()
-    setup_logging(incremental=False)
-    get_settings.cache_clear()
-    np.random.seed()  # a fresh process would not share the server's global state
-
-
-def run_engine(argv: list[str]) -> int:
-    """Run ``python -m prefect.engine ARGV`` in this process; return its exit code."""
-    import runpy
-    import traceback
-
-    engine = importlib.import_module("prefect.engine").__file__ or "prefect/engine.py"
-    sys.argv = [engine, *argv]
-    try:
-        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
-    except SystemExit as done:
-        code = done.code
-        if code is None or isinstance(code, int):
-            return int(code or 0)
-        print(code, file=sys.stderr)
-        return 1
-    except BaseException:  # noqa: BLE001 - what an uncaught exception does to `python -m`
-        traceback.print_exc()
-        return 1
-    return 0
-
-
-def child_main(request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: become the flow run's process, run the engine, and exit."""
-    import atexit
-    import threading
-
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.set_wakeup_fd(-1)
-    for target, fd in enumerate(fds[:3]):
-        os.dup2(fd, target)
-    for fd in fds:
-        if fd > 2:
-            os.close(fd)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    sys.path[0] = request["cwd"]
-    code = 1
-    try:
-        refresh_after_fork()
-        code = run_engine(list(request["argv"]))
-    finally:
-        threading._shutdown()  # type: ignore[attr-defined]  # as interpreter exit does
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
 
 
 # --- the server --------------------------------------------------------------------------
@@ -230,8 +177,15 @@ class Server:
     path: Path
     listener: socket.socket = field(init=False)
     selector: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
+    argv: list[str] = field(default_factory=list)  # to start again after a code change
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # ... with this
+    # What the imports wrote to os.environ (Feast: its Prometheus folder): the children
+    # keep it, as the library state they inherit was made with it.
+    imported_env: dict[str, str] = field(default_factory=dict)
     children: dict[int, socket.socket] = field(default_factory=dict)  # pid -> its launcher
+    sources: dict[str, int] = field(default_factory=project_files)
     stopping: bool = False
+    retired: bool = False  # the code changed: no new runs; start again once these end
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,6 +218,15 @@ class Server:
                 conn.sendall(f"error {exc}\n".encode())
             conn.close()
             return
+        if project_files() != self.sources:
+            # An edited flow or task would run stale code here: the run goes cold.
+            for fd in fds:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                conn.sendall(b"stock\n")
+            conn.close()
+            self.retire()
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -272,10 +235,12 @@ class Server:
             self.listener.close()
             for other in (*self.children.values(), conn):
                 other.close()
-            child_main(request, fds)
+            child_main(request, fds, self.imported_env)
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
+        run = request["env"].get("PREFECT__FLOW_RUN_ID", "?")
+        print(f"flow run {run}: forked pid {pid}", flush=True)
         self.selector.register(conn, selectors.EVENT_READ, pid)
         with contextlib.suppress(OSError, KeyError):
             conn.sendall(f"pid {pid}\n".encode())
@@ -297,6 +262,15 @@ class Server:
                 with contextlib.suppress(OSError, KeyError):
                     os.kill(pid, int(value))
 
+    def retire(self) -> None:
+        """Take no new runs (launchers run the stock command) until this server restarts."""
+        print("the project's code changed: restarting the warm server", flush=True)
+        self.retired = True
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.listener)
+        self.listener.close()
+
     def reap(self) -> None:
         while self.children:
             try:
@@ -315,7 +289,7 @@ class Server:
             conn.close()
 
     def serve(self) -> None:
-        while not self.stopping:
+        while not self.stopping and not (self.retired and not self.children):
             for key, _mask in self.selector.select(timeout=5):
                 if key.data == "accept":
                     with contextlib.suppress(OSError, KeyError):
@@ -328,12 +302,17 @@ class Server:
                 else:
                     self.from_launcher(key.fileobj, key.data)  # type: ignore[arg-type]
             self.reap()
+        if self.retired and not self.stopping:
+            # Import the edited code afresh: the same pid, so the stack still knows it.
+            command = [sys.executable, "-m", "banditflow.warm", *self.argv]
+            os.execve(sys.executable, command, self.environ)
         self.shutdown()
 
     def shutdown(self, grace: float = 20.0) -> None:
         """Stop taking runs; stop the running children (SIGTERM, SIGKILL after ``grace``)."""
-        self.path.unlink(missing_ok=True)
-        self.listener.close()
+        if not self.retired:
+            self.path.unlink(missing_ok=True)
+            self.listener.close()
         for pid in self.children:
             with contextlib.suppress(OSError, KeyError):
                 os.kill(pid, signal.SIGTERM)
@@ -352,10 +331,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", required=True, help="Where to listen (a unix socket).")
     parser.add_argument("--preload", nargs="*", default=list(PRELOAD), help="Modules to import.")
     args = parser.parse_args(argv)
+    environ = dict(os.environ)
     os.environ.update(SERVER_ENV)
+    before = dict(os.environ)
     began = time.perf_counter()
     took = preload(tuple(args.preload))
-    server = Server(Path(args.socket))
+    imported = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    server = Server(Path(args.socket), argv=argv, environ=environ, imported_env=imported)
     server.start()
     print(
         f"warm fork server on {args.socket}: imports took {time.perf_counter() - began:.1f} s "

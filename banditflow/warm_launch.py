@@ -62,8 +62,11 @@ def exit_like(status: int) -> None:
     os._exit(status if status >= 0 else 128 - status)
 
 
-def relay(sock: socket.socket) -> int:
-    """Forward signals to the child until the server reports its exit; return the status."""
+def relay(sock: socket.socket) -> int | None:
+    """Forward signals to the child until the server reports its exit; return the status.
+
+    None: the server asks for the stock command (its code is older than the checkout's).
+    """
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(OSError):
@@ -85,6 +88,8 @@ def relay(sock: socket.socket) -> int:
             word, _, value = line.decode().partition(" ")
             if word == "exit":
                 return int(value)
+            if word == "stock":
+                return None
             if word == "error":
                 sys.stderr.write(f"banditflow.warm_launch: the fork server failed: {value}\n")
                 return 1
@@ -106,6 +111,9 @@ def main(argv: list[str]) -> None:
             stock(argv)
             return
         status = relay(sock)
+    if status is None:
+        stock(argv)
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     exit_like(status)
