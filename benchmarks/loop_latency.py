@@ -21,6 +21,10 @@ Part "serving": the seconds from a challenger's alias move to the first ``/predi
 answers, with the service's alias poll alone (the baseline) and with the
 ``candidates.registered`` automation that calls the service's reload.
 
+Part "start" (``benchmarks/flow_start.py``): flow-run start on a stock process worker
+against the warm launcher, side by side.
+
+    .venv/bin/python benchmarks/loop_latency.py --part start     # about 10 minutes
     .venv/bin/python benchmarks/loop_latency.py --part serving   # about 2 minutes
     .venv/bin/python benchmarks/loop_latency.py                  # both, about 8 minutes
 """
@@ -331,11 +335,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4, help="Trials per study.")
     parser.add_argument(
-        "--part", choices=["serving", "retrain", "all"], default="all", help="What to measure."
+        "--part",
+        choices=["serving", "retrain", "start", "all"],
+        default="all",
+        help="What to measure.",
     )
     parser.add_argument("--reps", type=int, default=5, help="Registrations per serving mode.")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.part == "start":
+        import sys
+
+        from flow_start import main as flow_start
+
+        sys.argv = [sys.argv[0], "--reps", str(args.reps)]
+        flow_start()
+        return
     if args.part in ("serving", "all"):
         served = serving_latency(args.reps)
         table = serving_table(served)
