@@ -165,15 +165,25 @@ class Evaluator:
 
 
 class OptunaTPE:
-    """Optuna's TPE (the reference) through its ask/tell API; benchmark only."""
+    """Optuna's TPE or GP sampler (the references) through its ask/tell API; benchmark only."""
 
-    def __init__(self, space: dict[str, dict[str, Any]], seed: int, q: int) -> None:
+    def __init__(
+        self, space: dict[str, dict[str, Any]], seed: int, q: int, sampler_name: str = "tpe"
+    ) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # The same 10 random start-up points as our hyperopt default; a constant liar
-        # for batches, as Optuna recommends for parallel workers.
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, constant_liar=q > 1)
+        sampler: Any
+        if sampler_name == "gp":
+            # Optuna's Gaussian-process sampler (logEI), with as many random start-up points
+            # as the Ax adapter's Sobol phase, so the two GP methods start alike.
+            sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+        else:
+            # The same 10 random start-up points as our hyperopt default; a constant liar
+            # for batches, as Optuna recommends for parallel workers.
+            sampler = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=10, constant_liar=q > 1
+            )
         self.study = optuna.create_study(direction="maximize", sampler=sampler)
         self.distributions: dict[str, Any] = {}
         for name, spec in space.items():
@@ -238,39 +248,67 @@ def run_fmin(problem: Problem, evaluate: Evaluator, seed: int, budget: int) -> d
 
 
 def run_study(
-    method: str, problem: Problem, evaluate: Evaluator, seed: int, q: int, budget: int
+    method: str,
+    problem: Problem,
+    evaluate: Evaluator,
+    seed: int,
+    q: int,
+    budget: int,
+    loop: str = "async",
 ) -> dict[str, Any]:
-    """Run one study to ``budget`` trials, q per round; return the best-so-far trace."""
+    """Run one study to ``budget`` trials with q in flight; return the best-so-far trace.
+
+    ``loop="async"`` is the optimize flow's loop: q trials in flight, and as each finishes
+    (the oldest first) it is told and one more is asked for, with q - 1 still pending.
+    ``loop="batch"`` asks for q, tells all q, then asks again (synchronous rounds).
+    """
     if method == "hyperopt-fmin":
         return run_fmin(problem, evaluate, seed, budget)
     trace: list[float] = []
     ask_seconds: list[float] = []
     model_ask_seconds: list[float] = []
     best = -math.inf
-    if method == "optuna-tpe":
-        optuna_study = OptunaTPE(problem.space, seed, q)
+    if method.startswith("optuna-"):
+        optuna_study = OptunaTPE(problem.space, seed, q, method.split("-", 1)[1])
+    elif method == "ax-default-acqf":  # the adapter with Ax's own acquisition optimizer
+        optimizer = get_optimizer(
+            "ax",
+            problem.space,
+            {"score": "maximize"},
+            seed=seed,
+            num_restarts=20,
+            raw_samples=1024,
+            maxiter=200,
+        )
     else:
         optimizer = get_optimizer(method, problem.space, {"score": "maximize"}, seed=seed)
-    stalls = 0
+    stalls = handed = 0
+    in_flight: list[tuple[str, dict[str, Any]]] = []
     while len(trace) < budget:
-        n = min(q, budget - len(trace))
-        start = time.perf_counter()
-        if method == "optuna-tpe":
-            asked = optuna_study.ask(n)
-        else:
-            asked = [(t.id, t.params) for t in optimizer.ask(n)]
-        elapsed = time.perf_counter() - start
-        ask_seconds.append(elapsed)
-        if method == "ax" and len(trace) >= 8:  # past the Sobol points: the model's cost
-            model_ask_seconds.append(elapsed)
-        if not asked:  # a backend may hand out fewer points; none at all twice is a bug
+        room = q - len(in_flight) if loop == "async" or not in_flight else 0
+        n = min(room, budget - handed)
+        if n > 0:
+            start = time.perf_counter()
+            if method.startswith("optuna-"):
+                asked = optuna_study.ask(n)
+            else:
+                asked = [(t.id, t.params) for t in optimizer.ask(n)]
+            elapsed = time.perf_counter() - start
+            ask_seconds.append(elapsed)
+            if method.startswith("ax") and handed >= 8:  # past the Sobol points
+                model_ask_seconds.append(elapsed)
+            in_flight += asked
+            handed += len(asked)
+        if not in_flight:  # a backend may hand out fewer points; none at all twice is a bug
             stalls += 1
             if stalls > 1:
                 raise RuntimeError(f"{method} returned no trial twice with nothing pending")
             continue
-        for trial_id, params in asked:
+        told = in_flight if loop == "batch" else in_flight[:1]
+        in_flight = [] if loop == "batch" else in_flight[1:]
+        for trial_id, params in told:
             value = evaluate(params)
-            if method == "optuna-tpe":
+            if method.startswith("optuna-"):
                 optuna_study.tell(trial_id, value)
             else:
                 optimizer.tell(trial_id, {"score": value})
@@ -349,7 +387,14 @@ def to_markdown(summary: dict[str, Any], budgets: list[int], meta: dict[str, Any
         f"Problems: {', '.join(meta['problems'])}; seeds: {meta['seeds']}; "
         f"3-fold CV; score = 100 x (mean best - random's mean best) / "
         f"(best found by any method - random's mean best), averaged over problems; "
-        "± one standard error over seeds.",
+        "± one standard error over seeds. "
+        f"Loop for q > 1: {meta.get('loop', 'batch')} ("
+        + (
+            "q trials in flight, one asked as each finishes: the optimize flow's loop"
+            if meta.get("loop") == "async"
+            else "ask q, tell q, then ask again"
+        )
+        + ").",
         "",
         "| method | q | seeds | " + " | ".join(f"score @{b}" for b in budgets) + " | ask s (mean) "
         "| model ask s/round | model ask s/point |",
@@ -378,6 +423,8 @@ def to_markdown(summary: dict[str, Any], budgets: list[int], meta: dict[str, Any
     lines += [
         "",
         f"Wall time: {meta['seconds']:.0f} s; evaluation time: {meta['eval_seconds']:.0f} s.",
+        f"Load average (1, 5, 15 min): {meta.get('load_start', '-')} at the start, "
+        f"{meta.get('load_end', '-')} at the end.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -405,8 +452,8 @@ def combine(paths: list[Path], out: Path) -> int:
             if key not in seen:
                 seen.add(key)
                 runs.append(run)
-        for field in ("budgets", "qs"):
-            meta[field] = saved["meta"][field]
+        for field in ("budgets", "qs", "loop"):
+            meta[field] = saved["meta"].get(field, "batch")
         meta["problems"] += [p for p in saved["meta"]["problems"] if p not in meta["problems"]]
         meta["seconds"] += saved["meta"]["seconds"]
         meta["eval_seconds"] += saved["meta"]["eval_seconds"]
@@ -414,6 +461,13 @@ def combine(paths: list[Path], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(write_results(runs, meta, out))
     return 0
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:  # not Linux
+        return "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -424,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", default=",".join(p for p in PROBLEMS if p != "rf-digits"))
     parser.add_argument("--methods", default="random,hyperopt,hyperopt-fmin,optuna-tpe,ax")
     parser.add_argument("--q", default="1,4", help="points per round, comma-separated")
+    parser.add_argument(
+        "--loop",
+        choices=["async", "batch"],
+        default="async",
+        help="q>1: the flow's loop (q in flight, one asked as each finishes) or rounds of q",
+    )
     parser.add_argument("--quick", action="store_true", help="2 problems, 2 seeds, 8/16 trials")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
@@ -447,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         methods.insert(0, "random")  # the baseline of the normalised score
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"problems": problems, "seeds": args.seeds, "budgets": budgets, "qs": qs}
+    meta: dict[str, Any] = {"problems": problems, "seeds": args.seeds, "budgets": budgets}
+    meta |= {"qs": qs, "loop": args.loop, "load_start": _load_average()}
     runs: list[dict[str, Any]] = []
     start = time.perf_counter()
     evaluators = {name: Evaluator(PROBLEMS[name]) for name in problems}
@@ -456,10 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in problems:
             for method in methods:
                 # random search does not depend on q, and fmin is sequential: one run each
-                for q in [1] if method in ("random", "hyperopt-fmin") else qs:
+                sequential = ("random", "hyperopt-fmin", "optuna-gp")
+                for q in [1] if method in sequential else qs:
                     t0 = time.perf_counter()
                     result = run_study(
-                        method, PROBLEMS[name], evaluators[name], seed, q, budgets[-1]
+                        method, PROBLEMS[name], evaluators[name], seed, q, budgets[-1], args.loop
                     )
                     result.update(problem=name, seed=seed, method=method, q=q)
                     result["seconds"] = time.perf_counter() - t0
@@ -475,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / f"{NAME}.partial.json").write_text(json.dumps({"meta": meta, "runs": runs}))
     meta["seconds"] = time.perf_counter() - start
     meta["eval_seconds"] = sum(e.seconds for e in evaluators.values())
+    meta["load_end"] = _load_average()
     markdown = write_results(runs, meta, out)
     (out / f"{NAME}.partial.json").unlink(missing_ok=True)
     print(markdown)
