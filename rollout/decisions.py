@@ -145,9 +145,11 @@ async def _judge_challengers(
         return []
     blocker = None
     if w.metrics:
-        latency = await asyncio.to_thread(svc.store.read_latency)
+        latency, reported = await asyncio.to_thread(
+            lambda: (svc.store.read_latency(), svc.store.read_metrics())
+        )
         made = {a: (int(s.attempts), int(s.errors)) for a, s in svc.stats.items()}
-        per_metric = live_stats(w.metrics, made, latency)
+        per_metric = live_stats(w.metrics, made, latency, reported)
         blocker = guardrail_blocker(w.metrics, per_metric, champion, svc.rule, len(challengers))
         bar = log_promotion_bar(svc.rule, len(challengers))
         w.guardrails = {

@@ -81,7 +81,8 @@ async def record_many(
                     request_id=req.request_id, status="window_closed", arm=arm
                 )
                 continue
-        to_write.append((i, FeedbackRow(req.request_id, float(req.reward), arm, now)))
+        others = () if req.metrics is None else tuple(sorted(req.metrics.items()))
+        to_write.append((i, FeedbackRow(req.request_id, float(req.reward), arm, now, others)))
     if to_write:
         try:
             statuses = await svc.writer.submit_feedback([row for _, row in to_write])

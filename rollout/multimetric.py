@@ -128,6 +128,7 @@ def guardrail_blocker(
 
 
 BUILT_IN = ("error_rate", "latency_p99")
+_PARAMS = {"margin", "threshold_ms", "scale", "better"}
 
 
 def from_settings(
@@ -135,33 +136,47 @@ def from_settings(
 ) -> list[GuardrailMetric]:
     """Return the live guardrail metrics ``BANDITFLOW_GUARDRAIL_METRICS`` declares.
 
-    ``{"error_rate": {"margin": 0.01}, "latency_p99": {"margin": 0.005, "threshold_ms":
-    250}}``: margins in rate points; both are "lower is better" rates. Raises
+    ``{"error_rate": {"margin": 0.01}, "latency_p99": {"margin": 0.01, "threshold_ms":
+    250}, "basket": {"margin": 0.5, "better": "higher"}}``: the two the service measures
+    are "lower is better" rates (margins in rate points); any other name is an outcome
+    that feedback reports under ``metrics`` (margin in its units). Raises
     ``InvalidDecisionRuleError`` naming what to fix.
     """
     out = []
     for name, params in spec.items():
+        if not isinstance(params, Mapping) or set(params) - _PARAMS or "margin" not in params:
+            raise InvalidDecisionRuleError(
+                f"guardrail metric {name!r} takes a margin (and threshold_ms, better, scale), "
+                f"got {params!r}"
+            )
+        scale = params.get("scale", 0.1)
+        if not (isinstance(scale, int | float) and scale > 0):
+            raise InvalidDecisionRuleError(f"scale of {name!r} must be > 0, got {scale!r}")
         if name not in BUILT_IN:
-            raise InvalidDecisionRuleError(
-                f"unknown guardrail metric {name!r}: the service measures {', '.join(BUILT_IN)}"
+            out.append(
+                GuardrailMetric(
+                    name,
+                    margin=params["margin"],
+                    better=params.get("better", "higher"),
+                    mixture_scale=float(scale),
+                )
             )
-        if not isinstance(params, Mapping) or set(params) - {"margin", "threshold_ms", "scale"}:
-            raise InvalidDecisionRuleError(
-                f"guardrail metric {name!r} takes margin, threshold_ms and scale, got {params!r}"
-            )
+            continue
         threshold = (
-            params.get("threshold_ms", default_threshold_ms) if name != "error_rate" else None
+            None if name == "error_rate" else params.get("threshold_ms", default_threshold_ms)
         )
-        if threshold is not None and not (isinstance(threshold, int | float) and threshold > 0):
+        if name != "error_rate" and not (isinstance(threshold, int | float) and threshold > 0):
             raise InvalidDecisionRuleError(
                 f"threshold_ms of {name!r} must be > 0, got {threshold!r}"
             )
+        if params.get("better", "lower") != "lower":
+            raise InvalidDecisionRuleError(f"{name} is a rate where lower is better")
         out.append(
             GuardrailMetric(
                 name,
-                margin=params.get("margin", 0.01),
+                margin=params["margin"],
                 kind="bernoulli",
-                mixture_scale=float(params.get("scale", 0.1)),
+                mixture_scale=float(scale),
                 threshold_ms=None if threshold is None else float(threshold),
             )
         )
@@ -172,17 +187,24 @@ def live_stats(
     metrics: Sequence[GuardrailMetric],
     attempts: Mapping[str, tuple[int, int]],
     latency: Mapping[str, Mapping[int, int]],
+    reported: Mapping[str, Mapping[str, tuple[int, float, float]]] | None = None,
 ) -> dict[str, dict[str, ArmStats]]:
     """Return each live metric's sums per arm from the store's counts since the arm joined.
 
-    ``attempts``: ``{arm: (predictions made, failed)}``; ``latency``: ``{arm: {bucket: n}}``.
-    Both are rates of 0/1 outcomes, so the sum of squares is the sum.
+    ``attempts``: ``{arm: (predictions made, failed)}``; ``latency``: ``{arm: {bucket: n}}``
+    (both rates of 0/1 outcomes: the sum of squares is the sum); ``reported``: the other
+    outcomes feedback reported, ``{metric: {arm: (count, sum, sum of squares)}}``.
     """
     from rollout.store_health import slower_than
 
     out: dict[str, dict[str, ArmStats]] = {}
     for m in metrics:
-        if m.name == "error_rate":
+        if m.name not in BUILT_IN:
+            cells = (reported or {}).get(m.name, {})
+            out[m.name] = {
+                a: ArmStats(a, float(n), s, max(q, 0.0)) for a, (n, s, q) in cells.items()
+            }
+        elif m.name == "error_rate":
             out[m.name] = {
                 a: ArmStats(a, float(n), float(e), float(e)) for a, (n, e) in attempts.items()
             }

@@ -26,6 +26,8 @@ MAX_FEEDBACK_ROWS = 5000  # rows in one /feedback batch
 
 Scalar = float | int | str | bool | None
 Identifier = Annotated[str, Field(min_length=1, max_length=200)]
+MetricName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+MetricValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 EntityValue = Annotated[str, Field(max_length=200)] | Annotated[int, Field(ge=-(2**63), lt=2**63)]
 
 
@@ -94,6 +96,13 @@ class FeedbackRequest(_Strict):
         strict=True,  # true/false or "1" are refused, not read as 1.0
         allow_inf_nan=False,
         description="In [0, 1] for Bernoulli policies, any real otherwise.",
+    )
+    metrics: dict[MetricName, MetricValue] | None = Field(
+        default=None,
+        max_length=8,
+        description="Other outcomes of the same request by name (e.g. a basket value): "
+        "what the guardrail metrics a promotion must not make worse read "
+        "(BANDITFLOW_GUARDRAIL_METRICS).",
     )
 
 

@@ -94,7 +94,9 @@ class RolloutSettings(BaseSettings):
     # One decision over several metrics (rollout.multimetric): a promotion also needs each of
     # these shown not worse than the champion's by its margin (rate points), since the arm
     # joined. latency_p99: the share of predictions slower than threshold_ms (default
-    # guardrail_max_p99_ms); p99 <= threshold_ms exactly when that share is <= 1 %.
+    # guardrail_max_p99_ms); p99 <= threshold_ms exactly when that share is <= 1 %. Any
+    # other name is an outcome feedback reports under "metrics", e.g.
+    # "basket": {"margin": 0.5, "better": "higher"}.
     guardrail_metrics: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"error_rate": {"margin": 0.01}, "latency_p99": {"margin": 0.01}}
     )

@@ -269,6 +269,11 @@ class Store(HealthCounters, StoreReads, SegmentCounters):
                 }
         inserted = self._insert_feedback(conn, list(candidates.values()))
         ordered = [candidates[rid] for rid in candidates if rid in inserted]
+        metrics = {f.request_id: f.metrics for f in new_feedback if f.metrics}
+        self._count_metrics(
+            conn,
+            [(r["arm"], metrics[r["request_id"]]) for r in ordered if r["request_id"] in metrics],
+        )
         self._count_rewards(conn, [(row["arm"], row["reward"]) for row in ordered], discount)
         self._count_segment_rewards(
             conn, [(row["request_id"], row["arm"], row["reward"]) for row in ordered]

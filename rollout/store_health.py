@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, select
 
 from rollout import upserts
-from rollout.store_schema import DecisionRow, arm_stats, latency_buckets
+from rollout.store_schema import DecisionRow, arm_metrics, arm_stats, latency_buckets
 
 BASE_MS = 0.001  # the lower edge of bucket 0 (1 µs)
 PER_DOUBLING = 8
@@ -138,6 +138,40 @@ class HealthCounters:
                 cell["assigned"] += 1
                 cell["assigned_log_p"] += math.log(p)
         self._add_to_arms(conn, by_arm)
+
+    def _count_metrics(
+        self, conn: Connection, rows: Sequence[tuple[str, tuple[tuple[str, float], ...]]]
+    ) -> None:
+        """Add the other outcomes of counted feedback, ``(arm, ((name, value), ...))``."""
+        cells: dict[tuple[str, str], list[float]] = {}
+        for arm, values in rows:
+            for name, value in values:
+                cell = cells.setdefault((arm, name), [0, 0.0, 0.0])
+                cell[0] += 1
+                cell[1] += value
+                cell[2] += value * value
+        if cells:
+            stmt = upserts.adding(
+                self.dialect, arm_metrics, ("arm", "metric"), ("n", "total", "total_sq")
+            )
+            rows_ = [
+                {"arm": a, "metric": m, "n": v[0], "total": v[1], "total_sq": v[2]}
+                for (a, m), v in sorted(cells.items())  # one lock order for every writer
+            ]
+            conn.execute(stmt, rows_)
+
+    def read_metrics(self) -> dict[str, dict[str, tuple[int, float, float]]]:
+        """Return ``{metric: {arm: (count, sum, sum of squares)}}`` since each arm joined."""
+        with self._read() as conn:
+            rows = conn.execute(select(arm_metrics)).mappings().all()
+        out: dict[str, dict[str, tuple[int, float, float]]] = {}
+        for r in rows:
+            out.setdefault(str(r["metric"]), {})[str(r["arm"])] = (
+                int(r["n"]),
+                float(r["total"]),
+                float(r["total_sq"]),
+            )
+        return out
 
     def read_latency(self) -> dict[str, dict[int, int]]:
         """Return ``{arm: {bucket: predictions}}`` since each arm joined."""

@@ -106,6 +106,18 @@ latency_buckets = Table(
     Column("n", Integer, nullable=False, default=0),
 )
 
+# Other outcomes reported with feedback (e.g. a basket value), per arm and name, since the
+# arm joined: what a promotion's business guardrail metrics read.
+arm_metrics = Table(
+    "rollout_arm_metrics",
+    metadata,
+    Column("arm", String(200), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("n", Integer, nullable=False, default=0),
+    Column("total", Float, nullable=False, default=0.0),
+    Column("total_sq", Float, nullable=False, default=0.0),
+)
+
 segment_stats = Table(
     "rollout_segment_stats",
     metadata,
@@ -169,6 +181,7 @@ class FeedbackRow:
     reward: float
     arm: str | None
     created_at: float
+    metrics: tuple[tuple[str, float], ...] = ()  # other outcomes by name (guardrail metrics)
 
 
 @dataclass(frozen=True)

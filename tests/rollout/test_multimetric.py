@@ -93,14 +93,30 @@ def test_the_veto_names_the_metric() -> None:
 # --- the live rule, through the service and its real store ----------------------------------
 
 
-def _seed(client: Any, arm: str, n: int, wins: int, *, failed: int = 0, slow: int = 0) -> None:
+def _seed(
+    client: Any,
+    arm: str,
+    n: int,
+    wins: int,
+    *,
+    failed: int = 0,
+    slow: int = 0,
+    basket: float | None = None,
+) -> None:
     """Record ``n`` outcomes on ``arm`` and the ``n`` predictions behind them (``failed`` of
-    them failed, ``slow`` of them took 600 ms, the rest 2 ms) in the service's store."""
+    them failed, ``slow`` of them took 600 ms, the rest 2 ms) in the service's store; with
+    ``basket``, each outcome reports a basket value around it (sd 1)."""
     from rollout.store import FeedbackRow
     from rollout.store_health import HealthCounts, latency_bucket
 
     tag = f"{arm}-{uuid.uuid4().hex[:6]}"
-    rows = [FeedbackRow(f"{tag}-{i}", float(i < wins), arm, time.time()) for i in range(n)]
+    gen = np.random.default_rng(n + wins)
+    others: list[tuple[tuple[str, float], ...]] = [()] * n
+    if basket is not None:
+        others = [(("basket", float(basket + gen.normal())),) for _ in range(n)]
+    rows = [
+        FeedbackRow(f"{tag}-{i}", float(i < wins), arm, time.time(), others[i]) for i in range(n)
+    ]
     buckets = {latency_bucket(2.0): n - slow, latency_bucket(600.0): slow}
     health = {arm: HealthCounts(n, failed, {b: c for b, c in buckets.items() if c})}
     client.app.state.service.store.apply_batch([], rows, health=health)
@@ -138,9 +154,9 @@ def test_the_service_promotes_only_when_every_guardrail_metric_passes(rollout_ho
 
 
 def test_an_invalid_guardrail_metric_fails_at_start(rollout_home: Path) -> None:
-    bad = make_settings(rollout_home, guardrail_metrics={"cpu": {"margin": 0.1}})
+    bad = make_settings(rollout_home, guardrail_metrics={"basket": {"better": "higher"}})
     with (
-        pytest.raises(ValueError, match="unknown guardrail metric 'cpu'"),
+        pytest.raises(ValueError, match="guardrail metric 'basket' takes a margin"),
         TestClient(create_app(bad)),
     ):
         pass
@@ -182,3 +198,32 @@ def test_two_replicas_count_every_prediction_and_failure_in_the_shared_store(
     assert all(sum(latency[arm].values()) == n for arm, n in attempts.items() if n)
     # The failed rows were the policy's draws of the broken arm: the SRM counts them there.
     assert stats[broken].assigned == attempts[broken]
+
+
+def test_a_business_metric_reported_with_feedback_guards_the_promotion(
+    rollout_home: Path,
+) -> None:
+    rule = {"min_outcomes": 200, "draws": 2000}
+    metrics = {
+        "error_rate": {"margin": 0.01},
+        "basket": {"margin": 0.1, "better": "higher"},
+    }
+    settings = make_settings(rollout_home, decision_params=rule, guardrail_metrics=metrics)
+    with TestClient(create_app(settings)) as client:
+        # Through the route: the value is counted under the arm that served the request.
+        answer = client.post("/predict", json={"features": FEATURES}).json()
+        body = {"request_id": answer["request_id"], "reward": 1.0, "metrics": {"basket": 42.5}}
+        assert client.post("/feedback", json=body).status_code == 200
+        stored = client.app.state.service.store.read_metrics()["basket"][answer["arm"]]
+        assert stored == (1, 42.5, 42.5**2)
+        bad = {"request_id": answer["request_id"], "reward": 1.0, "metrics": {"basket": "big"}}
+        assert client.post("/feedback", json=bad).status_code == 422
+        _seed(client, "v1", 4000, 200, basket=10.0)  # the champion: 5 %, baskets of 10
+        _seed(client, "v2", 4000, 600, basket=9.5)  # 15 %, but baskets half a unit smaller
+        _seed(client, "v3", 4000, 200, basket=10.0)
+        recs = _decide(client)
+        assert recs["v2"]["action"] == "keep", recs
+        assert recs["v2"]["reason"].startswith("keep v2: basket not shown within 0.1")
+        verdict = client.get("/arms").json()["decisions"]["guardrails"]["v2"]["basket"]
+        assert verdict["verdict"] == "fail" and verdict["better"] == "higher"
+        assert verdict["challenger"] == pytest.approx(9.5, abs=0.05)
