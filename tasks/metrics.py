@@ -283,24 +283,16 @@ for _name, _fn, _direction, _needs_proba, _tasks in (
 
 
 def row_terms(metric: str, y_true: Any, proba: Any, *, classes: Any) -> np.ndarray | None:
-    """Return per-row terms whose mean is ``metric`` (log loss, Brier), else None.
-
-    For a paired bootstrap of two models' difference (tasks/gate_stats.py): resampling the
-    rows' terms costs microseconds where re-scoring each resample costs sklearn's input
-    checks. ROC AUC and the others are not means over rows: None. Same clipping as sklearn.
-    """
+    """Per-row terms whose mean is ``metric`` (log loss, Brier; else None), sklearn's clip."""
     if metric not in ("log_loss", "brier") or classes is None:
         return None
-    import pandas as pd
-
     y, out, labels = np.asarray(y_true), np.asarray(proba), np.asarray(classes)
     if metric == "brier":
         return np.asarray((_positive(y, labels) - out[:, 1].astype(np.float64)) ** 2)
     eps = np.finfo(out.dtype).eps if np.issubdtype(out.dtype, np.floating) else 1e-15
-    clipped = np.clip(out, eps, 1 - eps)
-    clipped = clipped / clipped.sum(axis=1, keepdims=True)
-    column = pd.Index(labels).get_indexer(y)
-    return np.asarray(-np.log(clipped[np.arange(len(y)), column]), dtype=np.float64)
+    clipped = np.clip(out, eps, 1 - eps)  # classes_ are sorted: searchsorted finds y's column
+    picked = clipped[np.arange(len(y)), np.searchsorted(labels, y)] / clipped.sum(axis=1)
+    return np.asarray(-np.log(picked), dtype=np.float64)
 
 
 # --- timing -------------------------------------------------------------------------------
