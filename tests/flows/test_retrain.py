@@ -40,6 +40,7 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     from flows.register import register
     from flows.retrain import retrain
     from tasks.datagen import GeneratorConfig, generate, labelled_sessions
+    from tasks.register import load_study_spec
     from tasks.study import load_study_result
 
     config = GeneratorConfig(
@@ -57,13 +58,23 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     [outcome] = retrain(start=DRIFT_AT, end=config.end, model="wsdemo", warm_start_top=2)
     assert outcome["status"] == "retrained", outcome
     assert set(outcome["drifted_features"]) >= {"discount_rate_7d"}
+    # The family screen ran on the retrain's rows and the study searched its winner
+    # (listed first); the champion's best points compete in it with its family.
+    screen = outcome["detail"].split("family screen (log_loss as a loss, cross-validated): ")[1]
+    assert screen.split(" ")[0] == outcome["family"]
+    assert {"logistic_regression", "logistic_regression_power"} <= set(screen.split(" ")[::2])
     expected = [dict(t.params) for t in first.top[:2]]
-    assert outcome["warm_start"] == expected
+    if outcome["family"] == "logistic_regression":  # kept: its best points, re-ranked
+        assert sorted(p["C"] for p in outcome["warm_start"]) == sorted(p["C"] for p in expected)
+    else:  # another family: it starts from its library defaults, the study's first trial
+        assert outcome["warm_start"] == []
     again = load_study_result(outcome["new_study"], settings)
     by_id = sorted(again.top, key=lambda t: int(t.trial_id))
+    searched = load_study_spec(again.parent_run_id, settings)
+    assert searched.model.family == outcome["family"]
     # The warm-start points are enqueued first (after the library defaults, when on).
     firsts = [t.params for t in by_id if t.role == "warm_start"]
-    assert [p["C"] for p in firsts] == pytest.approx([p["C"] for p in expected])
+    assert [p["C"] for p in firsts] == pytest.approx([p["C"] for p in outcome["warm_start"]])
     assert outcome["registered"], "the retrain registered no candidate"
 
 
@@ -149,7 +160,9 @@ def test_every_serving_arm_is_checked_and_a_signal_retrains_once(settings, prefe
         model="arms", start=DRIFT_AT, end=config.end, reason="banditflow.drift.detected"
     )
     assert signalled["status"] == "retrained", signalled
-    assert signalled["new_study"] == plan.spec.name and signalled["warm_start"]
+    assert (
+        signalled["new_study"] == plan.spec.name and signalled["family"] == plan.spec.model.family
+    )
     assert signalled["arms"] == {}  # no check ran
     # ... and a second look at the same window starts nothing and emits nothing.
     again = check_model("arms", DRIFT_AT, config.end, settings=settings, warm_start_top=2)
