@@ -97,3 +97,20 @@ def test_make_up_status_down_leaves_no_process_behind(tmp_path: Path) -> None:
     assert processes_with(str(home)) == []
     after = make("status", env)
     assert after.returncode == 0 and "not running" in after.stdout
+
+
+def test_make_up_refuses_an_unknown_profile_before_starting_anything(tmp_path: Path) -> None:
+    home = tmp_path / "stack-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"BANDITFLOW_HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
+    done = subprocess.run(
+        ["make", "-o", "install", "up", "PROFILE=huge"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "unknown profile 'huge'; known: local, scaled" in done.stderr, done.stderr
+    assert not stack_file(home).exists() and processes_with(str(home)) == []
