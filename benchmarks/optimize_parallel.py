@@ -5,6 +5,9 @@ runs with q=1 and q=2 on each runner (threads; Prefect's ProcessPoolTaskRunner; 
 prefect-dask; and ``processes``: Prefect tasks on threads handing the work to a warm process
 pool). Target: q=2 at most 0.6x the wall time of q=1 with the best runner. ``bare-pool``
 (``--runners bare-pool,...``) is the control: the same trials on the warm pool alone.
+``dask-cluster`` is a real cluster: ``dask scheduler`` and two ``dask worker`` processes,
+each started in its own folder (the scaled profile's layout), the study's data and family
+sent to them by the Dask runner's worker plugin.
 
 Needs a real Prefect server (the ephemeral API starts one per worker process): the script
 starts ``prefect server start`` on a free port unless PREFECT_API_URL is already set.
@@ -27,6 +30,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -102,6 +106,68 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def dask_cluster(work: Path, workers: int = 2) -> Iterator[str]:
+    """Start a scheduler and ``workers`` single-threaded workers, each in its own folder."""
+    from distributed import Client
+
+    port, bin_dir = free_port(), Path(sys.executable).parent
+    address = f"tcp://127.0.0.1:{port}"
+    cmds = [["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]]
+    cmds += [
+        ["worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"]
+        + ["--name", f"w{i}", "--local-directory", str(work / f"dask-worker-{i}")]
+        for i in range(1, workers + 1)
+    ]
+    procs = []
+    for cmd in cmds:
+        folder = work / (cmd[cmd.index("--name") + 1] if "--name" in cmd else "scheduler")
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "log", "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [str(bin_dir / "dask"), *cmd],
+                    cwd=folder,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def use_dask_address(address: str) -> None:
+    """Point the settings' ``dask_address`` at ``address`` (empty: a LocalCluster per study)."""
+    from tasks.settings import get_settings
+
+    os.environ["BANDITFLOW_DASK_ADDRESS"] = address
+    get_settings.cache_clear()
+
+
+def run_one(runner: str, spec: Any, q: int, trials: int, work: Path) -> float:
+    """Run the study on ``runner``; return its wall seconds (a cluster's start not counted)."""
+    from flows.optimize import optimize
+
+    with contextlib.ExitStack() as stack:
+        if runner == "dask-cluster":
+            use_dask_address(stack.enter_context(dask_cluster(work / f"cluster-q{q}")))
+            stack.callback(use_dask_address, "")
+        t0 = time.perf_counter()
+        if runner == "bare-pool":
+            bare_pool(spec, q)
+        else:
+            kind = "dask" if runner == "dask-cluster" else runner
+            result = optimize(spec, runner=kind)
+            assert result.n_completed == trials, result
+        return time.perf_counter() - t0
 
 
 def write_data(path: Path, n: int = 3000, features: int = 20, seed: int = 0) -> Path:
@@ -215,13 +281,7 @@ def main() -> None:
                     q=q,
                     n_estimators=n_estimators,
                 )
-                t0 = time.perf_counter()
-                if runner == "bare-pool":
-                    bare_pool(spec, q)
-                else:
-                    result = optimize(spec, runner=runner)
-                    assert result.n_completed == args.trials, result
-                walls[q] = time.perf_counter() - t0
+                walls[q] = run_one(runner, spec, q, args.trials, work)
                 print(f"{runner:18s} q={q}: {walls[q]:6.1f} s")
             rows.append(
                 {
