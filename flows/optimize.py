@@ -6,10 +6,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from tasks.data import StudyData, load_study_data
-from tasks.evaluate import EvalConfig, TrialOutcome
+from tasks.evaluate import EvalConfig
 from tasks.executors import TrialExecutor, run_trial
 from tasks.settings import get_settings
 from tasks.spec import StudySpec
@@ -79,21 +78,32 @@ def run_trials(study: Study, spec: StudySpec, data: StudyData, settings: Any, ki
     config = EvalConfig.from_spec(spec)
     data_path = str(settings.studies_dir / f"{spec.name}.data.pkl")
     with TrialExecutor(
-        kind, data, q=spec.q, data_path=data_path, dask_address=settings.dask_address
+        kind,
+        data,
+        q=spec.q,
+        data_path=data_path,
+        dask_address=settings.dask_address,
+        on_start=study.writer.release,
     ) as executor:
+        # Trial runs reach MLflow while the next trial evaluates, not between two trials.
+        study.writer.hold = executor.channel is not None
         in_flight: dict[Any, Any] = {}
         while True:
             # Keep q trials in flight: when one finishes, ask for one more.
             for trial in study.ask(spec.q - len(in_flight)):
                 future = executor.submit(
-                    evaluate, config, trial.id, trial.params, study.prune_threshold()
+                    evaluate,
+                    config,
+                    trial.id,
+                    trial.params,
+                    study.prune_threshold(),
+                    study.pruner_for(trial),
                 )
                 in_flight[future] = trial
             if not in_flight:
                 break
-            finished = next(as_completed(list(in_flight)))
+            finished, outcome = executor.wait_next(in_flight)
             trial = in_flight.pop(finished)
-            outcome = _outcome(finished, trial)
             record = study.tell(trial, outcome)
             logger.info("trial %s %s %s", trial.id, record.status, _short(record.values, spec))
 
@@ -123,16 +133,6 @@ def report_failed_trials(study: str, records: list[Any]) -> str | None:
         description="trials that failed (skipped by the study)",
     )
     return text
-
-
-def _outcome(future: Any, trial: Any) -> TrialOutcome:
-    """Return the trial's outcome; a task that crashed (not a failed trial) becomes failed."""
-    try:
-        return future.result()
-    except Exception as exc:  # noqa: BLE001 - e.g. a Dask worker lost: the study goes on
-        return TrialOutcome(
-            trial.params, "failed", reason=f"task crashed: {exc!r}", trial_id=trial.id
-        )
 
 
 def _short(values: dict[str, float], spec: StudySpec) -> str:

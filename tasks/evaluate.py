@@ -27,6 +27,7 @@ from tasks.metrics import (
     serialized_bytes,
     single_row_latency_ms,
 )
+from tasks.pruners import RungSchedule, schedule_for
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 # Measured on every trial besides the task's metrics (not objectives: bookkeeping).
 TIMING_METRICS = ("fit_seconds", "eval_seconds", "cpu_seconds")
+FIDELITY_FRACTION = "fidelity_fraction"  # of a pruned trial: the share of fidelity it used
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class EvalConfig:
     seed: int = 0
     timeout_seconds: float | None = None
     prune_after_folds: int | None = None
+    # asha / hyperband: where a trial reports to its pruner (tasks/pruners.py)
+    fidelity: RungSchedule | None = None
 
     @classmethod
     def from_spec(cls, spec: StudySpec) -> EvalConfig:
@@ -68,7 +72,8 @@ class EvalConfig:
             latency_calls=spec.evaluation.latency_calls,
             seed=spec.seed,
             timeout_seconds=spec.budget.trial_timeout_seconds,
-            prune_after_folds=pruning.after_folds if pruning else None,
+            prune_after_folds=pruning.after_folds if pruning and pruning.rule == "median" else None,
+            fidelity=schedule_for(spec),
         )
 
     @property
@@ -109,11 +114,14 @@ def evaluate_trial(
     *,
     prune_threshold: float | None = None,
     trial_id: str | None = None,
+    pruner: Any = None,
 ) -> TrialOutcome:
     """Cross-validate ``params`` on the training rows; never raise into the flow.
 
     ``prune_threshold`` is the median running score of completed trials after
     ``budget.pruning.after_folds`` folds: a trial worse than it there stops (``pruned``).
+    ``pruner`` (a ``tasks.pruners.RungPruner``) takes the score at each rung of
+    ``config.fidelity`` instead, and says whether the trial stops there.
     """
     config = (
         spec_or_parts
@@ -125,7 +133,7 @@ def evaluate_trial(
         with warnings.catch_warnings():
             # Convergence and similar warnings are a trial's business, not the log's.
             warnings.simplefilter("ignore")
-            outcome = _evaluate(config, dict(params), data, prune_threshold, started)
+            outcome = _evaluate(config, dict(params), data, prune_threshold, started, pruner)
     except TrialTimeout as exc:
         outcome = TrialOutcome(dict(params), "failed", reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - a failed trial is a result, never a crash
@@ -157,6 +165,7 @@ def _evaluate(
     data: StudyData,
     prune_threshold: float | None,
     started: float,
+    pruner: Any = None,
 ) -> TrialOutcome:
     from sklearn.base import clone
 
@@ -173,6 +182,11 @@ def _evaluate(
     splits = _splits(config, data)
     metric_names = [m for m in metrics_for(config.task) if m not in SYSTEM_METRICS]  # type: ignore[arg-type]
     folds = _Folds({m: [] for m in metric_names})
+    rungs = config.fidelity if pruner is not None else None
+    if rungs is not None and rungs.kind != "folds":
+        from tasks.fidelity import evaluate_rungs
+
+        return evaluate_rungs(config, params, data, pipeline, splits, pruner, folds, started)
     fitted = None
     for fold, (train_idx, valid_idx) in enumerate(splits, start=1):
         fold_started = time.perf_counter()
@@ -186,6 +200,8 @@ def _evaluate(
         folds.fold_seconds.append(time.perf_counter() - fold_started)
         elapsed = time.perf_counter() - started
         stop = _stop_early(config, params, folds, fold, len(splits), prune_threshold)
+        if stop is None and rungs is not None and fold < len(splits):
+            stop = _rung_stop(params, folds, fold, len(splits), pruner, config)
         if stop is not None:
             return stop
         if config.timeout_seconds is not None and elapsed > config.timeout_seconds:
@@ -238,6 +254,28 @@ def _stop_early(
         running_scores=folds.running,
         folds_done=fold,
         # The folds not run, at this trial's own pace (+ the latency measurement).
+        compute_saved_seconds=(n_folds - fold) * float(np.mean(folds.fold_seconds)),
+    )
+
+
+def _rung_stop(
+    params: dict[str, Any], folds: _Folds, fold: int, n_folds: int, pruner: Any, config: EvalConfig
+) -> TrialOutcome | None:
+    """The folds fidelity: the running CV mean after ``fold`` folds goes to the pruner."""
+    if not pruner.should_prune(fold, folds.running[-1]):
+        return None
+    metric = config.pruning_metric[0]  # type: ignore[index]
+    return TrialOutcome(
+        params,
+        "pruned",
+        values={
+            metric: folds.running[-1],
+            "fit_seconds": float(np.mean(folds.fit_seconds)),
+            FIDELITY_FRACTION: fold / n_folds,
+        },
+        reason=f"{pruner.rule}: {metric}={folds.running[-1]:.4g} after {fold} of {n_folds} folds",
+        running_scores=folds.running,
+        folds_done=fold,
         compute_saved_seconds=(n_folds - fold) * float(np.mean(folds.fold_seconds)),
     )
 

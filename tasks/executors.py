@@ -7,10 +7,12 @@ registers the model families from their entry points when it starts.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+import queue
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tasks.evaluate import EvalConfig, TrialOutcome, evaluate_trial
+from tasks.trial_channel import TrialChannel, outcome_of
 
 if TYPE_CHECKING:
     from tasks.data import StudyData
@@ -101,11 +103,15 @@ def _init_worker(payload: bytes, parent_path: list[str]) -> None:
 
 
 def _evaluate_in_worker(
-    config: EvalConfig, params: dict[str, Any], trial_id: str | None, threshold: float | None
+    config: EvalConfig,
+    params: dict[str, Any],
+    trial_id: str | None,
+    threshold: float | None,
+    pruner: Any = None,
 ) -> TrialOutcome:
     assert _WORKER_DATA is not None, "worker started without data"
     return evaluate_trial(
-        config, params, _WORKER_DATA, prune_threshold=threshold, trial_id=trial_id
+        config, params, _WORKER_DATA, prune_threshold=threshold, trial_id=trial_id, pruner=pruner
     )
 
 
@@ -153,10 +159,11 @@ class TrialPool:
         *,
         trial_id: str | None = None,
         prune_threshold: float | None = None,
+        pruner: Any = None,
     ) -> TrialOutcome:
         """Evaluate in a worker process; a crashed worker comes back as a failed trial."""
         future = self._pool.submit(
-            _evaluate_in_worker, config, dict(params), trial_id, prune_threshold
+            _evaluate_in_worker, config, dict(params), trial_id, prune_threshold, pruner
         )
         try:
             return future.result()
@@ -197,11 +204,23 @@ class TrialExecutor:
     """
 
     def __init__(
-        self, kind: str, data: StudyData, *, q: int, data_path: str, dask_address: str = ""
+        self,
+        kind: str,
+        data: StudyData,
+        *,
+        q: int,
+        data_path: str,
+        dask_address: str = "",
+        on_start: Callable[[], None] | None = None,
     ):
         if kind not in RUNNERS:
             raise ValueError(f"task runner must be one of {RUNNERS}, got {kind!r}")
         self.kind = kind
+        # Threads and the warm pool run ``run_trial`` in this process: it hands the outcome
+        # straight to the loop, which tells and asks while Prefect records the task's end.
+        self._done: queue.Queue[tuple[str, TrialOutcome | None]] = queue.Queue()
+        direct = kind in ("threads", "processes")
+        self.channel = TrialChannel(self._done, on_start) if direct else None
         self.data = DataRef(data)
         self.pool: TrialPool | None = None
         self._study_data, self._plugin = data, ""
@@ -238,7 +257,9 @@ class TrialExecutor:
                     "dashboard_address": None,
                 }
             )
-        return ThreadPoolTaskRunner(max_workers=q)
+        # q threads evaluate; q more let the next trials start while the finished ones'
+        # task runs are still being recorded (their outcome has already reached the loop).
+        return ThreadPoolTaskRunner(max_workers=2 * q)
 
     def __enter__(self) -> TrialExecutor:
         self.task_runner.__enter__()
@@ -262,6 +283,7 @@ class TrialExecutor:
         trial_id: str,
         params: dict[str, Any],
         prune_threshold: float | None,
+        pruner: Any = None,
     ) -> Any:
         """Start one trial as a Prefect task run; return its future."""
         if self.kind == "dask" and not self._plugin:
@@ -270,7 +292,7 @@ class TrialExecutor:
             assert self.data.key is not None
             client = self.task_runner.client
             self._plugin = ship_study(client, self.data.key, self._study_data, config.family)
-        return self.task_runner.submit(
+        future = self.task_runner.submit(
             task,
             parameters={
                 "config": config,
@@ -279,8 +301,32 @@ class TrialExecutor:
                 "data": self.data,
                 "prune_threshold": prune_threshold,
                 "pool": self.pool,
+                "pruner": pruner,
+                "channel": self.channel,
             },
         )
+        if self.channel is not None:  # a task that ends without an outcome (crashed) too
+            future.add_done_callback(lambda _, tid=trial_id: self._done.put((tid, None)))
+        return future
+
+    def wait_next(self, in_flight: dict[Any, Any]) -> tuple[Any, TrialOutcome]:
+        """Return the next finished future of ``in_flight`` (future -> trial) and its outcome.
+
+        In this process the outcome comes through the channel as soon as the evaluation
+        returns; elsewhere (Dask, Prefect's processes) when Prefect's future resolves.
+        """
+        if self.channel is None:
+            from prefect.futures import as_completed
+
+            finished = next(as_completed(list(in_flight)))
+            return finished, outcome_of(finished, in_flight[finished])
+        by_id = {trial.id: future for future, trial in in_flight.items()}
+        while True:
+            trial_id, outcome = self._done.get()
+            future = by_id.get(trial_id)
+            if future is None:  # the task's end, after its outcome was taken
+                continue
+            return future, outcome if outcome is not None else outcome_of(future, in_flight[future])
 
 
 def run_trial(
@@ -290,10 +336,25 @@ def run_trial(
     data: DataRef,
     prune_threshold: float | None = None,
     pool: TrialPool | None = None,
+    pruner: Any = None,
+    channel: TrialChannel | None = None,
 ) -> TrialOutcome:
     """Evaluate one trial where the executor says: a warm pool, or right here."""
+    if channel is not None:
+        channel.started()
     if pool is not None:
-        return pool.run(config, params, trial_id=trial_id, prune_threshold=prune_threshold)
-    return evaluate_trial(
-        config, params, data.get(), prune_threshold=prune_threshold, trial_id=trial_id
-    )
+        outcome = pool.run(
+            config, params, trial_id=trial_id, prune_threshold=prune_threshold, pruner=pruner
+        )
+    else:
+        outcome = evaluate_trial(
+            config,
+            params,
+            data.get(),
+            prune_threshold=prune_threshold,
+            trial_id=trial_id,
+            pruner=pruner,
+        )
+    if channel is not None:
+        channel.finished(trial_id, outcome)
+    return outcome

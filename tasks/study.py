@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tasks.settings import PipelineSettings, get_settings
@@ -28,6 +27,7 @@ from tasks.study_meta import (
     study_state_path,
     trials_so_far,
 )
+from tasks.study_progress import add_progress_listener, has_listeners, notify
 from tasks.study_record import (
     MlflowWriter,
     StudyNotFoundError,
@@ -38,7 +38,7 @@ from tasks.study_record import (
     log_trials_missing,
     open_parent_run,
 )
-from tasks.study_report import artifact_key, log_plots, table_artifact
+from tasks.study_report import artifact_key, log_plots, table_artifact, warm_report_imports
 from tasks.study_result import (
     COMPUTE_SAVED,
     CPU_SECONDS,
@@ -53,6 +53,7 @@ from tasks.study_result import (
 if TYPE_CHECKING:
     from tasks.evaluate import TrialOutcome
     from tasks.optimizers import Optimizer, Trial
+    from tasks.pruners import RungOracle, RungPruner
     from tasks.spec import StudySpec
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "StudyStateError",
     "TrialRecord",
     "add_progress_listener",
+    "notify",
     "check_resume",
     "artifact_key",
     "child_runs",
@@ -71,31 +73,6 @@ __all__ = [
     "study_state_path",
     "trials_so_far",
 ]
-
-
-# --- progress listeners (the CLI's progress bar) ------------------------------------------
-ProgressListener = Callable[[dict[str, Any]], None]
-_LISTENERS: list[tuple[ProgressListener, bool]] = []
-
-
-def add_progress_listener(
-    listener: ProgressListener, *, phases: bool = False
-) -> Callable[[], None]:
-    """Call ``listener(event)`` after every tell (and at each phase with ``phases=True``).
-
-    A tell event has ``record``, ``finished``, ``best``; a phase event only ``phase``.
-    Return a function that removes the listener.
-    """
-    entry = (listener, phases)
-    _LISTENERS.append(entry)
-    return lambda: _LISTENERS.remove(entry) if entry in _LISTENERS else None
-
-
-def notify(event: dict[str, Any]) -> None:
-    """Send ``event`` to the listeners: a phase (no ``record``) only to those that asked."""
-    for listener, phases in list(_LISTENERS):
-        if phases or "record" in event:
-            listener(event)
 
 
 class Study:
@@ -115,6 +92,10 @@ class Study:
         self._suggest_seconds: dict[str, float] = {}
         self.meta = StudyMeta.load(meta_path(self.state_path))
         self.optimizer = self._open_optimizer()
+        from tasks.evaluate import EvalConfig
+
+        self._metric = EvalConfig.from_spec(spec).pruning_metric  # measured per fold / rung
+        self.rungs = self._open_rungs()
         self.client, self.experiment_id, self.parent_run_id = open_parent_run(
             spec, self.settings, resume=self.resumed
         )
@@ -186,6 +167,15 @@ class Study:
         self.meta = meta
         optimizer.save(self.state_path)
         return optimizer
+
+    def _open_rungs(self) -> RungOracle | None:
+        """ASHA / Hyperband: Optuna's pruner beside the optimizer (tasks/pruners.py)."""
+        from tasks.pruners import RUNG_RULES, RungOracle
+
+        pruning = self.spec.budget.pruning
+        if pruning is None or pruning.rule not in RUNG_RULES or self._metric is None:
+            return None
+        return RungOracle(self.spec, self.state_path, self._metric[1])
 
     # -- the loop's questions ----------------------------------------------------------------
     def role(self, trial_id: str) -> str:
@@ -261,19 +251,24 @@ class Study:
     def prune_threshold(self) -> float | None:
         """Return the median running score at the pruning fold, once enough trials finished."""
         pruning = self.spec.budget.pruning
-        if pruning is None or len(self._prune_scores) < pruning.min_trials:
+        if pruning is None or pruning.rule != "median":
+            return None
+        if len(self._prune_scores) < pruning.min_trials:
             return None
         return float(statistics.median(self._prune_scores.values()))
 
+    def pruner_for(self, trial: Trial) -> RungPruner | None:
+        """Return the trial's line to the ASHA / Hyperband pruner (None: another rule)."""
+        return self.rungs.handle(trial.id) if self.rungs is not None else None
+
     def tell(self, trial: Trial, outcome: TrialOutcome) -> TrialRecord:
         """Record an outcome: optimizer, state file, then MLflow in the background."""
-        from tasks.evaluate import EvalConfig
-
         self._in_flight.discard(trial.id)
         values = dict(outcome.values)
         pruning = self.spec.budget.pruning
         if (
             pruning
+            and pruning.rule == "median"
             and outcome.status == "completed"
             and len(outcome.running_scores) >= pruning.after_folds
         ):
@@ -286,6 +281,8 @@ class Study:
             values[SUGGEST_SECONDS] = self._suggest_seconds.pop(trial.id)
         result = self.optimizer.tell(trial.id, values, status=outcome.status, reason=outcome.reason)
         self.optimizer.save(self.state_path)
+        if self.rungs is not None and self._metric is not None:
+            self.rungs.tell(trial.id, result.status, result.values.get(self._metric[0]))
         record = TrialRecord(
             trial_id=trial.id,
             params=trial.params,
@@ -294,18 +291,19 @@ class Study:
             reason=result.reason,
             role=self.role(trial.id),
         )
-        metric = EvalConfig.from_spec(self.spec).pruning_metric
         self.writer.log_trial(
             record,
             seed=self.spec.seed,
             running=outcome.running_scores,
-            metric=metric[0] if metric else None,
+            metric=self._metric[0] if self._metric else None,
         )
+        if self.n_finished == 1:  # the end's plots import while the next trials run
+            self.writer.run(warm_report_imports)
         self._notify(record)
         return record
 
     def _notify(self, record: TrialRecord) -> None:
-        if not _LISTENERS:
+        if not has_listeners():
             return
         notify(
             {

@@ -18,6 +18,16 @@ def artifact_key(text: str) -> str:
     return re.sub(r"-{2,}", "-", key) or "study"
 
 
+def warm_report_imports() -> None:
+    """Import what the end's plots need (matplotlib, permutation importance), ahead of time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.inspection  # noqa: F401
+
+
 def log_plots(client: MlflowClient, result: StudyResult, records: Sequence[TrialRecord]) -> None:
     """Log the optimization history (and the Pareto front of the first two objectives)."""
     import matplotlib

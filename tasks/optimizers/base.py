@@ -257,7 +257,17 @@ class Optimizer(ABC):
             "options": self.options,
             "next_id": self._next_id,
             "queue": self._queue,
-            "history": [r.to_dict() for r in self._history.values()],
+            # Plain dicts, not ``asdict`` (a deep copy of every value, 6 of 7 ms at 40 trials).
+            "history": [
+                {
+                    "id": r.id,
+                    "params": r.params,
+                    "status": r.status,
+                    "values": r.values,
+                    "reason": r.reason,
+                }
+                for r in self._history.values()
+            ],
             "backend_state": self._backend_state(),
         }
         text = json.dumps(state, default=_json_default)

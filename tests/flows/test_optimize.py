@@ -303,3 +303,35 @@ def test_cli_trials_means_more_trials_shows_phases_and_refuses_a_changed_spec(
     refused = CliRunner().invoke(app, ["optimize", str(path), "--trials", "1"])
     assert refused.exit_code == 2
     assert "evaluation.folds (3 -> 4)" in " ".join(refused.output.split())
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_flow_with_asha_in_the_warm_pool_prunes_and_logs_killed_runs(
+    prefect_harness, flow_settings, tmp_path
+) -> None:
+    """Pool workers report every rung to the study's journal; Optuna's ASHA cuts trials."""
+    import optuna
+
+    from flows.optimize import optimize
+
+    spec = make_spec(
+        write_data(tmp_path / "d.csv", n=400),
+        name="ashaflow",
+        model={"family": "random_forest"},
+        budget={"max_trials": 8, "pruning": {"rule": "asha"}},
+    )
+    result = optimize(spec, runner="processes")
+    assert result.n_trials == 8 and result.n_pruned >= 1
+    assert result.n_completed + result.n_pruned == 8
+    _, _, children = child_runs(flow_settings, "ashaflow")
+    assert sorted(c.info.status for c in children).count("KILLED") == result.n_pruned
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(
+            str(flow_settings.studies_dir / "ashaflow.pruner.log")
+        )
+    )
+    trials = optuna.load_study(study_name="ashaflow", storage=journal).trials
+    states = sorted(t.state.name for t in trials)
+    assert states.count("PRUNED") == result.n_pruned and "RUNNING" not in states
+    assert all(t.intermediate_values for t in trials)  # reported from the worker processes
