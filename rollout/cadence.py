@@ -51,6 +51,10 @@ def counted(svc: RolloutService) -> bool:
 def begin(svc: RolloutService) -> Cadence:
     """Start the counter at the outcomes already stored (call once the state is loaded)."""
     c = _CADENCE[svc] = Cadence(count=sum(int(s.outcomes) for s in svc.stats.values()))
+    if counted(svc) and getattr(svc.policy, "choose_in_segment", None) is not None:
+        from rollout.segments import load_segments
+
+        load_segments(svc)  # a contextual policy's first draws wait for no background read
     return c
 
 

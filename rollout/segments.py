@@ -170,14 +170,22 @@ def _routing(svc: RolloutService) -> _SegmentRouting:
 
 async def refresh_segments(svc: RolloutService) -> None:
     """Re-read the per-segment statistics (a worker thread); routing then draws anew."""
+    try:
+        await asyncio.to_thread(load_segments, svc)
+    finally:
+        _ROUTING[svc].loading = False
+
+
+def load_segments(svc: RolloutService) -> None:
+    """Read the per-segment statistics now (blocking): routing then draws anew."""
     state = _ROUTING.get(svc)
     if state is None:
         state = _ROUTING[svc] = _SegmentRouting()
     try:
-        state.stats = await asyncio.to_thread(svc.store.read_segment_stats)
+        state.stats = svc.store.read_segment_stats()
         state.draws, state.allocation = {}, {}
     finally:
-        state.loaded_at, state.loading = svc.clock(), False
+        state.loaded_at = svc.clock()
 
 
 def contextual_choice(
