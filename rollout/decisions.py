@@ -35,6 +35,7 @@ from rollout.multimetric import verdict as guardrail_verdict
 from rollout.policies import ArmStats
 from rollout.schemas import Recommendation
 from rollout.srm import SampleRatioTest
+from rollout.store_health import quantile_ms
 from rollout.watch import ChampionWatch, RewardWatch
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Watches:
     srm_reason: str | None = None
     degraded: str | None = None
     guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)  # last run's verdicts
+    p99_ms: dict[str, float | None] = field(default_factory=dict)  # from each arm's histogram
     applied: list[dict[str, Any]] = field(default_factory=list)  # what runs did, at which count
 
 
@@ -149,6 +151,7 @@ async def _judge_challengers(
             lambda: (svc.store.read_latency(), svc.store.read_metrics())
         )
         made = {a: (int(s.attempts), int(s.errors)) for a, s in svc.stats.items()}
+        w.p99_ms = {a: quantile_ms(latency.get(a, {}), 0.99) for a in [champion, *challengers]}
         per_metric = live_stats(w.metrics, made, latency, reported)
         blocker = guardrail_blocker(w.metrics, per_metric, champion, svc.rule, len(challengers))
         bar = log_promotion_bar(svc.rule, len(challengers))
@@ -303,6 +306,7 @@ def status(svc: RolloutService) -> dict[str, Any]:
                 m.name: {"margin": m.margin, "threshold_ms": m.threshold_ms} for m in w.metrics
             },
             "guardrails": w.guardrails,
+            "p99_ms": w.p99_ms,
             "applied": w.applied[-50:],
             "cadence": cadence.status(svc),
             "outcomes": outcomes(svc),

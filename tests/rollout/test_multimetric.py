@@ -145,6 +145,8 @@ def test_the_service_promotes_only_when_every_guardrail_metric_passes(rollout_ho
         assert (v2["latency_p99"]["verdict"], v2["error_rate"]["verdict"]) == ("fail", "pass")
         assert (v3["latency_p99"]["verdict"], v3["error_rate"]["verdict"]) == ("pass", "fail")
         assert v2["latency_p99"]["challenger"] == pytest.approx(0.1)
+        # 10 % of v2's predictions took 600 ms: its p99 is in that bucket; v1's in the 2 ms one.
+        assert 600 < shown["p99_ms"]["v2"] < 660 and 2 < shown["p99_ms"]["v1"] < 2.2
         assert client.get("/readyz").json()["champion"] == "v1"
         # v2's later predictions are fast: 300 slow of 33,000 (0.9 %) is within the margin.
         _seed(client, "v2", 30_000, 4_500)
