@@ -108,6 +108,28 @@ def _run(client: Any, name: str, **parameters: Any) -> Any:
     return run_deployment(f"{name}/{name}", parameters=parameters, timeout=0, client=client)
 
 
+def _warm_run(stack: Stack, client: Any, name: str, out: Path, **parameters: Any) -> Any:
+    """Start a run the warm server forks; return (its flow run, the child's record).
+
+    Others editing this checkout make the server's code stale: it then sends the run to the
+    stock command and imports the checkout again. Such a run is stopped and started again
+    once the server is back (a few times at most).
+    """
+    from prefect.states import Cancelling
+
+    for _attempt in range(4):
+        _wait(lambda: socket_path(stack.home).exists(), 600, "the warm server's socket")
+        out.unlink(missing_ok=True)
+        flow_run = _run(client, name, out=str(out), **parameters)
+        record = _record(out)
+        if record["ppid"] == stack.components["warm"].pid:
+            return flow_run, record
+        if not client.read_flow_run(flow_run.id).state.is_final():
+            client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        _final(client, flow_run.id)
+    raise AssertionError("the warm server forked none of 4 runs: is its code always stale?")
+
+
 def _final(client: Any, run_id: Any, timeout: float = 300) -> Any:
     def done() -> Any:
         run = client.read_flow_run(run_id)
@@ -122,10 +144,9 @@ def _record(path: Path) -> dict[str, Any]:
 
 def test_a_run_is_forked_by_the_warm_server_and_completes(warm_stack: Any) -> None:
     stack, client, base = warm_stack
-    out = base / "ok.json"
-    run = _final(client, _run(client, "probe", out=str(out)).id)
+    flow_run, record = _warm_run(stack, client, "probe", base / "ok.json")
+    run = _final(client, flow_run.id)
     assert run.state.is_completed(), run.state
-    record = _record(out)
     assert record["ppid"] == stack.components["warm"].pid  # forked, not a fresh python
     assert record["run"] == str(run.id)  # the run's own environment reached the child
     assert "probe says hello" in (stack.home / "run" / "worker.log").read_text()
@@ -133,16 +154,16 @@ def test_a_run_is_forked_by_the_warm_server_and_completes(warm_stack: Any) -> No
 
 def test_an_exit_code_reaches_the_worker_as_a_crash(warm_stack: Any) -> None:
     stack, client, base = warm_stack
-    out = base / "crash.json"
-    run = _final(client, _run(client, "probe", out=str(out), code=3).id)
-    assert _record(out)["ppid"] == stack.components["warm"].pid
+    flow_run, _child = _warm_run(stack, client, "probe", base / "crash.json", code=3)
+    run = _final(client, flow_run.id)
     assert run.state.is_crashed(), run.state
     assert "status code: 3" in (run.state.message or ""), run.state.message
 
 
 def test_an_exception_fails_the_run(warm_stack: Any) -> None:
-    _stack, client, base = warm_stack
-    run = _final(client, _run(client, "fails", out=str(base / "fails.json")).id)
+    stack, client, base = warm_stack
+    flow_run, _child = _warm_run(stack, client, "fails", base / "fails.json")
+    run = _final(client, flow_run.id)
     assert run.state.is_failed(), run.state
 
 
@@ -150,10 +171,8 @@ def test_cancelling_a_run_stops_its_process(warm_stack: Any) -> None:
     from prefect.states import Cancelling
 
     stack, client, base = warm_stack
-    out = base / "cancel.json"
-    flow_run = _run(client, "waits", out=str(out), release=str(base / "never"))
-    child = _record(out)
-    assert child["ppid"] == stack.components["warm"].pid
+    never = str(base / "never")
+    flow_run, child = _warm_run(stack, client, "waits", base / "cancel.json", release=never)
     client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
     run = _final(client, flow_run.id)
     assert run.state.is_cancelled(), run.state
@@ -162,15 +181,38 @@ def test_cancelling_a_run_stops_its_process(warm_stack: Any) -> None:
 
 def test_killing_the_launcher_kills_its_child(warm_stack: Any) -> None:
     stack, client, base = warm_stack
-    out = base / "kill.json"
-    flow_run = _run(client, "waits", out=str(out), release=str(base / "never"))
-    child = _record(out)
+    never = str(base / "never")
+    flow_run, child = _warm_run(stack, client, "waits", base / "kill.json", release=never)
     pid = _wait(lambda: client.read_flow_run(flow_run.id).infrastructure_pid, 60, "its pid")
     launcher = int(str(pid).rsplit(":", 1)[-1])  # the worker's child: the launcher
     assert launcher != child["pid"]
     os.kill(launcher, signal.SIGKILL)
     _wait(lambda: not _alive(child["pid"]), 60, "the orphaned child to be killed")
     assert not _final(client, flow_run.id).state.is_completed()
+
+
+def test_an_edited_module_runs_cold_until_the_server_has_imported_it_again(
+    warm_stack: Any,
+) -> None:
+    import banditflow.warm_child
+
+    stack, client, base = warm_stack
+    server, worker = stack.components["warm"], stack.components["worker"]
+    edited = Path(banditflow.warm_child.__file__)
+    os.utime(edited)  # as an edit would: the server's copy of the code is now stale
+    first = base / "edited.json"
+    assert _final(client, _run(client, "probe", out=str(first)).id).state.is_completed()
+    assert _record(first)["ppid"] == worker.pid  # the stock command: fresh code
+    # The same server (pid) imports the checkout again, then forks the next run.
+    _wait(lambda: socket_path(stack.home).exists(), 600, "the restarted server's socket")
+    flow_run, record = _warm_run(stack, client, "probe", base / "again.json")
+    assert _final(client, flow_run.id).state.is_completed()
+    assert record["ppid"] == server.pid and is_alive(server)
+    # The restarted server's children still reach the events stream (a restart that kept
+    # the imports' environment made Feast's Prometheus metrics fail every websocket).
+    log = (stack.home / "run" / "worker.log").read_text()
+    assert "failed to connect to the events stream" not in log
+    assert "Failed to emit pull-step event" not in log
 
 
 def test_without_the_server_the_launcher_runs_the_stock_command(warm_stack: Any) -> None:
