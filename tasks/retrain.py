@@ -308,7 +308,8 @@ def plan_retrain(
     if data.drop_columns != (champ.spec.data.drop_columns or []):  # every arm's features
         recent = load_recent(new_spec, settings)
     # What it learns with: the family cross-validation picks on these rows.
-    choice = choose_family(new_spec, recent, warm)
+    only = [f.strip() for f in settings.retrain_families.split(",") if f.strip()]
+    choice = choose_family(new_spec, recent, warm, only=only or None)
     new_spec, warm = with_family(new_spec, choice), choice.warm_start
     outcome.family, outcome.detail = choice.family, f"{outcome.detail}; {choice.detail()}"
     run_logger().info(

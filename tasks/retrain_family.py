@@ -15,6 +15,7 @@ like the shipped ones, and with many rows the champion's family keeps its place 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,17 +56,26 @@ class FamilyChoice:
         return f"family screen ({self.metric} as a loss, cross-validated): {text}"
 
 
-def screened_families(task: str, first: str) -> list[str]:
-    """Return ``first`` (the champion's family), then every other family for ``task``."""
+def screened_families(task: str, first: str, only: Sequence[str] | None = None) -> list[str]:
+    """Return ``first`` (the champion's family), then every other family for ``task``.
+
+    ``only``: screen these families (the ``retrain_families`` setting), not every one.
+    """
     from tasks.models import families, get_family, load_family_plugins
 
     load_family_plugins()
-    others = [f for f in families() if f != first and task in get_family(f).tasks]
+    names = list(only) if only else families()
+    others = [f for f in names if f != first and task in get_family(f).tasks]
     return [first, *others]
 
 
 def choose_family(
-    spec: StudySpec, data: Any, warm_start: list[dict[str, Any]], *, folds: int | None = None
+    spec: StudySpec,
+    data: Any,
+    warm_start: list[dict[str, Any]],
+    *,
+    folds: int | None = None,
+    only: Sequence[str] | None = None,
 ) -> FamilyChoice:
     """Return the family whose cross-validated objective is best on ``data``'s training rows.
 
@@ -83,7 +93,7 @@ def choose_family(
     if metric in SYSTEM_METRICS:
         return FamilyChoice(own, list(warm_start), metric=metric)
     scores: list[FamilyScore] = []
-    for family in screened_families(spec.task, own):
+    for family in screened_families(spec.task, own, only):
         points = [{}, *warm_start] if family == own else [{}]
         config = EvalConfig(
             family=family,

@@ -44,6 +44,9 @@ class PipelineSettings(BaseSettings):
     # The rollout service the promote-check flow reads.
     rollout_url: str = "http://127.0.0.1:8000"
     rollout_admin_token: str = ""
+    # The model families a retrain screens (comma-separated; tasks/retrain_family.py).
+    # Empty: every family registered for the task.
+    retrain_families: str = ""
 
     @property
     def data_dir(self) -> Path:

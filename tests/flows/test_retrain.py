@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,16 @@ def small_spec(name: str, path: Path) -> StudySpec:
     )
 
 
+def screened(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+    """Screen three families, not all five: the same choice logic, a third of the fits."""
+    from tasks.settings import get_settings
+
+    families = "logistic_regression,logistic_regression_power,hist_gradient_boosting"
+    monkeypatch.setenv("BANDITFLOW_RETRAIN_FAMILIES", families)  # the flow's own settings
+    monkeypatch.setattr(settings, "retrain_families", families)  # the test's
+    get_settings.cache_clear()
+
+
 @pytest.mark.slow
 def test_retrain_on_drift_starts_from_the_previous_best_points(
     settings, prefect_harness, monkeypatch: pytest.MonkeyPatch
@@ -55,6 +66,7 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     summary = register("wsdemo", spec)
     assert [v["alias"] for v in summary["versions"]] == ["champion"]
 
+    screened(monkeypatch, settings)
     [outcome] = retrain(start=DRIFT_AT, end=config.end, model="wsdemo", warm_start_top=2)
     assert outcome["status"] == "retrained", outcome
     assert set(outcome["drifted_features"]) >= {"discount_rate_7d"}
@@ -112,7 +124,9 @@ def _drift_events(model: str, timeout: float = 30.0) -> list:
 
 
 @pytest.mark.slow
-def test_every_serving_arm_is_checked_and_a_signal_retrains_once(settings, prefect_harness) -> None:
+def test_every_serving_arm_is_checked_and_a_signal_retrains_once(
+    settings, prefect_harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from contract import CHAMPION, aliases_of
     from flows.optimize import optimize
     from flows.register import register
@@ -142,6 +156,7 @@ def test_every_serving_arm_is_checked_and_a_signal_retrains_once(settings, prefe
     champion, challenger = aliases[CHAMPION], aliases.get("challenger-1")
     assert challenger is not None, aliases
 
+    screened(monkeypatch, settings)
     # The recent window is the champion's own: only the challenger's data has drifted.
     plan = check_model("arms", DRIFT_AT, config.end, settings=settings, warm_start_top=2)
     outcome = plan.outcome
