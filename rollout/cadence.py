@@ -20,6 +20,7 @@ outcome counts, on a quiet machine or a loaded one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Cadence:
     decision_runs: int = 0
 
 
+_log = logging.getLogger(__name__)
 _CADENCE: weakref.WeakKeyDictionary[Any, Cadence] = weakref.WeakKeyDictionary()
 
 
@@ -79,18 +81,30 @@ async def outcomes_acknowledged(svc: RolloutService, n: int) -> None:
         refresh = crossed(before, c.count, s.refresh_every_outcomes)
         if not (decide or refresh):
             return
-        assert svc.writer is not None
-        await svc.writer.flush()
-        if decide:
-            c.decision_runs += 1
-            await svc.run_decisions()  # re-reads the statistics first
-        else:
-            c.refreshes += 1
-            await svc.refresh_state()
-        if getattr(svc.policy, "choose_in_segment", None) is not None:
-            from rollout.segments import refresh_segments
+        try:
+            await _point(svc, c, decide=decide)
+        except Exception:
+            # The feedback is recorded whatever happens here: its answer stays a 200, and the
+            # next point the count crosses reads and decides again.
+            svc.metrics.errors.labels("cadence", "").inc()
+            _log.exception(
+                "the %s point at %d outcomes failed", "decision" if decide else "refresh", c.count
+            )
 
-            await refresh_segments(svc)  # a contextual policy's per-segment statistics too
+
+async def _point(svc: RolloutService, c: Cadence, *, decide: bool) -> None:
+    assert svc.writer is not None
+    await svc.writer.flush()
+    if decide:
+        c.decision_runs += 1
+        await svc.run_decisions()  # re-reads the statistics first
+    else:
+        c.refreshes += 1
+        await svc.refresh_state()
+    if getattr(svc.policy, "choose_in_segment", None) is not None:
+        from rollout.segments import refresh_segments
+
+        await refresh_segments(svc)  # a contextual policy's per-segment statistics too
 
 
 async def exclusive(svc: RolloutService, job: Callable[[], Awaitable[Any]]) -> Any:

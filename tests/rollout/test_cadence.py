@@ -50,6 +50,22 @@ def test_decisions_and_refreshes_run_at_outcome_counts(rollout_home: Path) -> No
     assert (cadence["decision_runs"], cadence["refreshes"]) == (2, 8)
 
 
+def test_a_failing_decision_point_leaves_the_feedback_answered(rollout_home: Path) -> None:
+    settings = make_settings(rollout_home, decide_every_outcomes=10, refresh_every_outcomes=5)
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service
+        # A table the decision point reads and this feedback never writes goes missing.
+        with service.store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE rollout_arm_metrics")
+        answers = client.post("/predict", json=[{"features": FEATURES}] * 10).json()
+        body = [{"request_id": a["request_id"], "reward": 1.0} for a in answers]
+        response = client.post("/feedback", json=body)
+        assert response.status_code == 200, response.text
+        assert [r["status"] for r in response.json()] == ["accepted"] * 10
+        assert 'rollout_errors_total{arm="",kind="cadence"} 1.0' in client.get("/metrics").text
+        assert client.get("/arms").json()["decisions"]["cadence"]["acknowledged"] == 10
+
+
 def _traffic(seed: int, batches: int, size: int) -> list[list[dict[str, Any]]]:
     """Seeded visits: features, a sticky unit for half of them, a uniform that decides."""
     gen = np.random.default_rng(seed)
