@@ -218,7 +218,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bf-multifidelity-"))
     os.environ["BANDITFLOW_HOME"] = str(work / "home")
     data_path = write_data(work / "data.csv", n=args.rows, features=20, seed=7)
-    per_seed = [one_seed(data_path, s, args.trials, args.tolerance) for s in range(args.seeds)]
+    per_seed = []
+    for seed in range(args.seeds):
+        per_seed.append(one_seed(data_path, seed, args.trials, args.tolerance))
+        print(f"seed {seed} done:", json.dumps(per_seed[-1]), flush=True)
     text = table(per_seed, args)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
