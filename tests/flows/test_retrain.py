@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,17 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     assert set(outcome["drifted_features"]) >= {"discount_rate_7d"}
     # The family screen ran on the retrain's rows and the study searched its winner
     # (listed first); the champion's best points compete in it with its family.
-    screen = outcome["detail"].split("family screen (log_loss as a loss, cross-validated): ")[1]
-    assert screen.split(" ")[0] == outcome["family"]
-    assert {"logistic_regression", "logistic_regression_power"} <= set(screen.split(" ")[::2])
+    screen = re.search(
+        r"family screen \((\w+) as a loss, cross-validated\): (.*)$", outcome["detail"]
+    )
+    assert screen is not None, outcome["detail"]
+    ranked = [item.split(" ")[0] for item in screen.group(2).split(", ")]
+    assert ranked[0] == outcome["family"] and screen.group(1) == spec.primary_objective[0]
+    assert set(ranked) == {
+        "logistic_regression",
+        "logistic_regression_power",
+        "hist_gradient_boosting",
+    }
     expected = [dict(t.params) for t in first.top[:2]]
     if outcome["family"] == "logistic_regression":  # kept: its best points, re-ranked
         assert sorted(p["C"] for p in outcome["warm_start"]) == sorted(p["C"] for p in expected)
