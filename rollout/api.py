@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from rollout import dashboard_data, reports
@@ -67,17 +69,22 @@ async def _parse(
     return await parse_body(request, adapter, max_items=n, in_thread_from=s.parse_in_thread_bytes)
 
 
-@router.post(
-    "/predict",
-    response_model=None,
-    responses={200: {"model": PredictResponse | list[PredictResponse]}, **_ERRORS},
-    tags=["rollout"],
-    openapi_extra=_body_doc(_PREDICT_BODY),
-)
+class OwnBodyRoute(APIRoute):
+    """A route whose endpoint takes the request and returns the Response itself.
+
+    FastAPI's per-request handler (dependency solving, query parsing, response validation)
+    does nothing for an endpoint that reads, bounds and validates its own body, yet cost
+    about a fifth of /predict's time; this route calls the endpoint directly (FastAPI's
+    documented ``get_route_handler`` extension point). Errors still reach the app's
+    handlers; the OpenAPI document is unchanged (``responses``, ``openapi_extra``).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint  # type: ignore[no-any-return]
+
+
 async def predict(request: Request) -> Response:
     """Score one row (or a list of rows) with the arm the policy chooses."""
-    # The service straight from the app: a ``Depends`` costs FastAPI's dependency solver
-    # about a sixth of this route's own time on every request.
     service: RolloutService = request.app.state.service
     body = await _parse(request, service, _PREDICT_BODY, MAX_PREDICT_ROWS)
     if isinstance(body, list):
@@ -85,8 +92,29 @@ async def predict(request: Request) -> Response:
     return _json((await service.predict(body)).model_dump_json().encode())
 
 
-@router.post(
+async def feedback(request: Request) -> Response:
+    """Record the outcome of an earlier prediction (a list: one status per row)."""
+    service: RolloutService = request.app.state.service
+    body = await _parse(request, service, _FEEDBACK_BODY, MAX_FEEDBACK_ROWS)
+    if isinstance(body, list):
+        return _json(_FEEDBACK_LIST.dump_json(await record_many(service, body)))
+    return _json((await record_one(service, body)).model_dump_json().encode())
+
+
+router.add_api_route(
+    "/predict",
+    predict,
+    methods=["POST"],
+    response_model=None,
+    responses={200: {"model": PredictResponse | list[PredictResponse]}, **_ERRORS},
+    tags=["rollout"],
+    openapi_extra=_body_doc(_PREDICT_BODY),
+    route_class_override=OwnBodyRoute,
+)
+router.add_api_route(
     "/feedback",
+    feedback,
+    methods=["POST"],
     response_model=None,
     responses={
         200: {"model": FeedbackResponse | list[FeedbackResponse]},
@@ -95,14 +123,8 @@ async def predict(request: Request) -> Response:
     },
     tags=["rollout"],
     openapi_extra=_body_doc(_FEEDBACK_BODY),
+    route_class_override=OwnBodyRoute,
 )
-async def feedback(request: Request) -> Response:
-    """Record the outcome of an earlier prediction (a list: one status per row)."""
-    service: RolloutService = request.app.state.service  # as in predict: no Depends
-    body = await _parse(request, service, _FEEDBACK_BODY, MAX_FEEDBACK_ROWS)
-    if isinstance(body, list):
-        return _json(_FEEDBACK_LIST.dump_json(await record_many(service, body)))
-    return _json((await record_one(service, body)).model_dump_json().encode())
 
 
 @router.get("/arms", response_model=ArmsResponse, tags=["rollout"])

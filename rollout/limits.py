@@ -31,9 +31,18 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await _send_413(send, self.limit)
+        declared = None
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                declared = value
+                break
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                await _send_413(send, self.limit)
+                return
+            # The server reads exactly Content-Length bytes (h11 and httptools refuse more),
+            # so a declared length within the limit needs no count as the body streams in.
+            await self.app(scope, receive, send)
             return
         received = 0
 

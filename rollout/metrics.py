@@ -101,6 +101,8 @@ class MetricsMiddleware:
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, status) -> its counter and histogram children: ``labels()`` once each.
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -119,5 +121,11 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(path, str(status["code"])).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            key = (path, status["code"])
+            children = self._children.get(key)
+            if children is None:
+                m = self.metrics
+                children = (m.requests.labels(path, str(key[1])), m.latency.labels(path))
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
