@@ -86,6 +86,7 @@ def plan_registration(
     """
     from tasks.data import load_study_data
     from tasks.registry import select_trials
+    from tasks.stages import with_compression_choice
     from tasks.staging import choose_for, with_choice
     from tasks.study import load_study_result
 
@@ -95,6 +96,7 @@ def plan_registration(
     trials = select_trials(spec, result.best, result.pareto, result.top)
     choice = choose_for(spec, result.pareto)
     trials = with_choice(trials, result.pareto, choice)
+    trials, choice = with_compression_choice(trials, choice, result.parent_run_id, settings)
     target = model_name or spec.registration.model_name or spec.name
     if target != spec.name:
         spec = spec.model_copy(update={"name": target})

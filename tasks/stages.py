@@ -236,9 +236,10 @@ def compression_stage(
         tolerance=cfg.tolerance,
         refit_leaves=cfg.refit_leaves,
     )
-    chosen = choose_variant(spec, found)
+    chosen, choice = choose_variant(spec, found)
     params_of = {tid: dict(c.params) for tid, c in candidates}
     summary = compression_summary(spec, found, chosen, params_of)
+    summary["choice"] = None if choice is None else {"rule": choice.rule, "score": choice.score}
     summary["run_id"] = log_stage_run(
         configure_mlflow(settings),
         result.experiment_id,
@@ -256,14 +257,14 @@ def compression_stage(
     return summary
 
 
-def choose_variant(spec: StudySpec, found: CompressionResult) -> Any:
-    """The best trade-off of the variants' Pareto set, by the spec's rule (knee if 'none')."""
+def choose_variant(spec: StudySpec, found: CompressionResult) -> tuple[Any, Any]:
+    """The best trade-off of the variants' Pareto set and the choice (knee if 'none')."""
     from tasks.selection import ScoredPoint
     from tasks.spec import ChoiceSpec
     from tasks.staging import choose
 
     if not found.pareto:
-        return None
+        return None, None
     choice = spec.registration.choice
     if choice.rule == "none":
         choice = ChoiceSpec(rule="knee")
@@ -281,8 +282,8 @@ def choose_variant(spec: StudySpec, found: CompressionResult) -> Any:
     ]
     picked = choose(points, objectives, choice)
     if picked is None:
-        return None
-    return next(v for v in found.pareto if f"{v.candidate}/{v.name}" == picked.trial_id)
+        return None, None
+    return next(v for v in found.pareto if f"{v.candidate}/{v.name}" == picked.trial_id), picked
 
 
 def variant_params(spec: StudySpec, params: Mapping[str, Any], name: str) -> dict[str, Any] | None:
@@ -340,3 +341,53 @@ def compression_summary(
         "latency_ratio": base.p95_ms / chosen.p95_ms if chosen.p95_ms > 0 else float("nan"),
     }
     return out
+
+
+# --- the compression stage's choice goes to staging -----------------------------------------
+def with_compression_choice(
+    trials: list[Any], choice: Any, parent_run_id: str | None, settings: PipelineSettings
+) -> tuple[list[Any], Any]:
+    """Add the compression stage's best trade-off to the trials; make it the staged one.
+
+    The chosen variant is registered as a trial of its own (``<trial>-<variant>``, e.g.
+    ``2-trees=16``) whose parameters rebuild it by a plain fit (:func:`variant_params`);
+    a quantized choice cannot be refit that way and leaves the registration as it was.
+    Without a compression stage run, ``trials`` and ``choice`` come back unchanged.
+    """
+    from tasks.staging import Choice
+    from tasks.study_result import TrialRecord
+    from tasks.tracking import configure_mlflow
+
+    if parent_run_id is None:
+        return trials, choice
+    client = configure_mlflow(settings)
+    parent = client.get_run(parent_run_id)
+    run = find_stage_run(client, parent.info.experiment_id, parent_run_id, COMPRESSION)
+    if run is None:
+        return trials, choice
+    import mlflow
+
+    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/compression.json"))
+    if not summary.get("chosen") or summary.get("chosen_params") is None:
+        return trials, choice
+    candidate, variant = summary["chosen"].split("/", 1)
+    row = next(
+        r for r in summary["variants"] if r["candidate"] == candidate and r["name"] == variant
+    )
+    trial_id = candidate if variant == "uncompressed" else f"{candidate}-{variant}"
+    reason = f"compression stage: {variant} of trial {candidate}, best trade-off"
+    rule = summary.get("choice") or {"rule": "knee", "score": float("nan")}
+    staged = Choice(trial_id, rule["rule"], float(rule["score"]), len(summary["pareto"]))
+    if any(str(t.trial_id) == trial_id for t in trials):
+        return trials, staged
+    record = TrialRecord(
+        trial_id=trial_id,
+        params=summary["chosen_params"],
+        values={
+            summary["metric"]: float(row["value"]),
+            "latency_ms": float(row["p95_ms"]),
+            "model_bytes": float(row["size_bytes"]),
+        },
+        reason=reason,
+    )
+    return [*trials, record], staged

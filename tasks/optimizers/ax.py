@@ -154,6 +154,10 @@ class AxOptimizer(Optimizer):
     def _suggest(self, n: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
         generated: dict[int, Any]
+        # One batch is generated before its trials join the experiment, so the Sobol node
+        # cannot see the budget run out inside it (allow_exceeding_initialization_budget):
+        # at q=4 with 5 initial points it handed out 8. Ask for what the budget has left.
+        n = min(n, self._initial_left()) or n
         try:
             with self._quiet_torch():
                 generated = self._client.get_next_trials(max_trials=n)
@@ -178,6 +182,17 @@ class AxOptimizer(Optimizer):
             points.append(self._from_ax(full))
         self.ask_seconds.append(time.perf_counter() - start)
         return points
+
+    def _initial_left(self) -> int:
+        """Sobol points still to hand out (0 once the model-based phase may start)."""
+        from ax.core.base_trial import TrialStatus
+
+        told = sum(
+            1
+            for t in self._client._experiment.trials.values()
+            if t.status not in (TrialStatus.FAILED, TrialStatus.ABANDONED)
+        )
+        return max(self.options["initialization_budget"] - told, 0)
 
     def _register(self, trial: Trial) -> None:
         self._index[trial.id] = self._client.attach_trial(self._to_ax(trial.params))
