@@ -122,7 +122,7 @@ def _study(path: str, name: str, pruner: Any, direction: str | None = None) -> A
                 _STUDIES[key] = optuna.create_study(
                     study_name=name,
                     storage=storage,
-                    direction=direction,
+                    direction="maximize" if direction == "maximize" else "minimize",
                     pruner=pruner,
                     load_if_exists=True,
                 )
