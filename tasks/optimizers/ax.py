@@ -153,11 +153,26 @@ class AxOptimizer(Optimizer):
     # -- backend hooks -------------------------------------------------------------------
     def _suggest(self, n: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
-        generated: dict[int, Any]
         # One batch is generated before its trials join the experiment, so the Sobol node
         # cannot see the budget run out inside it (allow_exceeding_initialization_budget):
-        # at q=4 with 5 initial points it handed out 8. Ask for what the budget has left.
-        n = min(n, self._initial_left()) or n
+        # at q=4 with 5 initial points it handed out 8. A batch that crosses the end of
+        # the Sobol phase gets only the Sobol points left, as Ax's own loop does; the model
+        # then waits for them (asking the model's points at once, with 4 of 5 results in,
+        # scored 2.69 against 1.10 on the quality test's Branin).
+        left = self._initial_left()
+        generated = self._generate(min(n, left) if left else n)
+        points: list[dict[str, Any]] = []
+        first = int(self._peek_next_id())
+        for offset, (index, ax_params) in enumerate(generated.items()):
+            full = self._experiment_params(index) if ax_params is None else ax_params
+            self._index[str(first + offset)] = index
+            points.append(self._from_ax(full))
+        self.ask_seconds.append(time.perf_counter() - start)
+        return points
+
+    def _generate(self, n: int) -> dict[int, Any]:
+        """Ask Ax for up to ``n`` trials; fewer while it waits for data; random on failure."""
+        generated: dict[int, Any]
         try:
             with self._quiet_torch():
                 generated = self._client.get_next_trials(max_trials=n)
@@ -174,14 +189,7 @@ class AxOptimizer(Optimizer):
             for _ in range(n):
                 params = self.space.sample(self._fallback_rng)
                 generated[self._client.attach_trial(self._to_ax(params))] = None
-        points: list[dict[str, Any]] = []
-        first = int(self._peek_next_id())
-        for offset, (index, ax_params) in enumerate(generated.items()):
-            full = self._experiment_params(index) if ax_params is None else ax_params
-            self._index[str(first + offset)] = index
-            points.append(self._from_ax(full))
-        self.ask_seconds.append(time.perf_counter() - start)
-        return points
+        return generated
 
     def _initial_left(self) -> int:
         """Sobol points still to hand out (0 once the model-based phase may start)."""
