@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import contract
+from rollout import baselines
 from rollout.errors import BadInput, Conflict, UnknownArm
 from rollout.events import emit
 from rollout.policies import PolicyError, get_policy
@@ -80,6 +81,7 @@ async def retire_arm(svc: RolloutService, arm: str, reason: str) -> dict[str, An
             svc.store.set_config("shadow", shadows)
             return
         contract.retire_challenger(_client(svc), svc.settings.model_name, version, reason)
+        baselines.forget(svc, challenger=arm)  # if it comes back, it starts afresh
 
     await asyncio.to_thread(work)
     await svc.reload()
@@ -94,7 +96,7 @@ async def promote(svc: RolloutService, arm: str, reason: str) -> dict[str, Any]:
 
     The replaced champion stays in rotation on probation (a challenger alias) so the new
     one is watched against it on fresh traffic, and is there to fall back to; the watch
-    starts from the new champion's plain sums now (rollout.decisions).
+    starts from both arms' plain sums now (rollout.decisions: a concurrent comparison).
     """
     version = version_of(arm)
     await asyncio.to_thread(_version_exists, svc, version)
@@ -111,12 +113,19 @@ async def promote(svc: RolloutService, arm: str, reason: str) -> dict[str, Any]:
             contract.add_challenger(
                 client, name, previous, f"probation: watched against version {version}"
             )
+            was = stats.get(arm_name(previous))  # its sums now: the watch compares the period
             watch = {
                 "champion": arm_name(version),
                 "replaced": arm_name(previous),
                 "baseline": baseline,
+                "replaced_baseline": (
+                    [was.outcomes, was.total_reward_sum, was.total_reward_sq_sum]
+                    if was
+                    else [0, 0, 0]
+                ),
             }
         svc.store.set_config(WATCH_KEY, watch)
+        baselines.forget(svc, champion=arm_name(version))  # a new reign: new pairs
         return result
 
     result = await asyncio.to_thread(work)
@@ -134,8 +143,9 @@ async def rollback(svc: RolloutService, reason: str) -> dict[str, Any]:
     except contract.NoChampionToRestore as exc:
         raise Conflict(str(exc)) from exc
     await asyncio.to_thread(svc.store.set_config, WATCH_KEY, {})
-    await svc.reload()
     champion = result["champion"]
+    await asyncio.to_thread(lambda: baselines.forget(svc, champion=arm_name(str(champion))))
+    await svc.reload()
     await emit(
         svc.settings, svc.metrics, contract.EVENT_ROLLOUT_ROLLED_BACK, champion, reason, result
     )

@@ -14,18 +14,18 @@ repeated looks. Here a promotion needs, on top of P(best) and expected loss:
   ``decide`` is called. With several challengers the rate is split between them
   (Bonferroni), so it bounds the chance of promoting any challenger that is not better.
 
-Retirement mirrors it with ``false_retirement_rate`` (retiring a challenger that was in
-fact better only costs an opportunity, so the default is laxer) plus a P(best) floor.
-``benchmarks/rollout_regret.py`` measures both rates under continuous checking.
+Retirement mirrors it with ``false_retirement_rate`` (laxer by default: retiring a better
+challenger only costs an opportunity) plus a P(best) floor; ``benchmarks/rollout_regret.py``
+measures both rates under continuous checking.
 
-Statistics must be plain sums (undiscounted): discounting shrinks the evidence to about
-``1 / (1 - discount)`` outcomes and the rule then decides nothing.
+Statistics must be plain sums (discounting shrinks the evidence to ``1 / (1 - discount)``
+outcomes), the champion's over the challenger's period (rollout.decisions' baselines).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -261,6 +261,7 @@ def decide(
     policy: Policy | None = None,
     reward_kind: RewardKind | None = None,
     blocker: Callable[[str], str | None] | None = None,
+    concurrent: Mapping[str, ArmStats] | None = None,
 ) -> list[Decision]:
     """Return one decision per challenger (in order); at most one is "promote".
 
@@ -272,21 +273,24 @@ def decide(
     chosen. When several qualify, the one with the highest P(best) is promoted; the others
     are judged against the new champion on the next call.
 
-    Pure: call it as often as you like (after every outcome if you wish); the
-    always-valid test keeps the wrong-promotion rate at ``rule.false_promotion_rate``.
+    Pure: call it as often as you like; the wrong-promotion rate stays at the stated one.
     Pass the *plain* (undiscounted) statistics (``StoredStats.plain_stats``) and the
     configured policy, whose posterior gives P(best) and expected loss. ``blocker(arm)``
     may veto a promotion with a reason (``rollout.multimetric``: a guardrail metric not
     shown non-inferior); the best of the promotions it lets through is chosen.
+    ``concurrent[arm]``: the champion's sums since that challenger joined (same period).
     """
     reward_kind = _kind(policy, reward_kind)
     if not challengers:
         return []
-    arms = [champion, *challengers]
-    stats_arrays(arms)  # unique names, valid counts
-    summary = posterior_summary(
-        arms, rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
-    )
+    stats_arrays([champion, *challengers])  # unique names, valid counts
+    vs = {ch.arm: (concurrent or {}).get(ch.arm, champion) for ch in challengers}
+    tables: dict[ArmStats, dict[str, ArmSummary]] = {}  # one per champion period
+    for c in dict.fromkeys(vs.values()):
+        tables[c] = posterior_summary(
+            [c, *challengers], rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
+        )
+    summary = {a: tables[c][a] for a, c in vs.items()}
     bars = _Bars(
         log_promotion_bar(rule, len(challengers)),
         math.log(len(challengers) / rule.false_retirement_rate),
@@ -294,11 +298,10 @@ def decide(
     decisions = []
     for ch in challengers:
         head_to_head = posterior_summary(
-            [champion, ch], rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
+            [vs[ch.arm], ch], rng=rng, draws=rule.draws, policy=policy, reward_kind=reward_kind
         )[ch.arm].p_best
-        d = _judge(champion, ch, summary[ch.arm], head_to_head, rule, reward_kind, bars)
-        veto = blocker(ch.arm) if blocker is not None and d.action == "promote" else None
-        if veto is not None:
+        d = _judge(vs[ch.arm], ch, summary[ch.arm], head_to_head, rule, reward_kind, bars)
+        if (veto := blocker(ch.arm) if blocker and d.action == "promote" else None) is not None:
             d = _keep(ch.arm, f"keep {ch.arm}: {veto}", summary[ch.arm], d.evidence)
         decisions.append(d)
     return _one_promotion(decisions, summary)

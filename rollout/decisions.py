@@ -11,7 +11,8 @@ outcomes (rollout.cadence), or ``POST /admin/decide``):
 3. after a promotion, the champion watch judges the new champion against the one it
    replaced (kept in rotation on probation) and against the guardrails: roll back;
 4. otherwise the decision rule (rollout.decide) judges each other challenger on the plain
-   (undiscounted) sums, with the configured policy's posterior, and a promotion also needs
+   (undiscounted) sums since its pair's baseline, against the champion's over the same
+   period (rollout.baselines), with the configured policy's posterior, and a promotion also needs
    every guardrail metric (rollout.multimetric: error rate, p99 latency) shown not worse
    than the champion's by its margin: promote the best / retire.
 """
@@ -28,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import contract
-from rollout import admin, cadence
+from rollout import admin, baselines, cadence
 from rollout.events import emit
-from rollout.multimetric import GuardrailMetric, from_settings, guardrail_blocker, live_stats
+from rollout.multimetric import GuardrailMetric, from_settings, guardrail_blocker
 from rollout.multimetric import verdict as guardrail_verdict
 from rollout.policies import ArmStats
 from rollout.schemas import Recommendation
@@ -145,20 +146,27 @@ async def _judge_challengers(
     if not challengers:
         w.guardrails = {}
         return []
+    stats, latency, reported = await asyncio.to_thread(
+        lambda: (svc.store.read_stats(), svc.store.read_latency(), svc.store.read_metrics())
+    )
+    # Each challenger against the champion's outcomes over the same period (concurrent).
+    pairs = await asyncio.to_thread(
+        baselines.concurrent, svc.store, champion, challengers, stats, latency, reported
+    )
     blocker = None
     if w.metrics:
-        latency, reported = await asyncio.to_thread(
-            lambda: (svc.store.read_latency(), svc.store.read_metrics())
-        )
-        made = {a: (int(s.attempts), int(s.errors)) for a, s in svc.stats.items()}
         w.p99_ms = {a: quantile_ms(latency.get(a, {}), 0.99) for a in [champion, *challengers]}
-        per_metric = live_stats(w.metrics, made, latency, reported)
-        blocker = guardrail_blocker(w.metrics, per_metric, champion, svc.rule, len(challengers))
+        per_pair = {a: baselines.guardrail_stats(w.metrics, champion, a, pairs[a]) for a in pairs}
+        blocks = {
+            a: guardrail_blocker(w.metrics, per_pair[a], champion, svc.rule, len(challengers))
+            for a in pairs
+        }
+        blocker = lambda arm: blocks[arm](arm)  # noqa: E731
         bar = log_promotion_bar(svc.rule, len(challengers))
         w.guardrails = {
             a: {
                 m.name: guardrail_verdict(
-                    m, per_metric[m.name].get(champion), per_metric[m.name].get(a), bar
+                    m, per_pair[a][m.name].get(champion), per_pair[a][m.name].get(a), bar
                 )
                 for m in w.metrics
             }
@@ -166,11 +174,12 @@ async def _judge_challengers(
         }
     decisions = decide(
         plain(svc, champion),
-        [plain(svc, a) for a in challengers],
+        [pairs[a].challenger.plain(a) for a in challengers],
         svc.rule,
         np.random.default_rng(svc.settings.seed),
         policy=svc.policy,
         blocker=blocker,
+        concurrent={a: pairs[a].champion.plain(champion) for a in challengers},
     )
     return [Recommendation(action=str(d.action), arm=d.arm, reason=d.reason) for d in decisions]
 
@@ -208,10 +217,18 @@ def _watch_champion(svc: RolloutService, snap: PoolSnapshot) -> Recommendation |
         champion, max(now.pulls - n0, 0.0), now.reward_sum - s0, max(now.reward_sq_sum - q0, 0.0)
     )
     replaced = str(watch.get("replaced", ""))
+    before = plain(svc, replaced) if replaced else ArmStats(champion)
+    n1, s1, q1 = watch.get("replaced_baseline", (0.0, 0.0, 0.0))  # concurrent: since promotion
+    before = ArmStats(
+        before.arm,
+        max(before.pulls - n1, 0.0),
+        before.reward_sum - s1,
+        max(before.reward_sq_sum - q1, 0.0),
+    )
     rule = champion_watch(svc)
     why = rule.check(
         since,
-        plain(svc, replaced) if replaced else ArmStats(champion),
+        before,
         reward_kind=svc.policy.reward_kind,
         guardrail_breach=breach,
     )
@@ -292,7 +309,8 @@ def status(svc: RolloutService) -> dict[str, Any]:
     champion = svc.pool.snapshot.champion
     return _finite(
         {
-            "rule": "always-valid mSPRT on plain sums since each arm joined, with the policy's "
+            "rule": "always-valid mSPRT on plain sums, each challenger against the champion's "
+            "outcomes over the same period (since the pair's baseline), with the policy's "
             "posterior for P(best) and expected loss; a promotion also needs each guardrail "
             "metric shown non-inferior (intersection-union: the stated rate holds over the "
             "family)",

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from rollout import cadence, decisions
+from rollout import baselines, cadence, decisions
 from rollout.tokens import RequestTokens
 from rollout.writer import GroupCommitWriter
 
@@ -55,6 +55,7 @@ def _start_blocking(svc: RolloutService) -> None:
     cadence.begin(svc)
     svc.pool.refresh(force=True)
     svc.reallocate()
+    baselines.notice(svc)  # each challenger's comparison with the champion starts here
 
 
 async def stop(svc: RolloutService) -> None:

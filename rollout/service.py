@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 import contract
-from rollout import decisions, feedback, lifecycle, scoring, segments
+from rollout import baselines, decisions, feedback, lifecycle, scoring, segments
 from rollout.errors import BadInput, NoModelAvailable
 from rollout.guardrails import Guardrails
 from rollout.lookup import EntityLookup
@@ -166,12 +166,14 @@ class RolloutService:
     async def refresh_models(self) -> None:
         if await asyncio.to_thread(self.pool.refresh):
             self._update_allocation()
+            await asyncio.to_thread(baselines.notice, self)  # a challenger joined: its pair
 
     async def reload(self) -> None:
         """Re-read state and aliases after an admin write, and recompute the allocation."""
         await asyncio.to_thread(self.load_state)
         await asyncio.to_thread(self.pool.refresh)
         self.reallocate()
+        await asyncio.to_thread(baselines.notice, self)
 
     def set_stats(self, stats: dict[str, StoredStats]) -> None:
         self.stats = stats

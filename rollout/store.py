@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from rollout import upserts
+from rollout.store_baselines import BaselineCounters
 from rollout.store_health import HealthBatch, HealthCounters
 from rollout.store_reads import StoreReads
 from rollout.store_schema import (
@@ -53,7 +54,7 @@ __all__ = ["DecisionRow", "FeedbackRow", "FeedbackStatus", "ShadowRow", "Store",
 __all__ += ["normalize_url", "sum_feedback"]
 
 
-class Store(HealthCounters, StoreReads, SegmentCounters):
+class Store(HealthCounters, StoreReads, SegmentCounters, BaselineCounters):
     """SQL state of the rollout; safe to share between threads, processes and replicas."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:

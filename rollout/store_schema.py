@@ -118,6 +118,18 @@ arm_metrics = Table(
     Column("total_sq", Float, nullable=False, default=0.0),
 )
 
+# Each (challenger, champion) pair's start: both arms' sums (JSON, rollout.baselines) when
+# the pair was first judged, so the rule compares the same period's traffic. Inserted if
+# absent: the first replica to write it is the one every replica reads.
+baselines = Table(
+    "rollout_baselines",
+    metadata,
+    Column("challenger", String(200), primary_key=True),
+    Column("champion", String(200), primary_key=True),
+    Column("sums", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 segment_stats = Table(
     "rollout_segment_stats",
     metadata,

@@ -77,6 +77,7 @@ def test_a_worse_champion_promoted_by_chance_is_rolled_back(rollout_home: Path) 
         assert watch["baseline"] == [2_000, 110.0, 110.0]
         assert arms["decisions"]["false_rollback_rate"] == 0.05
         seed(client, "v2", 6_000, 180, "after")  # 3 % since the promotion
+        seed(client, "v1", 6_000, 300, "after-v1")  # 5 % on probation, the same period
         recs = decide(client)
         assert [r["action"] for r in recs] == ["rollback"], recs
         assert "worse than v1, which it replaced" in recs[0]["reason"]
