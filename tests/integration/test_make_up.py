@@ -69,7 +69,8 @@ def test_make_up_status_down_leaves_no_process_behind(tmp_path: Path) -> None:
         token = home / "run" / "admin_token"
         assert token.stat().st_mode & 0o077 == 0 and len(token.read_text()) >= 32
         recorded = read_stack(home)
-        assert set(recorded) == {"prefect", "mlflow", "rollout", "worker"}
+        # "warm": the fork server that starts the worker's flow runs pre-imported (on by default).
+        assert set(recorded) == {"prefect", "mlflow", "rollout", "worker", "warm"}
         assert processes_with(str(home)), "nothing runs with the stack's data folder"
 
         status = make("status", env)
