@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,22 +64,11 @@ def paired_difference_interval(
     same resample, so the interval is of the paired difference. A resample where the
     statistic is undefined (NaN: one class only) makes the interval NaN.
     """
-    from scipy.stats import bootstrap
-
     if n < 2:
         nan = float("nan")
         return Interval(statistic(np.arange(n)), nan, nan, confidence)
-    result = bootstrap(
-        (np.arange(n),),
-        statistic,
-        vectorized=False,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    ci = result.confidence_interval
-    return Interval(statistic(np.arange(n)), float(ci.low), float(ci.high), confidence)
+    low, high = _percentile_bounds(np.arange(n), statistic, False, resamples, confidence, seed)
+    return Interval(statistic(np.arange(n)), low, high, confidence)
 
 
 def mean_difference_interval(
@@ -89,23 +79,36 @@ def mean_difference_interval(
     seed: int = BOOTSTRAP_SEED,
 ) -> Interval:
     """Return a percentile-bootstrap interval of the mean of per-row paired differences."""
-    from scipy.stats import bootstrap
-
     d = np.asarray(differences, dtype=np.float64)
     if len(d) < 2:
         nan = float("nan")
         return Interval(float(d.mean()) if len(d) else nan, nan, nan, confidence)
+    low, high = _percentile_bounds(d, np.mean, True, resamples, confidence, seed)
+    return Interval(float(d.mean()), low, high, confidence)
+
+
+def _percentile_bounds(
+    data: np.ndarray,
+    statistic: Callable[..., Any],
+    vectorized: bool,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float]:
+    """One percentile bootstrap (scipy) over the rows of ``data``: the interval's bounds."""
+    from scipy.stats import bootstrap
+
     result = bootstrap(
-        (d,),
-        np.mean,
-        vectorized=True,
+        (data,),
+        statistic,
+        vectorized=vectorized,
         n_resamples=resamples,
         confidence_level=confidence,
         method="percentile",
         rng=np.random.default_rng(seed),
     )
     ci = result.confidence_interval
-    return Interval(float(d.mean()), float(ci.low), float(ci.high), confidence)
+    return float(ci.low), float(ci.high)
 
 
 def _clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
