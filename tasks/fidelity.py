@@ -30,6 +30,7 @@ from tasks.evaluate import (
     _Folds,
     score_fold,
 )
+from tasks.metrics import predictions, score_all
 
 if TYPE_CHECKING:
     from tasks.data import StudyData
@@ -61,49 +62,121 @@ def evaluate_rungs(
     folds: _Folds,
     started: float,
 ) -> TrialOutcome:
-    """Evaluate rung by rung; return pruned at a rung the pruner stops, else completed."""
+    """Evaluate rung by rung; return pruned at a rung the pruner stops, else completed.
+
+    A rung below the full fidelity scores only the pruning metric (all that the pruner
+    reads); the last rung scores every metric, as a plain CV does.
+    """
     schedule = config.fidelity
     assert schedule is not None and config.pruning_metric is not None
     metric = config.pruning_metric[0]
-    X, y = data.X_train, data.y_train
-    labels = None if config.task == "regression" else np.asarray(y)
-    models = _start_models(pipeline, schedule, len(splits))
+    labels = None if config.task == "regression" else np.asarray(data.y_train)
     full = _full_value(pipeline, schedule.param) if schedule.kind == "iterations" else 0
-    orders = [
-        nested_order(tr, None if labels is None else labels[tr], config.seed + i)
-        for i, (tr, _) in enumerate(splits)
+    fold_models = [
+        _FoldModel(
+            pipeline,
+            schedule.kind,
+            data,
+            (train_idx, valid_idx),
+            nested_order(train_idx, None if labels is None else labels[train_idx], config.seed + i),
+        )
+        for i, (train_idx, valid_idx) in enumerate(splits)
     ]
-    fit = [0.0] * len(splits)
     for step in schedule.steps:
         fraction = schedule.fraction(step)
+        last = step == schedule.max_resource
         rung_started = time.perf_counter()
-        scores: dict[str, list[float]] = {m: [] for m in folds.per_fold}
-        for i, (train_idx, valid_idx) in enumerate(splits):
-            if schedule.kind == "iterations":
-                models[i].set_params(**{f"model__{schedule.param}": max(1, round(full * fraction))})
-                rows = train_idx
-            else:
-                models[i] = _fresh(pipeline)
-                rows = orders[i][: max(MIN_ROWS, round(len(train_idx) * fraction))]
-            t0 = time.perf_counter()
-            models[i].fit(X.iloc[rows], y.iloc[rows])
-            fit[i] += time.perf_counter() - t0
-            for name, value in score_fold(
-                models[i], X.iloc[valid_idx], y.iloc[valid_idx], config.task
-            ).items():
-                if name in scores:
-                    scores[name].append(value)
+        names = list(folds.per_fold) if last else [metric]
+        scores: dict[str, list[float]] = {m: [] for m in names}
+        for fold in fold_models:
+            fold.fit(schedule.param, max(1, round(full * fraction)), fraction)
+            for name, value in fold.score(names, config.task).items():
+                scores[name].append(value)
         value = float(np.mean(scores[metric]))
         folds.running.append(value)
         folds.fold_seconds.append(time.perf_counter() - rung_started)
         _check(config, value, metric, step, started)
-        if step == schedule.max_resource:
-            folds.per_fold = scores
-            folds.fit_seconds = fit
-            return _completed(config, params, folds, len(splits), models[-1], X)
+        fit = [f.fit_seconds for f in fold_models]
+        if last:
+            folds.per_fold, folds.fit_seconds = scores, fit
+            return _completed(
+                config, params, folds, len(splits), fold_models[-1].model, data.X_train
+            )
         if pruner.should_prune(step, value):
             return _pruned(params, folds, metric, value, schedule, step, pruner.rule, fit)
     raise AssertionError("a rung schedule ends at its max_resource")  # pragma: no cover
+
+
+class _FoldModel:
+    """One fold's model at growing fidelity.
+
+    ``iterations``: the pipeline's preprocessing is fitted once on the fold's training rows
+    (it does not depend on the fidelity) and the final estimator grows by warm start on the
+    transformed rows, so a rung costs its iterations (plus the estimator's own set-up),
+    not a refit of the whole pipeline. The fitted steps are the pipeline's own objects: at
+    the last rung ``model`` is the fitted pipeline a plain ``fit`` makes.
+    ``rows``: a fresh pipeline fitted on a prefix of ``order`` at each rung.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        kind: str,
+        data: StudyData,
+        split: tuple[np.ndarray, np.ndarray],
+        order: np.ndarray,
+    ) -> None:
+        self.kind, self.order, self.fit_seconds = kind, order, 0.0
+        self.X, self.y = data.X_train, data.y_train
+        self.train_idx, self.valid_idx = split
+        self.model = _fresh(pipeline)
+        self._inputs: tuple[Any, Any] | None = None  # iterations: transformed train, valid
+
+    def _estimator(self) -> Any:
+        return self.model.steps[-1][1] if hasattr(self.model, "steps") else self.model
+
+    def fit(self, param: str | None, iterations: int, fraction: float) -> None:
+        """Fit at this rung: ``iterations`` of ``param``, or ``fraction`` of the rows."""
+        t0 = time.perf_counter()
+        X_train, y_train = self.X.iloc[self.train_idx], self.y.iloc[self.train_idx]
+        if self.kind == "iterations":
+            assert param is not None, "an iterations fidelity names its parameter"
+            if self._inputs is None:
+                self._estimator().set_params(warm_start=True)
+                self._inputs = _transform_once(self.model, X_train, y_train, self.valid_idx, self.X)
+            self._estimator().set_params(**{param: iterations})
+            self._estimator().fit(self._inputs[0], y_train)
+        else:
+            self.model = _fresh(self.model)
+            rows = self.order[: max(MIN_ROWS, round(len(self.train_idx) * fraction))]
+            self.model.fit(self.X.iloc[rows], self.y.iloc[rows])
+        self.fit_seconds += time.perf_counter() - t0
+
+    def score(self, names: list[str], task: str) -> dict[str, float]:
+        """Score ``names`` on the fold's full validation rows."""
+        y_valid = self.y.iloc[self.valid_idx]
+        if self._inputs is None:
+            return {
+                k: v
+                for k, v in score_fold(
+                    self.model, self.X.iloc[self.valid_idx], y_valid, task
+                ).items()
+                if k in names
+            }
+        estimator = self._estimator()
+        classes = None if task == "regression" else np.asarray(estimator.classes_)
+        out = predictions(estimator, self._inputs[1], task)  # type: ignore[arg-type]
+        return score_all(names, np.asarray(y_valid), out, classes=classes, task=task)  # type: ignore[arg-type]
+
+
+def _transform_once(
+    model: Any, X_train: Any, y_train: Any, valid_idx: np.ndarray, X: Any
+) -> tuple[Any, Any]:
+    """Fit the pipeline's steps before its estimator; return the transformed train, valid."""
+    if not hasattr(model, "steps") or len(model.steps) == 1:
+        return X_train, X.iloc[valid_idx]
+    pre = model[:-1]  # the same step objects: fitting them fits the pipeline's
+    return pre.fit_transform(X_train, y_train), pre.transform(X.iloc[valid_idx])
 
 
 def _check(config: EvalConfig, value: float, metric: str, step: int, started: float) -> None:
@@ -151,12 +224,6 @@ def _fresh(pipeline: Any) -> Any:
     from sklearn.base import clone
 
     return clone(pipeline)
-
-
-def _start_models(pipeline: Any, schedule: Any, n: int) -> list[Any]:
-    if schedule.kind != "iterations":
-        return [None] * n
-    return [_fresh(pipeline).set_params(model__warm_start=True) for _ in range(n)]
 
 
 def _full_value(pipeline: Any, param: str | None) -> int:
