@@ -6,6 +6,7 @@ so the MLflow registry is the audit log (mlflow#2169: MLflow keeps no alias hist
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,29 @@ def retire_challenger(client: MlflowClient, name: str, version: str | int, reaso
     client.set_model_version_tag(name, version, TAG_ROLE, "retired")
     record_event(client, name, version, "retired", reason)
     return held
+
+
+def retire_superseded(
+    client: MlflowClient, name: str, keep: Collection[str], reason: str
+) -> list[str]:
+    """Retire every challenger but ``keep`` and the replaced champion on probation.
+
+    A retrain's candidates supersede the challengers that came before them: those were
+    trained on data the retrain judged out of date, and each one left in rotation takes its
+    floor of traffic and dilutes the evidence the decision rule needs about the new ones.
+    The previous champion on probation stays (the champion watch compares with it).
+    Returns the retired versions, in alias order.
+    """
+    aliases = aliases_of(client, name)
+    spared = {str(v) for v in keep} | {aliases.get(PREVIOUS_CHAMPION)}
+    retired: list[str] = []
+    challengers = [a for a in aliases if is_challenger_alias(a)]
+    for alias in sorted(challengers, key=lambda a: challenger_number(a) or 0):
+        version = aliases[alias]
+        if version not in spared and version not in retired:
+            retire_challenger(client, name, version, reason)
+            retired.append(version)
+    return retired
 
 
 def was_rejected(tags: dict[str, str]) -> bool:

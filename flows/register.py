@@ -25,6 +25,7 @@ from tasks.register import (
 )
 from tasks.settings import PipelineSettings, get_settings
 from tasks.spec import StudySpec
+from tasks.supersede import supersede_challengers
 
 if TYPE_CHECKING:
     from tasks.registry import TrialLike
@@ -55,7 +56,8 @@ def register_trials(
     states = convert_candidates(spec, states, holdout, settings)
     states = describe_candidates(spec, study, states, settings)
     states = assign_candidate_aliases(spec, study, states, settings, staged)  # last: tags set
-    summary = summarize(spec, study, states, settings)
+    retired = supersede_challengers(spec, study, states, settings)
+    summary = summarize(spec, study, states, settings) | {"superseded": retired}
     emit_registered(summary)
     log_summary(summary)
     fail_on_step_errors(summary)

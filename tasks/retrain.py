@@ -169,7 +169,9 @@ def retrain_spec(
     """
     name = f"{model}--retrain-{end.strftime('%Y%m%dT%H%M%S')}"
     spec = windowed(previous, start, end)
-    registration = spec.registration.model_copy(update={"model_name": model})
+    registration = spec.registration.model_copy(
+        update={"model_name": model, "supersede_challengers": True}
+    )
     return spec.model_copy(
         update={"name": name, "warm_start": warm_start, "registration": registration}
     )

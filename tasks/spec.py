@@ -226,6 +226,9 @@ class RegisterSpec(_Strict):
     model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     max_candidates: int = Field(default=3, ge=1)  # of the Pareto set, or the top trials
     convert_onnx: bool = True
+    # Retire the challengers earlier studies registered once this one adds a challenger
+    # (tasks/supersede.py); a retrain sets it: its candidates learned from the new data.
+    supersede_challengers: bool = False
     choice: ChoiceSpec = Field(default_factory=ChoiceSpec)  # the best trade-off to staging
 
 
