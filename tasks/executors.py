@@ -15,6 +15,7 @@ from tasks.evaluate import EvalConfig, TrialOutcome, evaluate_trial
 from tasks.trial_channel import TrialChannel, outcome_of
 
 if TYPE_CHECKING:
+    from tasks.dask_study import DaskTrialPool
     from tasks.data import StudyData
 
 # --- where evaluations run ---------------------------------------------------------------
@@ -196,9 +197,10 @@ class TrialExecutor:
     - ``processes``: Prefect tasks on threads, the CPU work in a warm ``TrialPool``
       (workers started once per study, data shipped once per worker): the fast default
       for parallel trials on one machine.
-    - ``dask``: prefect-dask's ``DaskTaskRunner`` (``settings.dask_address``, or a
-      LocalCluster of q single-threaded worker processes); the data and the model family's
-      package reach the workers once per study through a worker plugin (no shared disk).
+    - ``dask``: Prefect tasks on threads, each trial one plain Dask task on the cluster at
+      ``settings.dask_address`` (or a LocalCluster of q single-threaded worker processes):
+      ``tasks.dask_study.DaskTrialPool``. The data and the model family's package reach the
+      workers once per study through a worker plugin (no shared disk).
     - ``prefect-processes``: Prefect's own ``ProcessPoolTaskRunner`` (seconds of start-up
       per flow run), data by file; kept to compare in benchmarks.
     """
@@ -216,47 +218,34 @@ class TrialExecutor:
         if kind not in RUNNERS:
             raise ValueError(f"task runner must be one of {RUNNERS}, got {kind!r}")
         self.kind = kind
-        # Threads and the warm pool run ``run_trial`` in this process: it hands the outcome
-        # straight to the loop, which tells and asks while Prefect records the task's end.
+        # Threads, the warm pool and Dask run ``run_trial`` in this process: it hands the
+        # outcome straight to the loop, which tells and asks while Prefect records the end.
         self._done: queue.Queue[tuple[str, TrialOutcome | None]] = queue.Queue()
-        direct = kind in ("threads", "processes")
+        direct = kind != "prefect-processes"
         self.channel = TrialChannel(self._done, on_start) if direct else None
         self.data = DataRef(data)
-        self.pool: TrialPool | None = None
-        self._study_data, self._plugin = data, ""
-        if kind == "dask":
-            import uuid
-
-            self.data = DataRef(key=uuid.uuid4().hex)
+        self.pool: TrialPool | DaskTrialPool | None = None
+        self._dask: DaskTrialPool | None = None
         if kind == "prefect-processes":
             self.data = DataRef(data).save(data_path)
         if kind == "processes":
             self.pool = TrialPool(data, q)
-        self.task_runner = self._task_runner(kind, q, dask_address)
+        if kind == "dask":
+            try:
+                from tasks.dask_study import DaskTrialPool
+            except ImportError as exc:
+                raise ImportError(
+                    f"task runner 'dask' needs distributed: pip install 'banditflow[dask]' ({exc})"
+                ) from exc
+            self.pool = self._dask = DaskTrialPool(data, q, dask_address)
+        self.task_runner = self._task_runner(kind, q)
 
     @staticmethod
-    def _task_runner(kind: str, q: int, dask_address: str) -> Any:
+    def _task_runner(kind: str, q: int) -> Any:
         from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
         if kind == "prefect-processes":
             return ProcessPoolTaskRunner(max_workers=q)
-        if kind == "dask":
-            try:
-                from prefect_dask import DaskTaskRunner
-            except ImportError as exc:
-                raise ImportError(
-                    f"task runner 'dask' needs prefect-dask: pip install 'banditflow[dask]' ({exc})"
-                ) from exc
-            if dask_address:
-                return DaskTaskRunner(address=dask_address)
-            return DaskTaskRunner(
-                cluster_kwargs={
-                    "n_workers": q,
-                    "threads_per_worker": 1,
-                    "processes": True,
-                    "dashboard_address": None,
-                }
-            )
         # q threads evaluate; q more let the next trials start while the finished ones'
         # task runs are still being recorded (their outcome has already reached the loop).
         return ThreadPoolTaskRunner(max_workers=2 * q)
@@ -267,10 +256,6 @@ class TrialExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            if self._plugin:
-                from tasks.dask_study import unship_study
-
-                unship_study(self.task_runner.client, self._plugin)
             self.task_runner.__exit__(*exc)
         finally:
             if self.pool is not None:
@@ -286,12 +271,8 @@ class TrialExecutor:
         pruner: Any = None,
     ) -> Any:
         """Start one trial as a Prefect task run; return its future."""
-        if self.kind == "dask" and not self._plugin:
-            from tasks.dask_study import ship_study
-
-            assert self.data.key is not None
-            client = self.task_runner.client
-            self._plugin = ship_study(client, self.data.key, self._study_data, config.family)
+        if self._dask is not None:  # once: the data and family to the workers (or raise)
+            self._dask.ship(config.family)
         future = self.task_runner.submit(
             task,
             parameters={
@@ -312,8 +293,8 @@ class TrialExecutor:
     def wait_next(self, in_flight: dict[Any, Any]) -> tuple[Any, TrialOutcome]:
         """Return the next finished future of ``in_flight`` (future -> trial) and its outcome.
 
-        In this process the outcome comes through the channel as soon as the evaluation
-        returns; elsewhere (Dask, Prefect's processes) when Prefect's future resolves.
+        Through the channel as soon as the evaluation returns (threads, the warm pool,
+        Dask); with Prefect's own process runner when Prefect's future resolves.
         """
         if self.channel is None:
             from prefect.futures import as_completed
@@ -335,11 +316,11 @@ def run_trial(
     params: dict[str, Any],
     data: DataRef,
     prune_threshold: float | None = None,
-    pool: TrialPool | None = None,
+    pool: TrialPool | DaskTrialPool | None = None,
     pruner: Any = None,
     channel: TrialChannel | None = None,
 ) -> TrialOutcome:
-    """Evaluate one trial where the executor says: a warm pool, or right here."""
+    """Evaluate one trial where the executor says: a warm pool, Dask, or right here."""
     if channel is not None:
         channel.started()
     if pool is not None:
