@@ -36,9 +36,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The service's own alias poll is slowed to an hour: only the event can make it see
     # a new challenger within this test.
     service_env = {"BANDITFLOW_MODEL_NAME": MODEL, "BANDITFLOW_ALIAS_POLL_S": "3600"}
-    with start_stack(
-        settings, with_mlflow=False, worker_poll_seconds=1, env=service_env
-    ) as running:
+    # The pool is paused and no run executes: no warm fork server (its imports took tens
+    # of seconds of the set-up's CPU); tests/integration/test_warm_runs.py tests it.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BANDITFLOW_WARM_RUNS", "false")
+        running = start_stack(settings, with_mlflow=False, worker_poll_seconds=1, env=service_env)
+    with running:
+        assert "warm" not in running.components, running.components
         with _client(running) as client:
             # Runs are created and read, never executed.
             client.update_work_pool(POOL, WorkPoolUpdate(is_paused=True))
