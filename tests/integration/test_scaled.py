@@ -31,6 +31,11 @@ from test_make_up import processes_with  # noqa: E402 - the path above
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POOL = "bf-scaled"
+# The world drifts from DRIFT_AT on (`generate --drift-at`); the champion learns before it.
+# Ten days of ~150 sessions after it: the retrain waits for 1,000 labelled rows since the
+# change (tasks/retrain_window.py), and six days were 920 (status waiting-for-labels).
+START, DRIFT_AT, DAYS = "2026-01-01", "2026-01-10", 20
+SIGNAL = "retrain/retrain-on-signal"
 CLI = str(Path(sys.executable).parent / "banditflow")
 PLUGIN_SOURCE = Path(__file__).parents[1] / "data" / "family_plugin"
 SPEC = """\
@@ -81,6 +86,8 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The replicas poll the aliases every second, the Prefect worker its pool every second.
     env |= {"BANDITFLOW_HOME": str(home), "BANDITFLOW_WORK_POOL": POOL}
     env |= {"BANDITFLOW_ALIAS_POLL_S": "1", "PATH": f"{Path(CLI).parent}:{env['PATH']}"}
+    # The retrain keeps the champion's family (no screen of every family: minutes of CPU).
+    env |= {"BANDITFLOW_RETRAIN_FAMILIES": "logistic_regression"}
     try:
         up = make("up", env, "PROFILE=scaled", "UP_ARGS=--worker-poll-seconds 1")
         assert up.returncode == 0, up.stdout + up.stderr
@@ -179,7 +186,7 @@ def test_a_family_only_this_machine_has_travels_to_the_workers(
     run = scaled.home / "run"
     for i in (1, 2):
         log = (run / f"dask-worker-{i}.log").read_text()
-        assert "Task run 'trial-" in log, f"dask-worker-{i} ran no trial:\n{log[-3000:]}"
+        assert "banditflow trial " in log, f"dask-worker-{i} ran no trial:\n{log[-3000:]}"
         # The package arrived in the worker's own folder (it was not on the worker's path).
         shipped = list((run / f"dask-worker-{i}").rglob("banditflow_extra_trees.py"))
         assert shipped, f"the family's package never reached dask-worker-{i}"
@@ -188,13 +195,14 @@ def test_a_family_only_this_machine_has_travels_to_the_workers(
 @pytest.mark.timeout(1500)  # 355 s at load 15 on 2 cores, 958 s at load 40
 def test_the_whole_profile_closes_the_loop(scaled: Stack, tmp_path: Path) -> None:
     """Data -> Redis -> a q=4 study on Dask -> MLflow's server -> both replicas -> feedback
-    counted once -> a feature update whose retrain check runs through Prefect on PostgreSQL."""
+    counted once -> a drifted feature update: its check runs through Prefect on PostgreSQL,
+    finds the drift, and the retrain study it triggers runs on Dask and registers."""
     import redis
 
     from banditflow.stack_scaled import redis_address
 
-    small = ["--rows", "3000", "--customers", "200", "--days", "15"]
-    cli(scaled, "generate", *small, cwd=tmp_path)
+    small = ["--rows", "3000", "--customers", "200", "--days", str(DAYS), "--start", START]
+    cli(scaled, "generate", *small, "--drift-at", DRIFT_AT, cwd=tmp_path)
     cli(scaled, "features", "apply", cwd=tmp_path)
     cli(scaled, "features", "materialize", cwd=tmp_path)
     address, db = redis_address(scaled.home)
@@ -202,7 +210,10 @@ def test_the_whole_profile_closes_the_loop(scaled: Stack, tmp_path: Path) -> Non
     assert redis.Redis(host=host, port=int(port), db=db).dbsize() >= 200  # one key per customer
 
     spec = tmp_path / "conversion.yaml"
-    source = "{source: feast, feature_service: conversion_model_v1, target: converted}"
+    source = (
+        "{source: feast, feature_service: conversion_model_v1, target: converted, "
+        f"end: '{DRIFT_AT}T00:00:00+00:00'}}"
+    )
     spec.write_text(
         SPEC.format(name="scaled-conversion", data=source, family="logistic_regression")
     )
@@ -219,7 +230,7 @@ def test_the_whole_profile_closes_the_loop(scaled: Stack, tmp_path: Path) -> Non
     roles = [wait_for(f"{url} serving", lambda u=url: serving(u)) for url in replica_urls(scaled)]
     assert roles[0] == roles[1], roles
     _feedback_counts_once(scaled)
-    _feature_update_runs_the_retrain_check(scaled, tmp_path)
+    _drifted_update_retrains_on_the_cluster(scaled, tmp_path)
 
 
 def _feedback_counts_once(stack: Stack) -> None:
@@ -264,39 +275,91 @@ def _feedback_counts_once(stack: Stack) -> None:
         store.dispose()
 
 
-def _feature_update_runs_the_retrain_check(stack: Stack, tmp_path: Path) -> None:
-    """A push of fresh activity emits features.updated; its deployment runs and completes."""
+def _drifted_update_retrains_on_the_cluster(stack: Stack, tmp_path: Path) -> None:
+    """A push of the drifted days' activity emits features.updated; its deployed check (Prefect
+    on PostgreSQL) finds the drift and emits drift.detected, whose deployment runs the retrain
+    study on the Dask workers and registers its candidates in the MLflow server."""
     import pandas as pd
+    from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from contract import EVENT_DRIFT_DETECTED, TAG_STUDY, aliases_of, is_challenger_alias
+
     activity = pd.read_parquet(stack.home / "data" / "activity.parquet")
-    fresh = activity.sort_values("event_timestamp").groupby("customer_id").tail(1).head(20)
-    fresh = fresh.assign(event_timestamp=pd.Timestamp.now(tz="UTC").floor("s"))
-    fresh.to_parquet(tmp_path / "fresh.parquet", index=False)
+    drifted = activity[activity["event_timestamp"] >= pd.Timestamp(DRIFT_AT, tz="UTC")]
+    drifted.drop(columns="created_timestamp").to_parquet(tmp_path / "drifted.parquet")
+    trials_before = _trials_on_workers(stack)
     since = pd.Timestamp.now(tz="UTC")
-    out = cli(stack, "features", "push", str(tmp_path / "fresh.parquet"), cwd=tmp_path)
+    out = cli(stack, "features", "push", str(tmp_path / "drifted.parquet"), cwd=tmp_path)
     assert "emitted banditflow.features.updated" in out, out
 
     with (
         temporary_settings({PREFECT_API_URL: stack.prefect_api_url}),
         get_client(sync_client=True) as client,
     ):
-        dep = client.read_deployment_by_name("retrain/retrain-on-feature-update")
-        flt = DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
+        check = _wait_run(client, "retrain/retrain-on-feature-update", since, {}, 420)
+        assert check.parameters["feature_view"].endswith("customer_activity")
+        assert check.parameters["retrain_on_drift"] is False  # the drift event's consumer
+        retrain = _wait_run(client, SIGNAL, since, {"model": "conversion"}, 600)
+        assert retrain.parameters["reason"] == EVENT_DRIFT_DETECTED
+        assert retrain.parameters["drifted_features"], retrain.parameters
+    # Its study ran on the cluster's workers and registered through the MLflow server.
+    assert _trials_on_workers(stack) >= trials_before + 4
+    mlflow = MlflowClient(tracking_uri=stack.env()["BANDITFLOW_MLFLOW_TRACKING_URI"])
+    versions = mlflow.search_model_versions("name='conversion'")
+    new = {v.version for v in versions if v.tags.get(TAG_STUDY, "").startswith("conversion--")}
+    assert new, [(v.version, v.tags.get(TAG_STUDY)) for v in versions]
+    challengers = {v for a, v in aliases_of(mlflow, "conversion").items() if is_challenger_alias(a)}
+    assert new & challengers, (new, aliases_of(mlflow, "conversion"))
 
-        def finished() -> Any:
-            runs = [
-                r
-                for r in client.read_flow_runs(deployment_filter=flt)
-                if r.created and r.created >= since and r.state and r.state.is_final()
-            ]
-            return runs[0] if runs else None
 
-        run = wait_for("the feature update's retrain check", finished, timeout=420)
-    assert run.state.is_completed(), f"{run.name}: {run.state}"
-    assert run.parameters["feature_view"].endswith("customer_activity")
+def _wait_run(
+    client: Any, deployment: str, since: Any, params: dict[str, Any], timeout: float
+) -> Any:
+    """Wait for a run of ``deployment`` created after ``since`` to end; it must complete."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    dep = client.read_deployment_by_name(deployment)
+    flt = DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
+
+    def finished() -> Any:
+        runs = [
+            r
+            for r in client.read_flow_runs(deployment_filter=flt)
+            if r.created and r.created >= since and r.state and r.state.is_final()
+            if all(r.parameters.get(k) == v for k, v in params.items())
+        ]
+        return runs[0] if runs else None
+
+    try:
+        run = wait_for(f"a run of {deployment}", finished, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_runs_since(client, since)}") from None
+    assert run.state.is_completed(), f"{run.name}: {run.state}\n{_runs_since(client, since)}"
+    return run
+
+
+def _runs_since(client: Any, since: Any) -> str:
+    """Every flow run created since ``since``: its state, parameters and last log lines."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    lines = []
+    for run in client.read_flow_runs():
+        if not (run.created and run.created >= since):
+            continue
+        lines.append(f"== {run.name} {run.state} {run.parameters}")
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        lines += [f"   {log.message[:300]}" for log in logs[-25:]]
+    return "\n".join(lines)
+
+
+def _trials_on_workers(stack: Stack) -> int:
+    """Count the trials the Dask workers ran (each logs one line per trial)."""
+    run = stack.home / "run"
+    return sum(
+        (run / f"dask-worker-{i}.log").read_text().count("banditflow trial ") for i in (1, 2)
+    )
 
 
 def _pulls(url: str) -> float:
