@@ -127,6 +127,28 @@ class Training:
     detail: str = ""
 
 
+def _placements(outcome: Any, arms: Sequence[Any]) -> list[tuple[str, list[str] | None]]:
+    """Return (version, features to place the change by; None: every one), champion first.
+
+    After a check: each arm whose features drifted, by those. After a signal (no check ran:
+    the drift event's consumer, a degraded champion, a rollback): every serving arm, by the
+    features the signal named, or by all of them. Without this a drift event's retrain
+    learnt from the whole recent window, mostly the world before the change, while the
+    check that emitted the event had placed the change (measured in the closed loop: the
+    retrained arms earned what the stale ones did).
+    """
+    if outcome.arms:
+        return [
+            (v, list(i["drifted_features"]))
+            for v, i in outcome.arms.items()
+            if i.get("drifted_features")
+        ]
+    if not getattr(outcome, "reason", None):
+        return []
+    named = list(outcome.drifted_features) or None
+    return [(arm.version, named) for arm in arms]
+
+
 def plan_training(
     outcome: Any, champ: Any, recent: Any, settings: Any, start: datetime, end: datetime
 ) -> Training:
@@ -144,11 +166,12 @@ def plan_training(
     drop = shared_drop_columns([champ.spec, *(a.spec for a in arms if a.version != champ.version)])
     change = ChangeWindow(None, detail="no drifted feature to place the change by")
     # The champion first, then each challenger whose own training data the window left.
-    for version, info in outcome.arms.items():
+    for version, named in _placements(outcome, arms):
         path = reference_path(settings, outcome.model, version)
-        if info.get("drifted_features") and path.exists():
+        if path.exists():
             reference = pd.read_parquet(path)
-            change = change_start(recent, reference, info["drifted_features"], champ.spec.drift)
+            features = named or list(reference.columns)
+            change = change_start(recent, reference, features, champ.spec.drift)
             if change.start is not None:
                 break
     if change.start is None or change.start <= start:

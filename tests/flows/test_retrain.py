@@ -181,13 +181,21 @@ def test_every_serving_arm_is_checked_and_a_signal_retrains_once(
 
     # The event's consumer retrains without checking again, warm-started...
     [signalled] = retrain(
-        model="arms", start=DRIFT_AT, end=config.end, reason="banditflow.drift.detected"
+        model="arms",
+        start=DRIFT_AT,
+        end=config.end,
+        reason="banditflow.drift.detected",
+        drifted_features=event.payload["drifted_features"],  # as the trigger passes them
     )
     assert signalled["status"] == "retrained", signalled
     assert (
         signalled["new_study"] == plan.spec.name and signalled["family"] == plan.spec.model.family
     )
     assert signalled["arms"] == {}  # no check ran
+    # ... and learns from the same rows the check chose: the change is placed as it was
+    # (by the drifted features on each arm's training data), not the whole window.
+    placed = plan.outcome.detail.split(";")[0]
+    assert "moved from" in placed and signalled["detail"].startswith(placed), signalled["detail"]
     # ... and a second look at the same window starts nothing and emits nothing.
     again = check_model("arms", DRIFT_AT, config.end, settings=settings, warm_start_top=2)
     assert again.outcome.status == "already-retrained" and again.spec is None
