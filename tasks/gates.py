@@ -314,15 +314,17 @@ def gate_and_record(
     latency_calls: int = 200,
     convert_onnx: bool = True,
     feature_types: Mapping[str, str] | None = None,
+    serving: Any | None = None,
 ) -> GateReport:
     """Decide the serving flavour, gate that flavour, and write both back to the registry.
 
     The flavour (ONNX when it converts, agrees with sklearn and is faster) is tagged first,
-    so the gates' verdict and the flavour that serves always belong together.
+    so the gates' verdict and the flavour that serves always belong together. ``serving``:
+    a flavour decided elsewhere (a quantized choice, tasks/quantized.py) instead.
     """
     from tasks.onnx import record_serving_flavour, serving_flavour
 
-    serving = serving_flavour(
+    serving = serving or serving_flavour(
         model,
         holdout.X,
         task=task,

@@ -148,6 +148,7 @@ def gate_candidates(
 ) -> list[VersionState]:
     """Decide each new version's serving flavour and gate it; record flavour and reports."""
     from tasks.gates import gate_and_record, recorded_verdict
+    from tasks.quantized import quantized_serving
     from tasks.registry import champion
 
     client = configure_mlflow(settings)
@@ -172,6 +173,7 @@ def gate_candidates(
                     latency_calls=spec.evaluation.latency_calls,
                     convert_onnx=spec.registration.convert_onnx,
                     feature_types=feature_types,
+                    serving=quantized_serving(client, spec, state, holdout, feature_types),
                 )
             except Exception as exc:  # noqa: BLE001 - recorded; the flow fails after the rest
                 state.passed, state.failures = False, ["error"]

@@ -287,13 +287,15 @@ def choose_variant(spec: StudySpec, found: CompressionResult) -> tuple[Any, Any]
 
 
 def variant_params(spec: StudySpec, params: Mapping[str, Any], name: str) -> dict[str, Any] | None:
-    """The parameters that rebuild a pruned variant by a plain fit, or None (quantized).
+    """The parameters that rebuild a variant by a plain fit, or None.
 
     The first k trees of a seeded forest are the trees of the same forest with k trees,
     and the first k boosting iterations those of ``max_iter=k``: the registry can refit it.
+    A quantized variant is the candidate's own refit, served as its quantized graph
+    (tasks/quantized.py).
     """
     out = {**dict(params), **dict(spec.model.fixed)}
-    if name == "uncompressed":
+    if name in ("uncompressed", "quantized"):
         return out
     if name.startswith("trees="):
         key = "max_iter" if spec.model.family == "hist_gradient_boosting" else "n_estimators"
@@ -351,7 +353,7 @@ def with_compression_choice(
 
     The chosen variant is registered as a trial of its own (``<trial>-<variant>``, e.g.
     ``2-trees=16``) whose parameters rebuild it by a plain fit (:func:`variant_params`);
-    a quantized choice cannot be refit that way and leaves the registration as it was.
+    ``2-quantized`` serves its quantized ONNX graph (tasks/quantized.py).
     Without a compression stage run, ``trials`` and ``choice`` come back unchanged.
     """
     from tasks.staging import Choice

@@ -181,3 +181,109 @@ def _task_run_names(flow_run_id) -> set[str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     return {r.name for r in runs}
+
+
+def _mlp_spec(path: Path, name: str) -> StudySpec:
+    """An MLP (matrix products to quantize) whose choice weighs bytes only: quantized wins."""
+    return StudySpec.parse(
+        {
+            **stage_spec(path, name=name).model_dump(mode="json"),
+            "model": {
+                "family": "mlp",
+                "fixed": {"hidden_units": 64, "max_iter": 300},
+                "space": {"alpha": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+            },
+            "objectives": {"roc_auc": "maximize", "model_bytes": "minimize"},
+            "budget": {"max_trials": 2},
+            "gates": {"performance": {"metric": "roc_auc", "floor": 0.6}},
+            "registration": {
+                "max_candidates": 1,
+                "choice": {"rule": "utility", "weights": {"model_bytes": 1}},
+            },
+            "stages": {"hpo": {}, "compression": {"tolerance": 0.02}},
+        }
+    )
+
+
+def test_a_quantized_graph_outside_the_tolerance_is_refused(tmp_path):
+    """The register step checks the quantized graph again on the gates' hold-out."""
+    from tasks.gates import holdout_from
+    from tasks.models import build_model
+    from tasks.quantized import QuantizationRefused, quantized_flavour
+
+    spec = _mlp_spec(tmp_path / "unused.csv", "refused")
+    data = split_study_data(stage_frame(), spec)
+    model = build_model(
+        "mlp",
+        {"hidden_units": 64, "max_iter": 300},
+        task="binary",
+        feature_types=data.feature_types,
+        seed=0,
+    )
+    model.fit(data.X_train, data.y_train)
+    holdout = holdout_from(data, spec.gates)
+    kept = quantized_flavour(
+        model, holdout, task="binary", metric="roc_auc", direction="maximize", tolerance=0.02
+    )
+    assert kept.name == "onnx" and kept.onnx_bytes is not None
+    with pytest.raises(QuantizationRefused, match="tolerance"):
+        # No graph loses less than nothing and gains nothing: a negative tolerance refuses.
+        quantized_flavour(
+            model, holdout, task="binary", metric="roc_auc", direction="maximize", tolerance=-1.0
+        )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_quantized_choice_is_registered_gated_and_staged_as_its_quantized_graph(
+    prefect_harness, settings, tmp_path
+) -> None:
+    """What serves is what was chosen: the staged version's ONNX file is the quantized one."""
+    import json
+
+    import mlflow
+    import onnx
+
+    from contract import STAGING, TAG_GATES, TAG_ONNX_URI, TAG_SERVING_FLAVOUR
+    from flows.optimize import optimize
+    from flows.register import register
+    from tasks.quantized import TAG_COMPRESSION
+    from tasks.registry import aliases_of
+    from tasks.stages import COMPRESSION, find_stage_run
+    from tasks.tracking import configure_mlflow
+
+    path = tmp_path / "mlp.csv"
+    stage_frame().to_csv(path, index=False)
+    spec = _mlp_spec(path, "quantized-choice")
+    result = optimize(spec, runner="threads")
+    client = configure_mlflow(settings)
+    run = find_stage_run(client, result.experiment_id, result.parent_run_id, COMPRESSION)
+    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/compression.json"))
+    candidate, variant = summary["chosen"].split("/")
+    assert variant == "quantized", summary["variants"]  # the bytes-only utility's pick
+    chosen = next(
+        r for r in summary["variants"] if r["candidate"] == candidate and r["name"] == variant
+    )
+
+    registered = register(spec.name, spec=spec)
+    by_trial = {v["trial_id"]: v for v in registered["versions"]}
+    entry = by_trial[f"{candidate}-quantized"]
+    assert entry["alias"] == STAGING and entry["error"] is None, entry
+    assert aliases_of(client, spec.name)[STAGING] == entry["version"]
+    tags = client.get_model_version(spec.name, entry["version"]).tags
+    assert tags[TAG_GATES] == "passed" and tags[TAG_SERVING_FLAVOUR] == "onnx"
+    assert tags[TAG_COMPRESSION] == "quantized"
+    local = mlflow.artifacts.download_artifacts(tags[TAG_ONNX_URI], dst_path=str(tmp_path / "q"))
+    graph = Path(local).read_bytes()
+    ops = {node.op_type for node in onnx.load_from_string(graph).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops, ops
+    # The seeded refit quantizes to the graph the stage measured, byte for byte in size.
+    assert len(graph) == chosen["size_bytes"]
+    # The float graph of the same trial, registered beside it, is bigger.
+    if candidate in by_trial and by_trial[candidate]["serving_flavour"] == "onnx":
+        float_tags = client.get_model_version(spec.name, by_trial[candidate]["version"]).tags
+        float_path = mlflow.artifacts.download_artifacts(
+            float_tags[TAG_ONNX_URI], dst_path=str(tmp_path / "f")
+        )
+        assert Path(float_path).stat().st_size > len(graph)
