@@ -48,7 +48,7 @@ class RetrainOutcome:
     """What the retrain flow did for one model."""
 
     model: str
-    status: str  # no-champion | no-recent-data | not-drifted | already-retrained | retrained
+    status: str  # no-champion | no-recent-data | not-drifted | already-retrained | handled | retrained
     champion_version: str | None = None
     previous_study: str | None = None
     window: dict[str, str | None] = field(default_factory=dict)
@@ -287,13 +287,25 @@ def plan_retrain(
     same window (a feature update and its drift event, say) finds it and starts nothing.
     """
     from tasks.retrain_family import choose_family, with_family
-    from tasks.retrain_window import plan_training
+    from tasks.retrain_window import challenger_since, plan_training
+    from tasks.tracking import configure_mlflow
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
     # What it learns from: the labels since the change (waiting for them), every arm's features.
     training = plan_training(outcome, champ, recent, settings, lo, hi)
     if training.waiting:
         outcome.status, outcome.detail = "waiting-for-labels", training.detail
+        return RetrainPlan(outcome)
+    if training.start > lo and (
+        judged := challenger_since(
+            serving_arms(configure_mlflow(settings), outcome.model, settings), training.start
+        )
+    ):
+        outcome.status = "handled"
+        outcome.detail = (
+            f"{training.detail}; challenger v{judged.version} ({judged.alias}, study "
+            f"{judged.study}) learnt from the change on and the rollout is judging it"
+        )
         return RetrainPlan(outcome)
     lo, recent = training.start, training.data
     previous = champ.previous

@@ -182,3 +182,24 @@ def plan_training(
         return Training(change.start, recent, drop, waiting=True, detail=detail)
     data = load_recent(windowed(champ.spec, change.start, end), settings)
     return Training(change.start, data, drop, detail=f"{change.detail}; {n} labelled rows since")
+
+
+def _utc(moment: Any) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def challenger_since(arms: Sequence[Any], start: datetime) -> Any | None:
+    """Return a serving challenger that learnt from ``start`` on, or None.
+
+    Such a challenger is a retrain of this very change that the rollout is still judging.
+    Measured in the closed loop: the daily check saw the stale champion drifted every day,
+    each day's retrain superseded the day before's challenger, and no challenger ever
+    gathered the outcomes a promotion needs. So while one is judged, the change is handled.
+    """
+    for arm in arms:
+        if arm.alias == "champion" or arm.spec.data.start is None:
+            continue
+        if _utc(arm.spec.data.start) >= _utc(start):
+            return arm
+    return None

@@ -73,3 +73,24 @@ def test_the_retrain_drops_only_what_every_arm_dropped() -> None:
     assert shared_drop_columns([baseline, spec([])]) == []
     assert shared_drop_columns([baseline]) == ["sessions_7d", "cart_adds_7d", "age_band"]
     assert shared_drop_columns([]) == []
+
+
+def test_a_challenger_that_learnt_from_the_change_on_means_the_change_is_handled() -> None:
+    from tasks.retrain_window import challenger_since
+    from tasks.spec import StudySpec
+
+    def arm(alias: str, version: str, start: datetime | None) -> SimpleNamespace:
+        spec = StudySpec.parse({"name": "m", "data": {"start": start}})
+        return SimpleNamespace(alias=alias, version=version, study=f"s{version}", spec=spec)
+
+    history = arm("champion", "2", None)
+    on_probation = arm("challenger-1", "1", START)
+    first_retrain = arm("challenger-2", "5", DRIFT_AT)
+    # The champion's own window never counts; nor does a challenger from before the change.
+    assert challenger_since([arm("champion", "9", DRIFT_AT), on_probation], DRIFT_AT) is None
+    assert challenger_since([history, on_probation, first_retrain], DRIFT_AT) is first_retrain
+    # A later change (a second drift): the earlier retrain learnt from before it.
+    assert challenger_since([history, first_retrain], DRIFT_AT + timedelta(days=3)) is None
+    # A naive start is read as UTC, as the spec's data window is.
+    naive = arm("challenger-3", "6", (DRIFT_AT + timedelta(days=1)).replace(tzinfo=None))
+    assert challenger_since([history, naive], DRIFT_AT) is naive
