@@ -13,14 +13,15 @@
   trade-off by the spec's choice rule (tasks/staging.py).
 
 A stage run has tags ``banditflow.role = stage`` and ``banditflow.kind = <stage>``, and
-``mlflow.parentRunId`` = the study's run. A stage already logged under the parent (a resumed
-study) is not logged twice.
+``mlflow.parentRunId`` = the study's run (tasks/stage_runs.py). A resumed study runs its
+stages again: a stage that finds what its run logged keeps that run; one whose result
+changed (more trials, another best, a changed tolerance, re-measured latencies) is logged
+as a fresh run and the old run is marked superseded, so the stage's run is the final result.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from contract import TAG_KIND, TAG_ROLE, TAG_STUDY
+from tasks.stage_runs import find_stage_run, log_stage_run
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from tasks.spec import StudySpec
     from tasks.study_result import StudyResult
 
-STAGE_ROLE = "stage"
 FEATURE_SELECTION, HPO, COMPRESSION = "feature_selection", "hpo", "compression"
 
 
@@ -58,63 +58,6 @@ def defaults_only(spec: StudySpec) -> StudySpec:
     n = len(spec.warm_start) + 1
     budget = spec.budget.model_copy(update={"max_trials": n})
     return spec.model_copy(update={"budget": budget, "defaults_first": True})
-
-
-# --- one stage run -----------------------------------------------------------------------
-def find_stage_run(client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str) -> Any:
-    """Return the stage's run under the parent, or None."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_ROLE}` = "
-            f"'{STAGE_ROLE}' and tags.`{TAG_KIND}` = '{stage}'"
-        ),
-        max_results=1,
-    )
-    return runs[0] if runs else None
-
-
-def log_stage_run(
-    client: MlflowClient,
-    experiment_id: str,
-    parent_run_id: str,
-    stage: str,
-    *,
-    study: str,
-    params: Mapping[str, Any] | None = None,
-    metrics: Mapping[str, float] | None = None,
-    steps: Mapping[str, list[tuple[int, float]]] | None = None,
-    texts: Mapping[str, str] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> str:
-    """Log a finished stage as a child run of the study; return its run id (or the old one)."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    existing = find_stage_run(client, experiment_id, parent_run_id, stage)
-    if existing is not None:
-        return str(existing.info.run_id)
-    run_tags = {
-        "mlflow.parentRunId": parent_run_id,
-        TAG_ROLE: STAGE_ROLE,
-        TAG_KIND: stage,
-        TAG_STUDY: study,
-        **(tags or {}),
-    }
-    run = client.create_run(experiment_id, run_name=f"stage-{stage}", tags=run_tags)
-    now = int(time.time() * 1000)
-    rows = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-    for name, points in (steps or {}).items():
-        rows += [Metric(name, float(v), now, int(step)) for step, v in points]
-    client.log_batch(
-        run.info.run_id,
-        metrics=rows,
-        params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
-        tags=[RunTag(TAG_KIND, stage)],
-    )
-    for name, text in (texts or {}).items():
-        client.log_text(run.info.run_id, text, name)
-    client.set_terminated(run.info.run_id, status="FINISHED")
-    return str(run.info.run_id)
 
 
 # --- feature selection -------------------------------------------------------------------

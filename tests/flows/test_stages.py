@@ -290,3 +290,102 @@ def test_a_quantized_choice_is_registered_gated_and_staged_as_its_quantized_grap
             float_tags[TAG_ONNX_URI], dst_path=str(tmp_path / "f")
         )
         assert Path(float_path).stat().st_size > len(graph)
+
+
+def _resume_spec(path: Path, max_trials: int, tolerance: float) -> StudySpec:
+    """A forest study with hpo + compression whose budget and tolerance change on resume."""
+    return StudySpec.parse(
+        {
+            **stage_spec(path, name="stages-resumed").model_dump(mode="json"),
+            "data": {"source": "file", "path": str(path), "target": "y", "drop_columns": ["leak"]},
+            "model": {
+                "family": "random_forest",
+                "fixed": {"n_estimators": 16},
+                "space": {
+                    "max_depth": {"type": "int", "low": 1, "high": 8},
+                    "min_samples_leaf": {"type": "int", "low": 1, "high": 40},
+                },
+            },
+            "objectives": {"roc_auc": "maximize"},
+            "budget": {"max_trials": max_trials},
+            "registration": {"convert_onnx": False, "max_candidates": 1},
+            "stages": {"hpo": {}, "compression": {"tolerance": tolerance, "refit_leaves": False}},
+        }
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_resumed_stage_study_logs_the_final_result_as_its_stage_runs(
+    prefect_harness, settings, tmp_path
+) -> None:
+    """Stopped by its budget, resumed with a larger one and another tolerance: the stage
+    runs under the parent are the resumed study's result; the first run's are kept, marked.
+
+    A study killed during its trials has no hpo or compression run yet (they are logged
+    after the trials): the runs a resume finds are those of a run that ended, e.g. on its
+    budget, the way the flow resumes a study with ``--trials`` raised.
+    """
+    import json
+
+    import mlflow
+
+    from contract import TAG_KIND, TAG_ROLE
+    from flows.optimize import optimize
+    from tasks.stage_runs import SUPERSEDED_ROLE, TAG_SUPERSEDED_BY, TAG_SUPERSEDES
+    from tasks.stages import COMPRESSION, HPO, find_stage_run, with_compression_choice
+    from tasks.study_record import child_runs
+    from tasks.tracking import configure_mlflow
+
+    path = tmp_path / "resume.csv"
+    stage_frame().to_csv(path, index=False)
+    first = optimize(_resume_spec(path, 2, 0.02), runner="threads")
+    client = configure_mlflow(settings)
+
+    def current(kind: str):
+        return find_stage_run(client, first.experiment_id, first.parent_run_id, kind)
+
+    old = {kind: current(kind).info.run_id for kind in (HPO, COMPRESSION)}
+    assert current(HPO).data.metrics["n_trials"] == 2
+
+    result = optimize(_resume_spec(path, 5, 0.05), runner="threads")
+    assert result.resumed and result.parent_run_id == first.parent_run_id
+    assert result.n_trials == 5 and result.best is not None and first.best is not None
+    # The premise: the resumed trials found another best, so compression had another input.
+    assert result.best.trial_id != first.best.trial_id, (first.best, result.best)
+
+    hpo = current(HPO)
+    metrics, params = hpo.data.metrics, hpo.data.params
+    assert metrics["n_trials"] == result.n_trials == 5
+    assert metrics["n_completed"] == result.n_completed
+    assert metrics["n_pruned"] == result.n_pruned and metrics["n_failed"] == result.n_failed
+    assert metrics["best_roc_auc"] == pytest.approx(result.best.values["roc_auc"], abs=0)
+    assert metrics["cpu_seconds"] == pytest.approx(result.cpu_seconds)
+    assert params["max_trials"] == "5" and params["stop_reason"] == result.stop_reason
+
+    compression = current(COMPRESSION)
+    uri = f"runs:/{compression.info.run_id}/compression.json"
+    summary = json.loads(mlflow.artifacts.load_text(uri))
+    assert compression.data.params["tolerance"] == "0.05" and summary["tolerance"] == 0.05
+    assert {r["candidate"] for r in summary["variants"]} == {str(result.best.trial_id)}
+    assert compression.data.metrics == pytest.approx(summary["metrics"], nan_ok=True)
+    assert compression.data.tags["banditflow.compression_choice"] == (summary["chosen"] or "-")
+    # What registration stages is the resumed study's compression choice.
+    _, staged = with_compression_choice([], None, result.parent_run_id, settings)
+    assert staged.trial_id.split("-")[0] == str(result.best.trial_id), staged
+
+    # One current run per stage; the first run's are kept beside them, marked superseded.
+    runs = {r.info.run_id: r for r in child_runs(client, first.experiment_id, first.parent_run_id)}
+    stages = [r for r in runs.values() if r.data.tags.get(TAG_ROLE) == "stage"]
+    assert sorted(r.data.tags[TAG_KIND] for r in stages) == [COMPRESSION, HPO]
+    for kind, new in ((HPO, hpo), (COMPRESSION, compression)):
+        tags = runs[old[kind]].data.tags
+        assert tags[TAG_ROLE] == SUPERSEDED_ROLE and tags[TAG_SUPERSEDED_BY] == new.info.run_id
+        assert new.data.tags[TAG_SUPERSEDES] == old[kind]
+        assert runs[old[kind]].info.status == "FINISHED"
+
+    # Run again with the budget spent: the hpo stage finds what it logged and keeps its run.
+    again = optimize(_resume_spec(path, 5, 0.05), runner="threads")
+    assert again.resumed and again.n_trials == 5
+    assert current(HPO).info.run_id == hpo.info.run_id
