@@ -48,7 +48,9 @@ class RetrainOutcome:
     """What the retrain flow did for one model."""
 
     model: str
-    status: str  # no-champion | no-recent-data | not-drifted | already-retrained | handled | retrained
+    # no-champion | no-recent-data | not-drifted | waiting-for-labels | already-retrained |
+    # handled (a challenger of this change is being judged) | retrained
+    status: str
     champion_version: str | None = None
     previous_study: str | None = None
     window: dict[str, str | None] = field(default_factory=dict)

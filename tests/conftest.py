@@ -51,7 +51,7 @@ def prefect_harness() -> Iterator[None]:
     """One Prefect test API for the whole session (it takes ~18 s to start)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

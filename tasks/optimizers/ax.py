@@ -53,9 +53,10 @@ class AxOptimizer(Optimizer):
     pending-aware, and may be smaller than asked while initial points await data: the
     model's first point waits for ``min_observed_initialization`` results (default: all
     the initial points; Ax's own default is half).
-    The acquisition optimizer is trimmed so a suggestion costs about a second on one
-    core instead of 3-4 s: ``num_restarts`` (default 4, Ax 20), ``raw_samples`` (128,
-    Ax 1024), ``maxiter`` (50 L-BFGS-B steps instead of 200; all-float spaces only) and
+    The acquisition optimizer keeps Ax's ``num_restarts`` (20) and ``raw_samples`` (1024):
+    trimmed to 4 and 128 the adapter lost to Ax's own loop on the quality test's Branin on
+    this machine (mean regret 1.12 against 0.36 at q=1), for ~10 % less time. Trimmed:
+    ``maxiter`` (50 L-BFGS-B steps instead of 200; all-float spaces only) and
     ``torch_threads`` (1). If generation fails, that batch is random points (logged).
     Conditional parameters are sampled flat and dropped when inactive.
     """
@@ -70,8 +71,8 @@ class AxOptimizer(Optimizer):
         seed: int = 0,
         *,
         initialization_budget: int = 8,
-        num_restarts: int = 4,
-        raw_samples: int = 128,
+        num_restarts: int = 20,
+        raw_samples: int = 1024,
         maxiter: int = 50,
         torch_threads: int = 1,
         method: str = "fast",
