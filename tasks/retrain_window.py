@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contract import CHAMPION
+
 # Labelled rows since the change a retrain waits for: about 90 conversions at the demo's
 # 9 %, enough for a regularized model with a few dozen columns to beat a stale one.
 MIN_ROWS_AFTER_CHANGE = 1_000
@@ -198,7 +200,7 @@ def challenger_since(arms: Sequence[Any], start: datetime) -> Any | None:
     gathered the outcomes a promotion needs. So while one is judged, the change is handled.
     """
     for arm in arms:
-        if arm.alias == "champion" or arm.spec.data.start is None:
+        if arm.alias == CHAMPION or arm.spec.data.start is None:
             continue
         if _utc(arm.spec.data.start) >= _utc(start):
             return arm
