@@ -216,7 +216,7 @@ def test_resume_after_sigkill_reruns_no_finished_trial(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_flow_on_a_dask_local_cluster(prefect_harness, flow_settings, tmp_path) -> None:
-    pytest.importorskip("prefect_dask", reason="pip install 'banditflow[dask]'")
+    pytest.importorskip("distributed", reason="pip install 'banditflow[dask]'")
     from flows.optimize import optimize
 
     spec = make_spec(write_data(tmp_path / "d.csv"), name="dasky", budget={"max_trials": 4})
