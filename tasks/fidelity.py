@@ -138,11 +138,12 @@ class _FoldModel:
     def fit(self, param: str | None, iterations: int, fraction: float) -> None:
         """Fit at this rung: ``iterations`` of ``param``, or ``fraction`` of the rows."""
         t0 = time.perf_counter()
-        X_train, y_train = self.X.iloc[self.train_idx], self.y.iloc[self.train_idx]
         if self.kind == "iterations":
             assert param is not None, "an iterations fidelity names its parameter"
+            y_train = self.y.iloc[self.train_idx]
             if self._inputs is None:
                 self._estimator().set_params(warm_start=True)
+                X_train = self.X.iloc[self.train_idx]
                 self._inputs = _transform_once(self.model, X_train, y_train, self.valid_idx, self.X)
             self._estimator().set_params(**{param: iterations})
             self._estimator().fit(self._inputs[0], y_train)
