@@ -242,11 +242,21 @@ def _measure(
     else:
         timed = model_predictor(model, setup.task)
         p95 = single_row_latency_ms(timed, setup.X, calls=setup.latency_calls)
-    lost = 0.0 if reference is None else sign(setup.direction) * (value - reference.value)
-    within = reference is None or (math.isfinite(value) and lost <= setup.tolerance)
+    lost, within = 0.0, True
+    if reference is not None:
+        lost, within = metric_lost(value, reference.value, setup.direction, setup.tolerance)
     return Variant(
         candidate, name, flavour, setup.metric, value, lost, p95, size, within, model, onnx_bytes
     )
+
+
+def metric_lost(
+    value: float, reference: float, direction: str, tolerance: float
+) -> tuple[float, bool]:
+    """Return the metric a variant lost against its reference, and whether that is within
+    ``tolerance``: one rule for the stage's variants and the registered quantized graph."""
+    lost = sign(direction) * (value - reference)
+    return lost, math.isfinite(value) and lost <= tolerance
 
 
 def _onnx_of(model: Any, setup: _Setup) -> bytes | None:

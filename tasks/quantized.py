@@ -86,8 +86,8 @@ def quantized_flavour(
     timing_calls: int = 200,
 ) -> ServingFlavour:
     """Convert, quantize, check the metric lost against sklearn's, time it; or refuse."""
-    from tasks.compression import _has_matrix_products, _quantize
-    from tasks.metrics import model_predictor, predictions, score, sign, single_row_latency_ms
+    from tasks.compression import _has_matrix_products, _quantize, metric_lost
+    from tasks.metrics import model_predictor, predictions, score, single_row_latency_ms
     from tasks.onnx import (
         OnnxOutcome,
         ServingFlavour,
@@ -113,8 +113,8 @@ def quantized_flavour(
     reference = score(
         metric, holdout.y, predictions(model, frame, task), classes=classes, task=task
     )
-    lost = sign(direction) * (value - reference)
-    if not np.isfinite(value) or lost > tolerance:
+    lost, within = metric_lost(value, reference, direction, tolerance)
+    if not within:
         raise QuantizationRefused(
             f"the quantized graph loses {lost:+.4g} {metric} against the sklearn model on the "
             f"hold-out (tolerance {tolerance:g})"
