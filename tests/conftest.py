@@ -25,6 +25,27 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_do_not_leak() -> Iterator[None]:
+    """MLflow keeps its tracking and registry URIs process-wide (and copies them into
+    ``MLFLOW_*_URI`` for subprocesses): a test that sets them must not point the next test's
+    clients, or the servers it starts, at a store that was deleted with its folder."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if "mlflow" in sys.modules:  # never import it for a test that did not
+        from mlflow.tracking._model_registry import utils as registry
+        from mlflow.tracking._tracking_service import utils as tracking
+
+        tracking._tracking_uri = None
+        registry._registry_uri = None
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh data folder: ``BANDITFLOW_HOME`` points at it for the test."""

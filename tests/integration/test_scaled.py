@@ -306,7 +306,12 @@ def _drifted_update_retrains_on_the_cluster(stack: Stack, tmp_path: Path) -> Non
         assert retrain.parameters["drifted_features"], retrain.parameters
     # Its study ran on the cluster's workers and registered through the MLflow server.
     assert _trials_on_workers(stack) >= trials_before + 4
-    mlflow = MlflowClient(tracking_uri=stack.env()["BANDITFLOW_MLFLOW_TRACKING_URI"])
+    # Both URIs named: a test before this one in the same process may have set MLflow's
+    # process-wide registry URI, which a client given only a tracking URI would read.
+    env = stack.env()
+    mlflow = MlflowClient(
+        env["BANDITFLOW_MLFLOW_TRACKING_URI"], env["BANDITFLOW_MLFLOW_REGISTRY_URI"]
+    )
     versions = mlflow.search_model_versions("name='conversion'")
     new = {v.version for v in versions if v.tags.get(TAG_STUDY, "").startswith("conversion--")}
     assert new, [(v.version, v.tags.get(TAG_STUDY)) for v in versions]
