@@ -31,19 +31,30 @@ def _mlflow_uris_do_not_leak() -> Iterator[None]:
     ``MLFLOW_*_URI`` for subprocesses): a test that sets them must not point the next test's
     clients, or the servers it starts, at a store that was deleted with its folder."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    before = {name: os.environ.get(name) for name in names}
+    env_before = {name: os.environ.get(name) for name in names}
+    uris_before = _mlflow_uris()
     yield
-    for name, value in before.items():
+    if "mlflow" in sys.modules:  # never import it for a test that did not
+        import mlflow
+
+        tracking, registry = uris_before
+        mlflow.set_tracking_uri(tracking)  # None unsets it (and resets the trace exporter)
+        mlflow.set_registry_uri(registry)
+    for name, value in env_before.items():  # after: setting the URIs writes these variables
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    if "mlflow" in sys.modules:  # never import it for a test that did not
-        from mlflow.tracking._model_registry import utils as registry
-        from mlflow.tracking._tracking_service import utils as tracking
 
-        tracking._tracking_uri = None
-        registry._registry_uri = None
+
+def _mlflow_uris() -> tuple[str | None, str | None]:
+    """MLflow's process-wide URIs as set (None where unset), without importing MLflow."""
+    if "mlflow" not in sys.modules:
+        return None, None
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    return tracking._tracking_uri, registry._registry_uri
 
 
 @pytest.fixture
