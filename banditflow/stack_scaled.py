@@ -201,6 +201,8 @@ def scaled_ports(given: dict[str, int] | None) -> dict[str, int]:
 
 def _start_dask(launch: _Launch, ports: dict[str, int]) -> None:
     """Start the scheduler and the workers, each in its own folder with its own data folder."""
+    from tasks.dask_study import WORKER_ARGS, worker_env
+
     rdir = run_dir(launch.home)
     sched, http = ports["dask-scheduler"], ports["dask-scheduler-http"]
     folder = rdir / "dask-scheduler"
@@ -213,10 +215,14 @@ def _start_dask(launch: _Launch, ports: dict[str, int]) -> None:
         folder = rdir / name
         (folder / "home").mkdir(parents=True, exist_ok=True)
         cmd = [_bin("dask"), "worker", f"tcp://{HOST}:{sched}", "--name", name]
-        cmd += ["--nthreads", "1", "--nworkers", "1", "--local-directory", str(folder)]
+        # One thread, the trials' imports preloaded, Dask's profiler off (tasks/dask_study.py).
+        cmd += [*WORKER_ARGS, "--local-directory", str(folder)]
         cmd += ["--dashboard-address", f"{HOST}:{ports[name]}"]
         # Its own data folder: a trial that read the stack's files would fail here.
-        own = {"BANDITFLOW_HOME": str(folder / "home"), "PREFECT_HOME": str(folder / "prefect")}
+        own = worker_env(launch.env) | {
+            "BANDITFLOW_HOME": str(folder / "home"),
+            "PREFECT_HOME": str(folder / "prefect"),
+        }
         _spawn_in(launch, name, cmd, folder, None, f"http://{HOST}:{ports[name]}/health", own)
 
 

@@ -7,9 +7,10 @@ Prefect tasks on threads handing each trial to Dask as a plain task, a LocalClus
 q=2 at most 0.6x the wall time of q=1 with the best runner. ``bare-pool`` (``--runners
 bare-pool,...``) is the control: the same trials on the warm pool alone.
 ``dask-cluster`` is a real cluster: ``dask scheduler`` and two ``dask worker`` processes,
-each started in its own folder (the scaled profile's layout), the study's data and family
-sent to them by the Dask runner's worker plugin. ``--rounds N`` interleaves N q=1/q=2 pairs
-per runner (a shared machine's load moves) and reports the median ratio.
+each started in its own folder with the trial imports preloaded (the scaled profile's
+layout), the study's data and family sent to them by the Dask runner's worker plugin.
+``--rounds N`` interleaves N q=1/q=2 pairs per runner (a shared machine's load moves) and
+reports the median ratio.
 
 Needs a real Prefect server (the ephemeral API starts one per worker process): the script
 starts ``prefect server start`` on a free port unless PREFECT_API_URL is already set.
@@ -115,11 +116,13 @@ def dask_cluster(work: Path, workers: int = 2) -> Iterator[str]:
     """Start a scheduler and ``workers`` single-threaded workers, each in its own folder."""
     from distributed import Client
 
+    from tasks.dask_study import WORKER_ARGS, worker_env
+
     port, bin_dir = free_port(), Path(sys.executable).parent
     address = f"tcp://127.0.0.1:{port}"
     cmds = [["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]]
     cmds += [
-        ["worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"]
+        ["worker", address, *WORKER_ARGS, "--no-dashboard"]  # as the scaled profile's
         + ["--name", f"w{i}", "--local-directory", str(work / f"dask-worker-{i}")]
         for i in range(1, workers + 1)
     ]
@@ -135,6 +138,7 @@ def dask_cluster(work: Path, workers: int = 2) -> Iterator[str]:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    env=worker_env(os.environ),
                 )
             )
     try:

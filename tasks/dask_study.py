@@ -13,7 +13,9 @@ its data folder is there. So, once per study, a worker plugin carries to every w
 ``distributed``'s worker plugins are the mechanism: ``register_plugin`` sends the plugin
 through the scheduler, which replays it to workers that start later. The plugin also
 imports what every trial needs (sklearn, the evaluator, the families' modules) while it
-sets up, on all workers at once, instead of in each worker's first trial.
+sets up, on all workers at once, instead of in each worker's first trial. A worker started
+with ``--preload tasks.dask_study`` (the scaled profile's) does those imports when it
+starts (:func:`dask_setup`), so a study on a running cluster does not wait ~1.4 s for them.
 
 Each trial is then one plain Dask task (:class:`DaskTrialPool`): its Prefect task run stays
 on a thread of the flow's process, as with the warm process pool. Running Prefect's task
@@ -33,6 +35,7 @@ import sys
 import threading
 import uuid
 import zipfile
+from collections.abc import Mapping
 from importlib.metadata import Distribution, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +61,35 @@ _PRELOAD = (
     "sklearn.model_selection",
     "sklearn.metrics",
 )
+
+
+# How the scaled profile (and the benchmark's cluster) start each worker, beside
+# ``--preload tasks.dask_study``. Dask's statistical profiler samples every thread's stack
+# each 10 ms for the dashboard's profile page; on 2 shared cores with CPU-bound trials it
+# cost about a fifth of each trial's CPU (measured with ``benchmarks/optimize_parallel.py``:
+# worker CPU per trial 1.27 s on, 1.0 s off). A value already in the environment wins.
+WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
+WORKER_ARGS = ("--nthreads", "1", "--nworkers", "1", "--preload", "tasks.dask_study")
+
+
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return the variables a trial worker starts with: ``WORKER_ENV`` under ``environ``."""
+    return {**WORKER_ENV, **environ}
+
+
+def preload_trial_modules() -> None:
+    """Import what every trial needs: sklearn's parts and every registered family's module."""
+    from tasks.models import family_modules, load_family_plugins
+
+    load_family_plugins()
+    for module in (*_PRELOAD, *family_modules()):
+        importlib.import_module(module)
+
+
+def dask_setup(worker: Any) -> None:
+    """``dask worker --preload tasks.dask_study``: the trial imports when the worker starts."""
+    preload_trial_modules()
+    log.info("banditflow: trial modules preloaded on %s", worker.name)
 
 
 def family_distribution(family: str) -> Distribution | None:
@@ -106,7 +138,6 @@ class StudyPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         from tasks.executors import _DATA_CACHE
-        from tasks.models import family_modules, load_family_plugins
 
         for name, blob in self.packages.items():
             target = Path(worker.local_directory) / "banditflow-packages" / self.key / name
@@ -116,9 +147,9 @@ class StudyPlugin(WorkerPlugin):
                 sys.path.insert(0, str(target))
         if self.packages:
             importlib.invalidate_caches()
-        load_family_plugins()
-        for module in (*_PRELOAD, *family_modules()):
-            importlib.import_module(module)  # the first trial's imports, on every worker at once
+        # The first trial's imports, on every worker at once (a no-op after a preload; a
+        # package that just arrived registers its family here).
+        preload_trial_modules()
         _DATA_CACHE[self.key] = pickle.loads(self.payload)
 
     def teardown(self, worker: Any) -> None:
@@ -193,9 +224,13 @@ class DaskTrialPool:
         self._lock = threading.Lock()
         self._cluster: Any = None
         if not address:
-            self._cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-            )
+            import dask
+
+            # As the scaled profile's workers: no statistical profiler (see WORKER_ENV).
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                self._cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                )
         self.client = Client(address or self._cluster, set_as_default=False)
 
     def ship(self, family: str) -> None:
