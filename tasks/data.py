@@ -52,6 +52,21 @@ class StudyData:
     # are not features (the fairness gate's sensitive attribute) stay available.
     test_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     source: str = ""
+    # Prior rows (``data.history_days`` before the window): fitted with a trial's
+    # ``history_weight``, never scored (tasks/evaluate.py: fit_pipeline).
+    X_history: pd.DataFrame | None = None
+    y_history: pd.Series | None = None
+
+    @property
+    def history_rows(self) -> int:
+        return 0 if self.X_history is None else len(self.X_history)
+
+    @property
+    def history(self) -> tuple[pd.DataFrame, pd.Series] | None:
+        """The prior rows as ``(X, y)`` for ``tasks.models.fit_model``; None without any."""
+        if self.X_history is None or self.y_history is None:
+            return None
+        return self.X_history, self.y_history
 
     @property
     def feature_columns(self) -> list[str]:
@@ -70,6 +85,7 @@ class StudyData:
             "rows_test": len(self.X_test),
             "features": len(self.feature_types),
             "time_ordered": self.time_ordered,
+            **({"rows_history": self.history_rows} if self.X_history is not None else {}),
         }
 
 
@@ -83,7 +99,47 @@ def load_study_data(spec: StudySpec, settings: PipelineSettings | None = None) -
         frame, source = _load_feast(spec, settings)
     else:
         frame, source = _read_table(Path(data.path or ""), what="data.path"), str(data.path)
-    return split_study_data(frame, spec, source=source)
+    loaded = split_study_data(frame, spec, source=source)
+    if data.history_days is not None:
+        loaded = _with_history(loaded, spec, settings)
+    return loaded
+
+
+def _with_history(loaded: StudyData, spec: StudySpec, settings: PipelineSettings) -> StudyData:
+    """Add the labels of the ``history_days`` before ``data.start`` as prior rows.
+
+    Loaded exactly as the window is (the same source, point-in-time join and cleaning), all
+    of them: they are fitted, never scored. A period with too few labels gives no prior
+    rows, and the study learns from its window alone.
+    """
+    import dataclasses
+    from datetime import timedelta
+
+    data = spec.data
+    assert data.start is not None and data.history_days is not None  # the spec checks it
+    prior = spec.model_copy(
+        update={
+            "data": data.model_copy(
+                update={
+                    "start": data.start - timedelta(days=data.history_days),
+                    "end": data.start,
+                    "history_days": None,
+                }
+            )
+        }
+    )
+    try:
+        rows = load_study_data(prior, settings)
+    except DataError:
+        empty = {"X_history": loaded.X_train.iloc[:0], "y_history": loaded.y_train.iloc[:0]}
+        return dataclasses.replace(loaded, **empty)
+    columns = loaded.feature_columns
+    X = pd.concat([rows.X_train, rows.X_test], ignore_index=True)
+    y = pd.concat([rows.y_train, rows.y_test], ignore_index=True)
+    missing = [c for c in columns if c not in X.columns]
+    if missing:
+        raise DataError(f"the history rows lack the window's feature columns {missing}")
+    return dataclasses.replace(loaded, X_history=clean_features(X[columns]), y_history=y)
 
 
 def split_study_data(frame: pd.DataFrame, spec: StudySpec, *, source: str = "") -> StudyData:

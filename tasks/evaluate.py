@@ -169,9 +169,10 @@ def _evaluate(
 ) -> TrialOutcome:
     from sklearn.base import clone
 
-    from tasks.models import build_model, merge_params
+    from tasks.models import ModelFamilyError, build_model, fit_model, history_weight, merge_params
 
     X, y = data.X_train, data.y_train
+    history = data.history
     pipeline = build_model(
         config.family,
         merge_params(config.fixed, params),
@@ -186,13 +187,19 @@ def _evaluate(
     if rungs is not None and rungs.kind != "folds":
         from tasks.fidelity import evaluate_rungs
 
+        if history_weight(params) > 0 and data.history_rows:
+            raise ModelFamilyError(
+                f"a {rungs.kind} fidelity pruner fits without the prior rows: drop "
+                "history_weight from the space or use the median rule"
+            )
+
         return evaluate_rungs(config, params, data, pipeline, splits, pruner, folds, started)
     fitted = None
     for fold, (train_idx, valid_idx) in enumerate(splits, start=1):
         fold_started = time.perf_counter()
         fitted = clone(pipeline)
         t0 = time.perf_counter()
-        fitted.fit(X.iloc[train_idx], y.iloc[train_idx])
+        fit_model(fitted, X.iloc[train_idx], y.iloc[train_idx], params, history)
         folds.fit_seconds.append(time.perf_counter() - t0)
         scores = score_fold(fitted, X.iloc[valid_idx], y.iloc[valid_idx], config.task)
         for name in metric_names:

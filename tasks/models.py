@@ -185,6 +185,56 @@ def default_space(family: str, *, fixed: Iterable[str] = ()) -> dict[str, dict[s
     return copy.deepcopy({k: dict(v) for k, v in space.items() if k not in set(fixed)})
 
 
+# A trial parameter of the data, not of the estimator: the weight of the study's prior rows
+# (``data.history_days``) in every fit. build_model never passes it to a family's builder.
+HISTORY_WEIGHT = "history_weight"
+
+
+def history_weight(params: Mapping[str, Any]) -> float:
+    """Return the trial's weight of the prior rows (0: not used); refuse a bad one."""
+    import math
+
+    value = params.get(HISTORY_WEIGHT)
+    if value is None:
+        return 0.0
+    weight = float(value)
+    if not math.isfinite(weight) or weight < 0:
+        raise ModelFamilyError(f"{HISTORY_WEIGHT} must be a finite number >= 0, got {value!r}")
+    return weight
+
+
+def fit_model(
+    model: Pipeline,
+    X: pd.DataFrame,
+    y: Any,
+    params: Mapping[str, Any],
+    history: tuple[pd.DataFrame, Any] | None = None,
+) -> Pipeline:
+    """Fit ``build_model``'s pipeline on ``X, y`` and, weighted, the prior rows ``history``.
+
+    With ``params[history_weight] = w > 0`` and prior rows, the estimator sees them with
+    sample weight ``w`` beside the rows' weight 1: the prior's likelihood raised to ``w``
+    (a power prior, Ibrahim & Chen 2000). The preprocessing is fitted on both, unweighted.
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.utils.validation import has_fit_parameter
+
+    weight = history_weight(params)
+    if weight == 0 or history is None or len(history[0]) == 0:
+        return model.fit(X, y)
+    estimator = model.steps[-1][1]
+    if not has_fit_parameter(estimator, "sample_weight"):
+        raise ModelFamilyError(
+            f"{type(estimator).__name__} takes no sample_weight, so {HISTORY_WEIGHT} cannot "
+            "weight the prior rows: search another family or drop the parameter"
+        )
+    X_all = pd.concat([X, history[0][list(X.columns)]], ignore_index=True)
+    y_all = pd.concat([pd.Series(np.asarray(y)), pd.Series(np.asarray(history[1]))])
+    weights = np.r_[np.ones(len(X)), np.full(len(history[0]), weight)]
+    return model.fit(X_all, y_all.to_numpy(), **{f"{model.steps[-1][0]}__sample_weight": weights})
+
+
 def merge_params(fixed: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """Return one trial's parameters: the searched ones, overridden by the fixed ones.
 
@@ -265,8 +315,9 @@ def build_model(
             raise ModelFamilyError("build_model needs feature_types or an X sample")
         feature_types = infer_feature_types(X)
     known = set(fam.default_space)
+    own = {k: v for k, v in params.items() if k != HISTORY_WEIGHT}  # the data's, not the model's
     try:
-        estimator = fam.builder(dict(params), task, seed)
+        estimator = fam.builder(own, task, seed)
     except TypeError as exc:
         raise ModelFamilyError(
             f"model family {family!r} rejected parameters {dict(params)}: {exc} "

@@ -133,6 +133,7 @@ def register_candidates(
             experiment_id=experiment_id,
             feature_types=getattr(data, "feature_types", None),
             parent_run_id=parent_run_id,
+            history=getattr(data, "history", None),
         )
         states.append(VersionState(registered, model))
     return states

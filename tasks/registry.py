@@ -148,9 +148,10 @@ def refit_candidate(
     X_train: pd.DataFrame,
     y_train: Any,
     feature_types: Mapping[str, Any] | None = None,
+    history: tuple[pd.DataFrame, Any] | None = None,
 ) -> Candidate:
-    """Build the trial's pipeline and fit it on the full training part."""
-    from tasks.models import build_model, merge_params
+    """Build the trial's pipeline and fit it on the full training part (and prior rows)."""
+    from tasks.models import build_model, fit_model, merge_params
 
     params = merge_params(spec.model.fixed, trial.params)
     model = build_model(
@@ -161,7 +162,7 @@ def refit_candidate(
         X=X_train,
         seed=spec.seed,
     )
-    model.fit(X_train, y_train)
+    fit_model(model, X_train, y_train, params, history)
     metrics = {k: float(v) for k, v in (trial.values or {}).items() if v is not None}
     return Candidate(str(trial.trial_id), dict(trial.params), metrics, model, spec.model.family)
 
@@ -270,6 +271,7 @@ def register_trial(
     experiment_id: str,
     feature_types: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
+    history: tuple[pd.DataFrame, Any] | None = None,
 ) -> tuple[RegisteredVersion, Any | None]:
     """Refit and register one trial, or find its version; return it and the fresh model.
 
@@ -284,7 +286,7 @@ def register_trial(
     )
     if existing is not None:
         return _existing(spec.name, existing, str(trial.trial_id)), None
-    candidate = refit_candidate(spec, trial, X_train, y_train, feature_types)
+    candidate = refit_candidate(spec, trial, X_train, y_train, feature_types, history)
     registered = register_candidate(
         client,
         spec.name,

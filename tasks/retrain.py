@@ -288,7 +288,9 @@ def plan_retrain(
     A study is named after the model and the window's end, so a second signal for the
     same window (a feature update and its drift event, say) finds it and starts nothing.
     """
+    from tasks.models import HISTORY_WEIGHT
     from tasks.retrain_family import choose_family, with_family
+    from tasks.retrain_prior import takes_weights, with_prior
     from tasks.retrain_window import challenger_since, plan_training
     from tasks.tracking import configure_mlflow
 
@@ -327,6 +329,15 @@ def plan_retrain(
     only = [f.strip() for f in settings.retrain_families.split(",") if f.strip()]
     choice = choose_family(new_spec, recent, warm, only=only or None)
     new_spec, warm = with_family(new_spec, choice), choice.warm_start
+    # And what it keeps of the world before: the older labels, weighted by a searched power.
+    days = settings.retrain_history_days
+    if days > 0 and takes_weights(new_spec, recent):
+        new_spec, warm = with_prior(new_spec, warm, days)
+        recent = load_recent(new_spec, settings)
+        outcome.detail += (
+            f"; prior rows: {recent.history_rows:,} labels of the {days:g} days before "
+            f"{lo:%Y-%m-%d}, their weight searched ({HISTORY_WEIGHT})"
+        )
     outcome.family, outcome.detail = choice.family, f"{outcome.detail}; {choice.detail()}"
     run_logger().info(
         "%s: retraining as study %s warm-started from %d points (%s)",

@@ -47,6 +47,9 @@ class PipelineSettings(BaseSettings):
     # The model families a retrain screens (comma-separated; tasks/retrain_family.py).
     # Empty: every family registered for the task.
     retrain_families: str = ""
+    # Days of labels before the change a retrain also fits, down-weighted by the searched
+    # ``history_weight`` (a power prior; tasks/retrain_prior.py). 0: the change's rows only.
+    retrain_history_days: float = Field(default=14.0, ge=0)
 
     @property
     def data_dir(self) -> Path:

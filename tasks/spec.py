@@ -69,11 +69,21 @@ class DataSpec(_Strict):
     start: datetime | None = None
     end: datetime | None = None
     max_rows: int | None = Field(default=None, gt=0)
+    # Prior rows: the labels of the ``history_days`` before ``start`` join every fit with the
+    # weight the trial's ``history_weight`` parameter gives them (a power prior; without
+    # that parameter, or at 0, they are unused) and are never scored: cross-validation and
+    # the gates judge the window's own rows. What a retrain after a change learns from.
+    history_days: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check_source(self) -> DataSpec:
         if self.source == "file" and not self.path:
             raise ValueError("data.source 'file' needs data.path (a CSV or parquet file)")
+        if self.history_days is not None and self.start is None:
+            raise ValueError(
+                "data.history_days counts back from data.start: set data.start, "
+                "or leave history_days out"
+            )
         if self.path and Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
             raise ValueError(f"data.path must be a .csv or .parquet file, got {self.path!r}")
         return self

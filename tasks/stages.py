@@ -169,7 +169,10 @@ def compression_stage(
     trials = select_trials(spec, result.best, result.pareto, result.top)
     trials = trials[: cfg.max_candidates or spec.registration.max_candidates]
     candidates = [
-        (str(t.trial_id), refit_candidate(spec, t, data.X_train, data.y_train, data.feature_types))
+        (
+            str(t.trial_id),
+            refit_candidate(spec, t, data.X_train, data.y_train, data.feature_types, data.history),
+        )
         for t in trials
     ]
     found = compress_candidates(

@@ -93,6 +93,12 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     by_id = sorted(again.top, key=lambda t: int(t.trial_id))
     searched = load_study_spec(again.parent_run_id, settings)
     assert searched.model.family == outcome["family"]
+    # It also fitted the labels before the change, weighted by a searched power prior.
+    assert searched.data.history_days == settings.retrain_history_days > 0
+    assert searched.model.space is not None and "history_weight" in searched.model.space
+    prior = re.search(r"prior rows: ([\d,]+) labels", outcome["detail"])
+    assert prior is not None and int(prior.group(1).replace(",", "")) > 0, outcome["detail"]
+    assert all(0 < t.params["history_weight"] <= 1 for t in again.top), again.top
     # The warm-start points are enqueued first (after the library defaults, when on).
     firsts = [t.params for t in by_id if t.role == "warm_start"]
     assert [p["C"] for p in firsts] == pytest.approx([p["C"] for p in outcome["warm_start"]])
