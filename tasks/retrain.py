@@ -311,6 +311,15 @@ def plan_retrain(
             f"{judged.study}) learnt from the change on and the rollout is judging it"
         )
         return RetrainPlan(outcome)
+    if training.start <= lo and _labels_predate_the_alarm(outcome):
+        outcome.status = "waiting-for-labels"
+        outcome.detail = (
+            f"{training.detail}; the live reward fell ({outcome.reason}) but the labelled "
+            "rows show no change yet (no drifted day, the champion's metric held): they "
+            "predate it, and a retrain on them would learn the old world again; the daily "
+            "check retrains once labels from after the change arrive"
+        )
+        return RetrainPlan(outcome)
     lo, recent = training.start, training.data
     previous = champ.previous
     trials = list(previous.top) or [t for t in [previous.best, *previous.pareto] if t]
@@ -350,6 +359,17 @@ def plan_retrain(
     return RetrainPlan(outcome, new_spec, recent)
 
 
+def _labels_predate_the_alarm(outcome: RetrainOutcome) -> bool:
+    """Whether a live alarm's retrain has only labels from before what the alarm saw.
+
+    Labels arrive later than the outcomes the service watches (a day, in the demo): when
+    ``banditflow.performance.degraded`` fires, the newest labels may all predate the fall.
+    """
+    from contract import EVENT_PERFORMANCE_DEGRADED
+
+    return outcome.reason == EVENT_PERFORMANCE_DEGRADED and not outcome.metric_degraded
+
+
 def plan_from_signal(
     model: str,
     start: datetime | None,
@@ -364,6 +384,7 @@ def plan_from_signal(
 
     The signal's producer has judged already: no drift check runs again.
     """
+    from contract import EVENT_PERFORMANCE_DEGRADED
     from tasks.tracking import configure_mlflow
 
     arms = serving_arms(configure_mlflow(settings), model, settings)
@@ -379,6 +400,13 @@ def plan_from_signal(
     if isinstance(recent, Exception):
         outcome.status, outcome.detail = "no-recent-data", str(recent)
         return RetrainPlan(outcome)
+    if reason == EVENT_PERFORMANCE_DEGRADED:  # do the labels show what the alarm saw?
+        from tasks.drift_check import champion_metric
+
+        X, y = frame_of(recent)
+        client = configure_mlflow(settings)
+        held = champion_metric(client, model, champ.version, champ.spec, X, y)
+        outcome.metric_degraded = bool(held and held.degraded)
     return plan_retrain(outcome, champ, recent, settings, warm_start_top)
 
 

@@ -67,6 +67,17 @@ def test_retrain_on_drift_starts_from_the_previous_best_points(
     summary = register("wsdemo", spec)
     assert [v["alias"] for v in summary["versions"]] == ["champion"]
 
+    # A live alarm whose labels all predate the change (labels arrive late): a retrain on
+    # them would learn the old world again, so it waits for labels that show the change.
+    [alarm] = retrain(
+        model="wsdemo",
+        start=DRIFT_AT - timedelta(days=7),
+        end=DRIFT_AT,
+        reason="banditflow.performance.degraded",
+    )
+    assert alarm["status"] == "waiting-for-labels" and "predate" in alarm["detail"], alarm
+    assert alarm["new_study"] is None
+
     screened(monkeypatch, settings)
     [outcome] = retrain(start=DRIFT_AT, end=config.end, model="wsdemo", warm_start_top=2)
     assert outcome["status"] == "retrained", outcome
