@@ -13,7 +13,10 @@ would serve, from the next day to the end of the live period):
   old recipe       the champion's family and optimizer on the post-change rows,
                    warm-started from the champion's best points (what plan_retrain did)
   new recipe       tasks.retrain_family.choose_family on the same rows, then the same
-                   search of the family it picks (what plan_retrain does now)
+                   search of the family it picks (what plan_retrain did before the prior)
+  with prior       the new recipe, also fitting the 14 days of labels before the onset
+                   with the searched history_weight (tasks/retrain_prior.py: what
+                   plan_retrain does now); "history_weight" is its best trial's
 
 Reward per visit is the expected net reward of the offers a model's scores make
 (``p_true - cost`` when offered), so visit noise does not blur the comparison. Each
@@ -27,6 +30,7 @@ against thresholds), "CI" the verdict of the gates as they judge now (tasks/gate
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -43,6 +47,7 @@ import pandas as pd
 RESULTS = Path(__file__).resolve().parent / "results"
 DAYS_AFTER_ONSET = (1, 2, 3)
 VISITS_PER_DAY = 6_000
+HISTORY_DAYS = 14.0  # the retrain_history_days default
 
 
 def search(spec: Any, data: Any, warm: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
@@ -53,14 +58,17 @@ def search(spec: Any, data: Any, warm: list[dict[str, Any]]) -> tuple[Any, list[
     """
     from tasks.evaluate import EvalConfig, evaluate_trial
     from tasks.metrics import sign
-    from tasks.models import build_model, default_space
+    from tasks.models import build_model, default_space, fit_model
     from tasks.optimizers import get_optimizer
     from tasks.study_meta import library_defaults
 
     metric, direction = spec.primary_objective
-    optimizer = get_optimizer(
-        spec.optimizer, default_space(spec.model.family), dict(spec.objectives), seed=spec.seed
+    space = (
+        {k: v.model_dump(exclude_none=True) for k, v in spec.model.space.items()}
+        if spec.model.space
+        else default_space(spec.model.family)
     )
+    optimizer = get_optimizer(spec.optimizer, space, dict(spec.objectives), seed=spec.seed)
     point, _ = library_defaults(spec.model.family, optimizer.space, spec.task, spec.seed)
     for p in [point, *warm]:
         optimizer.enqueue(p)
@@ -78,7 +86,7 @@ def search(spec: Any, data: Any, warm: list[dict[str, Any]]) -> tuple[Any, list[
     model = build_model(
         spec.model.family, best, task=spec.task, feature_types=data.feature_types, seed=spec.seed
     )
-    return model.fit(data.X_train, data.y_train), [t for _, t in done]
+    return fit_model(model, data.X_train, data.y_train, best, data.history), [t for _, t in done]
 
 
 def reward_per_visit(scores: np.ndarray, stream: pd.DataFrame, cost: float) -> float:
@@ -130,8 +138,10 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
     from banditflow.studies import demo_specs
     from tasks.data import split_study_data
     from tasks.datagen import feature_oracle_probability, generate, labelled_sessions
+    from tasks.models import HISTORY_WEIGHT
     from tasks.retrain import top_points
     from tasks.retrain_family import choose_family, with_family
+    from tasks.retrain_prior import with_prior
 
     plan = DemoPlan.quick()
     plan = replace(plan, world=replace(plan.world, seed=seed))
@@ -163,6 +173,20 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
         choice = choose_family(retrain, data, warm)
         new, _ = search(with_family(retrain, choice), data, choice.warm_start)
         new_s = time.perf_counter() - began
+        began = time.perf_counter()
+        prior_spec, prior_warm = with_prior(
+            with_family(retrain, choice), choice.warm_start, HISTORY_DAYS
+        )
+        before = window(world.drift_at - timedelta(days=HISTORY_DAYS), world.drift_at)
+        old_rows = split_study_data(frame, before)
+        prior_data = dataclasses.replace(
+            data,
+            X_history=pd.concat([old_rows.X_train, old_rows.X_test], ignore_index=True),
+            y_history=pd.concat([old_rows.y_train, old_rows.y_test], ignore_index=True),
+        )
+        prior, prior_trials = search(prior_spec, prior_data, prior_warm)
+        prior_s = time.perf_counter() - began
+        weight = prior_trials[0].params.get(HISTORY_WEIGHT, 0.0)  # the best trial's
         serve_from = world.drift_at + timedelta(days=k + 1)
         days = (world.day_start(world.live_days) - serve_from).days
         stream = build_stream(
@@ -173,7 +197,7 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
         )
         rewards = {
             name: reward_per_visit(model_scores(m, stream), stream, cost)
-            for name, m in (("never", champion), ("old", old), ("new", new))
+            for name, m in (("never", champion), ("old", old), ("new", new), ("prior", prior))
         }
         gates = {
             name: gate_verdicts(retrain, m, data, champion)
@@ -187,12 +211,15 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
                 "hold-out rows": len(data.X_test),
                 "hold-out conversions": int(data.y_test.sum()),
                 "feature oracle": oracle,
-                **{f"{n} / f.o.": rewards[n] / oracle for n in ("never", "old", "new")},
+                **{f"{n} / f.o.": rewards[n] / oracle for n in ("never", "old", "new", "prior")},
                 "new family": choice.family,
+                "prior rows": prior_data.history_rows,
+                "history_weight": round(float(weight), 4),
                 **{f"{n} gates (point)": verdict(gates[n]["point_failures"]) for n in gates},
                 **{f"{n} gates (CI)": verdict(gates[n]["ci_failures"]) for n in gates},
                 "old s": round(old_s, 1),
                 "new s": round(new_s, 1),
+                "prior s": round(prior_s, 1),
                 "screen": choice.detail(),
             }
         )
@@ -202,7 +229,8 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
 
 def summarize(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
-    means = frame.groupby("day")[["never / f.o.", "old / f.o.", "new / f.o."]].mean()
+    columns = ["never / f.o.", "old / f.o.", "new / f.o.", "prior / f.o."]
+    means = frame.groupby("day")[columns].mean()
     means = means.reset_index().assign(seed="mean")
     return pd.concat([frame, means], ignore_index=True)
 
