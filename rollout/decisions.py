@@ -240,6 +240,17 @@ def _watch_champion(svc: RolloutService, snap: PoolSnapshot) -> Recommendation |
             arm=replaced,
             reason=f"probation over: {champion} kept after {since.pulls:,.0f} outcomes",
         )
+    if watch and rule.settled(since, before, reward_kind=svc.policy.reward_kind):
+        return Recommendation(
+            action="end-watch",
+            arm=replaced,
+            reason=(
+                f"probation over: {champion} shown better than {replaced} (mean "
+                f"{since.mean:.4g} over {since.pulls:,.0f} outcomes since the promotion vs "
+                f"{before.mean:.4g} over {before.pulls:,.0f}; always valid, wrong-rate <= "
+                f"{rule.false_rollback_rate:g})"
+            ),
+        )
     return None
 
 

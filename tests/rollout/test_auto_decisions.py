@@ -88,6 +88,31 @@ def test_a_worse_champion_promoted_by_chance_is_rolled_back(rollout_home: Path) 
         }
 
 
+def test_a_better_champion_ends_its_probation_and_the_replaced_one_leaves_rotation(
+    rollout_home: Path,
+) -> None:
+    settings = make_settings(rollout_home, decision_params=RULE)
+    with TestClient(create_app(settings)) as client:
+        seed(client, "v1", 20_000, 1_000, "before")  # the champion: 5 %
+        seed(client, "v2", 2_000, 140, "before")
+        assert client.post("/admin/promote", headers=ADMIN, json={"arm": "2"}).status_code == 200
+        seed(client, "v2", 6_000, 420, "after")  # 7 % since the promotion
+        seed(client, "v1", 6_000, 300, "after-v1")  # 5 % on probation, the same period
+        recs = decide(client)
+        assert [(r["action"], r["arm"]) for r in recs] == [("end-watch", "v1")], recs
+        assert "shown better than v1" in recs[0]["reason"] and recs[0]["applied"] is True
+        arms = client.get("/arms").json()
+        assert arms["decisions"]["champion_watch"] in ({}, None), arms["decisions"]
+        aliases = contract.aliases_of(mlflow_client(rollout_home), MODEL)
+        assert aliases[contract.CHAMPION] == "2"
+        assert aliases[contract.PREVIOUS_CHAMPION] == "1"  # still there to roll back to
+        assert "1" not in {v for a, v in aliases.items() if contract.is_challenger_alias(a)}
+        served = {
+            client.post("/predict", json={"features": FEATURES}).json()["arm"] for _ in range(40)
+        }
+        assert "v1" not in served, served
+
+
 def test_a_sample_ratio_mismatch_freezes_automatic_decisions(rollout_home: Path) -> None:
     settings = make_settings(rollout_home, decision_params=RULE)
     with TestClient(create_app(settings)) as client:

@@ -92,3 +92,31 @@ def test_a_guardrail_breach_of_the_champion_means_roll_back() -> None:
     why = watch.check(good, old, reward_kind="bernoulli", guardrail_breach="error rate 0.4 > 0.05")
     assert why == "guardrail on the champion v2: error rate 0.4 > 0.05"
     assert watch.check(good, old, reward_kind="bernoulli") is None
+
+
+def simulate_settling(seed: int, rate: float, replaced_rate: float, watch: ChampionWatch) -> int:
+    """Return the outcomes after which the watch settles (both arms served alike), or the
+    horizon when it never does."""
+    gen = np.random.default_rng(seed)
+    n = s = s0 = 0
+    while n < watch.horizon_outcomes:
+        k, k0 = int(gen.binomial(100, rate)), int(gen.binomial(100, replaced_rate))
+        n, s, s0 = n + 100, s + k, s0 + k0
+        if watch.settled(
+            ArmStats("v2", n, s, s), ArmStats("v1", n, s0, s0), reward_kind="bernoulli"
+        ):
+            return n
+    return n
+
+
+def test_a_better_champion_ends_its_probation_early_and_an_equal_one_rarely_does() -> None:
+    watch = ChampionWatch()
+    # 6 % against the 4 % it replaced: shown better, the replaced champion leaves rotation.
+    better = [simulate_settling(seed, 0.06, 0.04, watch) for seed in range(20)]
+    assert max(better) <= 10_000, better
+    # Equally good: the watch runs to its horizon on (nearly) every seed (rate <= 0.05).
+    equal = [simulate_settling(seed, 0.05, 0.05, watch) for seed in range(20)]
+    assert sum(n >= watch.horizon_outcomes for n in equal) >= 19, equal
+    # Not before both arms have min_outcomes.
+    few = ArmStats("v2", watch.min_outcomes - 1, 100, 100)
+    assert not watch.settled(few, ArmStats("v1", 10_000, 0, 0), reward_kind="bernoulli")
