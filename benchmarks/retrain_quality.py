@@ -139,8 +139,7 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
     from tasks.data import split_study_data
     from tasks.datagen import feature_oracle_probability, generate, labelled_sessions
     from tasks.models import HISTORY_WEIGHT
-    from tasks.retrain import top_points
-    from tasks.retrain_family import choose_family, with_family
+    from tasks.retrain_family import choose_family, top_points, with_family
     from tasks.retrain_prior import with_prior
 
     plan = DemoPlan.quick()

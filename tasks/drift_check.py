@@ -100,6 +100,13 @@ def champion_metric(
     )
 
 
+def champion_degraded(client: MlflowClient, model: str, champ: Arm, recent: Any) -> bool:
+    """Whether the champion's metric fell on ``recent``'s labelled rows (what it registered)."""
+    X, y = frame_of(recent)
+    held = champion_metric(client, model, champ.version, champ.spec, X, y)
+    return bool(held and held.degraded)
+
+
 def check_model(
     model: str,
     start: datetime | None,

@@ -201,7 +201,9 @@ def register_candidate(
     import mlflow
     from mlflow.models import infer_signature
 
-    example = _input_example(input_example)
+    from tasks.tracking import input_example as signature_example
+
+    example = signature_example(input_example)
     output = (
         candidate.model.predict(example)
         if task == "regression"
@@ -238,19 +240,6 @@ def register_candidate(
     return RegisteredVersion(
         name, str(mv.version), run.info.run_id, candidate.trial_id, created=True, tags=tags
     )
-
-
-def _input_example(frame: pd.DataFrame) -> pd.DataFrame:
-    """Return five rows to log as the input example, integer columns as doubles.
-
-    A request with a missing value (NaN) must still match the signature (MLflow's own
-    advice); sklearn predicts the same on either.
-    """
-    example = frame.head(5).copy()
-    for column in example.columns:
-        if pd.api.types.is_integer_dtype(example[column]):
-            example[column] = example[column].astype("float64")
-    return example
 
 
 def _existing(name: str, mv: ModelVersion, trial_id: str) -> RegisteredVersion:

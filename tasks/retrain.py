@@ -14,7 +14,6 @@ and starts from the best screened points; the flow optimizes it and registers it
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -129,31 +128,6 @@ def windowed(spec: StudySpec, start: datetime | None, end: datetime | None) -> S
     """Return ``spec`` with its data restricted to ``[start, end)``."""
     data = spec.data.model_copy(update={"start": start, "end": end})
     return spec.model_copy(update={"data": data})
-
-
-def top_points(trials: list[Any], spec: StudySpec, k: int) -> list[dict[str, Any]]:
-    """Return the params of the ``k`` best completed trials, best first, without duplicates."""
-    if k <= 0:
-        return []
-    from tasks.metrics import sign as loss_sign
-
-    metric, direction = spec.primary_objective
-    sign = loss_sign(direction)
-    scored = []
-    for t in trials:
-        status = getattr(t, "status", "completed")
-        value = (getattr(t, "values", None) or {}).get(metric)
-        if status != "completed" or value is None or not math.isfinite(float(value)):
-            continue
-        scored.append((sign * float(value), dict(t.params)))
-    scored.sort(key=lambda pair: pair[0])
-    out: list[dict[str, Any]] = []
-    for _, params in scored:
-        if params not in out:
-            out.append(params)
-        if len(out) == k:
-            break
-    return out
 
 
 def retrain_spec(
@@ -288,38 +262,15 @@ def plan_retrain(
     A study is named after the model and the window's end, so a second signal for the
     same window (a feature update and its drift event, say) finds it and starts nothing.
     """
-    from tasks.models import HISTORY_WEIGHT
-    from tasks.retrain_family import choose_family, with_family
-    from tasks.retrain_prior import takes_weights, with_prior
-    from tasks.retrain_window import challenger_since, plan_training
-    from tasks.tracking import configure_mlflow
+    from tasks.retrain_family import choose_family, top_points, with_family
+    from tasks.retrain_prior import add_prior
+    from tasks.retrain_window import plan_training
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
     # What it learns from: the labels since the change (waiting for them), every arm's features.
     training = plan_training(outcome, champ, recent, settings, lo, hi)
-    if training.waiting:
-        outcome.status, outcome.detail = "waiting-for-labels", training.detail
-        return RetrainPlan(outcome)
-    if training.start > lo and (
-        judged := challenger_since(
-            serving_arms(configure_mlflow(settings), outcome.model, settings), training.start
-        )
-    ):
-        outcome.status = "handled"
-        outcome.detail = (
-            f"{training.detail}; challenger v{judged.version} ({judged.alias}, study "
-            f"{judged.study}) learnt from the change on and the rollout is judging it"
-        )
-        return RetrainPlan(outcome)
-    if training.start <= lo and _labels_predate_the_alarm(outcome):
-        outcome.status = "waiting-for-labels"
-        outcome.detail = (
-            f"{training.detail}; the live reward fell ({outcome.reason}) but the labelled "
-            "rows show no change yet (no drifted day, the champion's metric held): they "
-            "predate it, and a retrain on them would learn the old world again; the daily "
-            "check retrains once labels from after the change arrive"
-        )
-        return RetrainPlan(outcome)
+    if (early := _not_yet(outcome, training, lo, settings)) is not None:
+        return early
     lo, recent = training.start, training.data
     previous = champ.previous
     trials = list(previous.top) or [t for t in [previous.best, *previous.pareto] if t]
@@ -339,14 +290,8 @@ def plan_retrain(
     choice = choose_family(new_spec, recent, warm, only=only or None)
     new_spec, warm = with_family(new_spec, choice), choice.warm_start
     # And what it keeps of the world before: the older labels, weighted by a searched power.
-    days = settings.retrain_history_days
-    if days > 0 and takes_weights(new_spec, recent):
-        new_spec, warm = with_prior(new_spec, warm, days)
-        recent = load_recent(new_spec, settings)
-        outcome.detail += (
-            f"; prior rows: {recent.history_rows:,} labels of the {days:g} days before "
-            f"{lo:%Y-%m-%d}, their weight searched ({HISTORY_WEIGHT})"
-        )
+    new_spec, warm, recent, prior = add_prior(new_spec, warm, recent, settings, load_recent)
+    outcome.detail += f"; {prior}" if prior else ""
     outcome.family, outcome.detail = choice.family, f"{outcome.detail}; {choice.detail()}"
     run_logger().info(
         "%s: retraining as study %s warm-started from %d points (%s)",
@@ -359,15 +304,37 @@ def plan_retrain(
     return RetrainPlan(outcome, new_spec, recent)
 
 
-def _labels_predate_the_alarm(outcome: RetrainOutcome) -> bool:
-    """Whether a live alarm's retrain has only labels from before what the alarm saw.
+def _not_yet(
+    outcome: RetrainOutcome, training: Any, lo: datetime, settings: PipelineSettings
+) -> RetrainPlan | None:
+    """Return why no retrain starts now (labels to wait for, a change being judged), or None."""
+    from tasks.retrain_window import alarm_ahead_of_labels, challenger_since
+    from tasks.tracking import configure_mlflow
 
-    Labels arrive later than the outcomes the service watches (a day, in the demo): when
-    ``banditflow.performance.degraded`` fires, the newest labels may all predate the fall.
-    """
-    from contract import EVENT_PERFORMANCE_DEGRADED
-
-    return outcome.reason == EVENT_PERFORMANCE_DEGRADED and not outcome.metric_degraded
+    if training.waiting:
+        outcome.status, outcome.detail = "waiting-for-labels", training.detail
+        return RetrainPlan(outcome)
+    if training.start > lo and (
+        judged := challenger_since(
+            serving_arms(configure_mlflow(settings), outcome.model, settings), training.start
+        )
+    ):
+        outcome.status = "handled"
+        outcome.detail = (
+            f"{training.detail}; challenger v{judged.version} ({judged.alias}, study "
+            f"{judged.study}) learnt from the change on and the rollout is judging it"
+        )
+        return RetrainPlan(outcome)
+    if training.start <= lo and alarm_ahead_of_labels(outcome.reason, outcome.metric_degraded):
+        outcome.status = "waiting-for-labels"
+        outcome.detail = (
+            f"{training.detail}; the live reward fell ({outcome.reason}) but the labelled "
+            "rows show no change yet (no drifted day, the champion's metric held): they "
+            "predate it, and a retrain on them would learn the old world again; the daily "
+            "check retrains once labels from after the change arrive"
+        )
+        return RetrainPlan(outcome)
+    return None
 
 
 def plan_from_signal(
@@ -401,12 +368,10 @@ def plan_from_signal(
         outcome.status, outcome.detail = "no-recent-data", str(recent)
         return RetrainPlan(outcome)
     if reason == EVENT_PERFORMANCE_DEGRADED:  # do the labels show what the alarm saw?
-        from tasks.drift_check import champion_metric
+        from tasks.drift_check import champion_degraded
 
-        X, y = frame_of(recent)
         client = configure_mlflow(settings)
-        held = champion_metric(client, model, champ.version, champ.spec, X, y)
-        outcome.metric_degraded = bool(held and held.degraded)
+        outcome.metric_degraded = champion_degraded(client, model, champ, recent)
     return plan_retrain(outcome, champ, recent, settings, warm_start_top)
 
 

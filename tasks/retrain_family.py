@@ -56,6 +56,31 @@ class FamilyChoice:
         return f"family screen ({self.metric} as a loss, cross-validated): {text}"
 
 
+def top_points(trials: list[Any], spec: StudySpec, k: int) -> list[dict[str, Any]]:
+    """Return the params of the ``k`` best completed trials, best first, without duplicates."""
+    if k <= 0:
+        return []
+    from tasks.metrics import sign as loss_sign
+
+    metric, direction = spec.primary_objective
+    sign = loss_sign(direction)
+    scored = []
+    for t in trials:
+        status = getattr(t, "status", "completed")
+        value = (getattr(t, "values", None) or {}).get(metric)
+        if status != "completed" or value is None or not math.isfinite(float(value)):
+            continue
+        scored.append((sign * float(value), dict(t.params)))
+    scored.sort(key=lambda pair: pair[0])
+    out: list[dict[str, Any]] = []
+    for _, params in scored:
+        if params not in out:
+            out.append(params)
+        if len(out) == k:
+            break
+    return out
+
+
 def screened_families(task: str, first: str, only: Sequence[str] | None = None) -> list[str]:
     """Return ``first`` (the champion's family), then every other family for ``task``.
 

@@ -15,11 +15,13 @@ everything, near 1 when little moved. The served model is the family's own pipel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tasks.models import HISTORY_WEIGHT, ModelFamilyError, build_model, default_space
 
 if TYPE_CHECKING:
+    from tasks.settings import PipelineSettings
     from tasks.spec import StudySpec
 
 # The searched range: 0.001 keeps ~2 % of two weeks of old rows' pull against one new day;
@@ -66,3 +68,27 @@ def with_prior(
     data = spec.data.model_copy(update={"history_days": days})
     warm = [{**p, HISTORY_WEIGHT: p.get(HISTORY_WEIGHT, WARM_WEIGHT)} for p in warm_start]
     return spec.model_copy(update={"model": model, "data": data, "warm_start": warm}), warm
+
+
+def add_prior(
+    spec: StudySpec,
+    warm_start: list[dict[str, Any]],
+    data: Any,
+    settings: PipelineSettings,
+    load: Callable[[StudySpec, PipelineSettings], Any],
+) -> tuple[StudySpec, list[dict[str, Any]], Any, str]:
+    """Return the retrain study with its prior (spec, warm start, data loaded by ``load``).
+
+    No prior when ``settings.retrain_history_days`` is 0 or the family takes no sample
+    weights: then everything comes back as it was, with an empty note.
+    """
+    days = settings.retrain_history_days
+    if days <= 0 or spec.data.start is None or not takes_weights(spec, data):
+        return spec, warm_start, data, ""
+    spec, warm = with_prior(spec, warm_start, days)
+    data = load(spec, settings)
+    note = (
+        f"prior rows: {data.history_rows:,} labels of the {days:g} days before "
+        f"{spec.data.start:%Y-%m-%d}, their weight searched ({HISTORY_WEIGHT})"
+    )
+    return spec, warm, data, note

@@ -205,3 +205,16 @@ def challenger_since(arms: Sequence[Any], start: datetime) -> Any | None:
         if _utc(arm.spec.data.start) >= _utc(start):
             return arm
     return None
+
+
+def alarm_ahead_of_labels(reason: str | None, metric_degraded: bool) -> bool:
+    """Whether a live alarm's retrain has only labels from before what the alarm saw.
+
+    Labels arrive later than the outcomes the service watches (a day, in the demo): when
+    ``banditflow.performance.degraded`` fires, the newest labels may all predate the fall.
+    Measured in the demo: the alarm's retrain on the drift day learnt the old world again,
+    and its stale challenger took a quarter of the next day's traffic.
+    """
+    from contract import EVENT_PERFORMANCE_DEGRADED
+
+    return reason == EVENT_PERFORMANCE_DEGRADED and not metric_degraded

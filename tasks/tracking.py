@@ -8,6 +8,7 @@ from contract import EXPERIMENT_KIND_CLASSIC_ML, MLFLOW_EXPERIMENT_KIND_TAG
 from tasks.settings import PipelineSettings, get_settings
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import MlflowClient
 
 
@@ -35,3 +36,18 @@ def ensure_experiment(name: str, settings: PipelineSettings | None = None) -> st
     # Tagged as a classic ML experiment, so the MLflow UI opens its runs table, not GenAI.
     kind = {MLFLOW_EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_CLASSIC_ML}
     return str(client.create_experiment(name, artifact_location=settings.artifact_root, tags=kind))
+
+
+def input_example(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return five rows to log as the input example, integer columns as doubles.
+
+    A request with a missing value (NaN) must still match the signature (MLflow's own
+    advice); sklearn predicts the same on either.
+    """
+    import pandas as pd
+
+    example = frame.head(5).copy()
+    for column in example.columns:
+        if pd.api.types.is_integer_dtype(example[column]):
+            example[column] = example[column].astype("float64")
+    return example

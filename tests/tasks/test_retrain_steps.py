@@ -13,9 +13,9 @@ from tasks.retrain import (
     feature_view_name,
     resolve_window,
     retrain_spec,
-    top_points,
     windowed,
 )
+from tasks.retrain_family import top_points
 from tasks.spec import StudySpec
 
 
