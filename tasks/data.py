@@ -53,7 +53,7 @@ class StudyData:
     test_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     source: str = ""
     # Prior rows (``data.history_days`` before the window): fitted with a trial's
-    # ``history_weight``, never scored (tasks/evaluate.py: fit_pipeline).
+    # ``history_weight``, never scored (tasks/models.py: fit_model).
     X_history: pd.DataFrame | None = None
     y_history: pd.Series | None = None
 

@@ -197,7 +197,10 @@ def history_weight(params: Mapping[str, Any]) -> float:
     value = params.get(HISTORY_WEIGHT)
     if value is None:
         return 0.0
-    weight = float(value)
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = math.nan
     if not math.isfinite(weight) or weight < 0:
         raise ModelFamilyError(f"{HISTORY_WEIGHT} must be a finite number >= 0, got {value!r}")
     return weight

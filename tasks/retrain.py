@@ -125,8 +125,9 @@ def resolve_window(
 
 
 def windowed(spec: StudySpec, start: datetime | None, end: datetime | None) -> StudySpec:
-    """Return ``spec`` with its data restricted to ``[start, end)``."""
-    data = spec.data.model_copy(update={"start": start, "end": end})
+    """Return ``spec`` with its data restricted to ``[start, end)`` (no prior rows: a
+    retrained champion's spec carries its own; a new retrain adds its prior again)."""
+    data = spec.data.model_copy(update={"start": start, "end": end, "history_days": None})
     return spec.model_copy(update={"data": data})
 
 

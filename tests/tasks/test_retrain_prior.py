@@ -110,7 +110,7 @@ def test_the_weight_is_the_datas_not_the_estimators(tmp_path: Path, settings) ->
     weighted = fit_model(model, data.X_train, data.y_train, params, data.history)
     assert not np.allclose(alone[-1].coef_, weighted[-1].coef_)
     for bad in (-0.1, float("nan"), "lots"):
-        with pytest.raises((ModelFamilyError, ValueError)):
+        with pytest.raises(ModelFamilyError, match="history_weight must be a finite number"):
             history_weight({HISTORY_WEIGHT: bad})
 
 
@@ -167,6 +167,12 @@ def test_with_prior_adds_the_weight_to_the_space_and_the_warm_start(tmp_path: Pa
     assert searched.warm_start == warm
     unchanged, same = with_prior(spec, [{"C": 0.5}], 0)
     assert unchanged == spec and same == [{"C": 0.5}]
+    # A retrained champion's spec carries its prior; its windows (drift checks, the next
+    # retrain's rows) load the window alone, and the next retrain adds its own prior.
+    from tasks.retrain import windowed
+
+    again = windowed(searched, START, START + pd.Timedelta(days=2))
+    assert again.data.history_days is None and again.data.start == START
 
 
 def test_takes_weights_asks_the_estimator(tmp_path: Path, settings) -> None:
