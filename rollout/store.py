@@ -118,6 +118,11 @@ class Store(HealthCounters, StoreReads, SegmentCounters, BaselineCounters):
             except OperationalError as exc:
                 retryable = "locked" in str(exc) or "deadlock" in str(exc).lower()
                 if not retryable or attempt == 7:
+                    if self.is_sqlite:
+                        # SQLite opens a file it cannot write read-only, and that connection
+                        # stays so: pooled, it refused every write after the file recovered
+                        # (while reads, and /readyz, were fine). Fresh connections next time.
+                        self.engine.dispose()
                     raise
                 time.sleep(0.01 * 2**attempt)
             except DBAPIError as exc:
