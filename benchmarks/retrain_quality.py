@@ -30,7 +30,6 @@ against thresholds), "CI" the verdict of the gates as they judge now (tasks/gate
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import tempfile
@@ -136,7 +135,7 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
     from banditflow.demo import DemoPlan
     from banditflow.simulate import build_stream
     from banditflow.studies import demo_specs
-    from tasks.data import split_study_data
+    from tasks.data import attach_history, split_study_data
     from tasks.datagen import feature_oracle_probability, generate, labelled_sessions
     from tasks.models import HISTORY_WEIGHT
     from tasks.retrain_family import choose_family, top_points, with_family
@@ -177,12 +176,7 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
             with_family(retrain, choice), choice.warm_start, HISTORY_DAYS
         )
         before = window(world.drift_at - timedelta(days=HISTORY_DAYS), world.drift_at)
-        old_rows = split_study_data(frame, before)
-        prior_data = dataclasses.replace(
-            data,
-            X_history=pd.concat([old_rows.X_train, old_rows.X_test], ignore_index=True),
-            y_history=pd.concat([old_rows.y_train, old_rows.y_test], ignore_index=True),
-        )
+        prior_data = attach_history(data, split_study_data(frame, before))
         prior, prior_trials = search(prior_spec, prior_data, prior_warm)
         prior_s = time.perf_counter() - began
         weight = prior_trials[0].params.get(HISTORY_WEIGHT, 0.0)  # the best trial's

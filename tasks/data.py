@@ -101,11 +101,11 @@ def load_study_data(spec: StudySpec, settings: PipelineSettings | None = None) -
         frame, source = _read_table(Path(data.path or ""), what="data.path"), str(data.path)
     loaded = split_study_data(frame, spec, source=source)
     if data.history_days is not None:
-        loaded = _with_history(loaded, spec, settings)
+        loaded = with_history(loaded, spec, settings)
     return loaded
 
 
-def _with_history(loaded: StudyData, spec: StudySpec, settings: PipelineSettings) -> StudyData:
+def with_history(loaded: StudyData, spec: StudySpec, settings: PipelineSettings) -> StudyData:
     """Add the labels of the ``history_days`` before ``data.start`` as prior rows.
 
     Loaded exactly as the window is (the same source, point-in-time join and cleaning), all
@@ -133,6 +133,13 @@ def _with_history(loaded: StudyData, spec: StudySpec, settings: PipelineSettings
     except DataError:
         empty = {"X_history": loaded.X_train.iloc[:0], "y_history": loaded.y_train.iloc[:0]}
         return dataclasses.replace(loaded, **empty)
+    return attach_history(loaded, rows)
+
+
+def attach_history(loaded: StudyData, rows: StudyData) -> StudyData:
+    """Return ``loaded`` with every row of ``rows`` (training and hold-out) as prior rows."""
+    import dataclasses
+
     columns = loaded.feature_columns
     X = pd.concat([rows.X_train, rows.X_test], ignore_index=True)
     y = pd.concat([rows.y_train, rows.y_test], ignore_index=True)

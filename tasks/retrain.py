@@ -291,7 +291,7 @@ def plan_retrain(
     choice = choose_family(new_spec, recent, warm, only=only or None)
     new_spec, warm = with_family(new_spec, choice), choice.warm_start
     # And what it keeps of the world before: the older labels, weighted by a searched power.
-    new_spec, warm, recent, prior = add_prior(new_spec, warm, recent, settings, load_recent)
+    new_spec, warm, recent, prior = add_prior(new_spec, warm, recent, settings)
     outcome.detail += f"; {prior}" if prior else ""
     outcome.family, outcome.detail = choice.family, f"{outcome.detail}; {choice.detail()}"
     run_logger().info(

@@ -15,7 +15,6 @@ everything, near 1 when little moved. The served model is the family's own pipel
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tasks.models import HISTORY_WEIGHT, ModelFamilyError, build_model, default_space
@@ -75,18 +74,20 @@ def add_prior(
     warm_start: list[dict[str, Any]],
     data: Any,
     settings: PipelineSettings,
-    load: Callable[[StudySpec, PipelineSettings], Any],
 ) -> tuple[StudySpec, list[dict[str, Any]], Any, str]:
-    """Return the retrain study with its prior (spec, warm start, data loaded by ``load``).
+    """Return the retrain study with its prior: spec, warm start, ``data`` with prior rows.
 
-    No prior when ``settings.retrain_history_days`` is 0 or the family takes no sample
-    weights: then everything comes back as it was, with an empty note.
+    Only the prior period is loaded (the window's rows are ``data`` already). No prior when
+    ``settings.retrain_history_days`` is 0 or the family takes no sample weights: then
+    everything comes back as it was, with an empty note.
     """
+    from tasks.data import with_history
+
     days = settings.retrain_history_days
     if days <= 0 or spec.data.start is None or not takes_weights(spec, data):
         return spec, warm_start, data, ""
     spec, warm = with_prior(spec, warm_start, days)
-    data = load(spec, settings)
+    data = with_history(data, spec, settings)
     note = (
         f"prior rows: {data.history_rows:,} labels of the {days:g} days before "
         f"{spec.data.start:%Y-%m-%d}, their weight searched ({HISTORY_WEIGHT})"
