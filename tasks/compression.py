@@ -29,15 +29,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.metrics import (
-    direction_of,
-    model_predictor,
-    predictions,
-    score,
-    serialized_bytes,
-    sign,
-    single_row_latency_ms,
-)
+from tasks.metrics import direction_of, predictions, score, sign
 from tasks.onnx import (
     OnnxConversionError,
     check_agreement,
@@ -47,6 +39,7 @@ from tasks.onnx import (
     onnx_predictor,
     to_onnx,
 )
+from tasks.timing import model_predictor, serialized_bytes, single_row_latency_ms
 
 if TYPE_CHECKING:
     from tasks.spec import StudySpec, TaskType

@@ -17,17 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.metrics import (
-    SYSTEM_METRICS,
-    better,
-    metrics_for,
-    model_predictor,
-    predictions,
-    score_all,
-    serialized_bytes,
-    single_row_latency_ms,
-)
+from tasks.metrics import SYSTEM_METRICS, better, metrics_for, predictions, score_all
 from tasks.pruners import RungSchedule, schedule_for
+from tasks.timing import model_predictor, serialized_bytes, single_row_latency_ms
 
 if TYPE_CHECKING:
     import pandas as pd

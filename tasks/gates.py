@@ -32,16 +32,9 @@ from contract import (
     TAG_HOLDOUT_PREFIX,
 )
 from tasks.gate_report import GateReport, GateResult
-from tasks.metrics import (
-    metrics_for,
-    model_predictor,
-    predictions,
-    score,
-    score_model,
-    serialized_bytes,
-    single_row_latency_ms,
-)
+from tasks.metrics import metrics_for, predictions, score, score_model
 from tasks.spec import GatesSpec, TaskType
+from tasks.timing import model_predictor, serialized_bytes, single_row_latency_ms
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -111,7 +104,7 @@ class GateCandidate:
         return score(metric, self.holdout.y, self.outputs(), classes=self.classes, task=self.task)
 
     def latency_ms(self) -> float:
-        """p95 single-row CPU milliseconds of the serving flavour (tasks.metrics)."""
+        """p95 single-row CPU milliseconds of the serving flavour (tasks.timing)."""
         if self.serving is not None and self.serving.latency_ms is not None:
             return self.serving.latency_ms
         if "latency" not in self._cache:

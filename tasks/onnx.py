@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 
 from contract import TAG_ONNX_FALLBACK, TAG_ONNX_URI, TAG_SERVING_FLAVOUR
-from tasks.metrics import model_predictor, single_row_latency_ms
 from tasks.spec import TaskType
+from tasks.timing import model_predictor, single_row_latency_ms
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,7 +63,7 @@ class OnnxOutcome:
     label_mismatches: int | None = None
     ties: int | None = None
     rows_checked: int = 0
-    # Single-row p95 CPU milliseconds (tasks.metrics.single_row_latency_ms), each flavour.
+    # Single-row p95 CPU milliseconds (tasks.timing.single_row_latency_ms), each flavour.
     sklearn_ms_p95: float | None = None
     onnx_ms_p95: float | None = None
     onnx_bytes: int | None = None
@@ -287,7 +287,8 @@ def serving_flavour(
     timing_calls: int = 200,
 ) -> ServingFlavour:
     """Decide the flavour that will serve ``model`` (ONNX when it converts, agrees, is faster)."""
-    from tasks.metrics import predictions, serialized_bytes
+    from tasks.metrics import predictions
+    from tasks.timing import serialized_bytes
 
     if convert:
         outcome, onnx_bytes = convert_and_check(

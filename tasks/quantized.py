@@ -87,7 +87,7 @@ def quantized_flavour(
 ) -> ServingFlavour:
     """Convert, quantize, check the metric lost against sklearn's, time it; or refuse."""
     from tasks.compression import _has_matrix_products, _quantize, metric_lost
-    from tasks.metrics import model_predictor, predictions, score, single_row_latency_ms
+    from tasks.metrics import predictions, score
     from tasks.onnx import (
         OnnxOutcome,
         ServingFlavour,
@@ -97,6 +97,7 @@ def quantized_flavour(
         onnx_latency_ms,
         to_onnx,
     )
+    from tasks.timing import model_predictor, single_row_latency_ms
 
     frame = model_inputs(model, holdout.X)
     try:

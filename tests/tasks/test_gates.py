@@ -383,10 +383,10 @@ def test_the_gates_judge_the_onnx_flavour_that_will_serve(tmp_path, data):
 
     from contract import TAG_ONNX_FALLBACK, TAG_SERVING_FLAVOUR
     from tasks.gates import gate_and_record
-    from tasks.metrics import model_predictor, serialized_bytes, single_row_latency_ms
     from tasks.registry import register_trial
     from tasks.settings import PipelineSettings
     from tasks.spec import StudySpec
+    from tasks.timing import model_predictor, serialized_bytes, single_row_latency_ms
     from tasks.tracking import configure_mlflow, ensure_experiment
 
     X, y, holdout = data

@@ -11,17 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tasks.metrics as metrics
+import tasks.timing as timing
 from tasks.metrics import (
     MetricError,
     better,
-    measure_latency,
     metrics_for,
     register_metric,
     score,
     sign,
     unregister_metric,
 )
+from tasks.timing import measure_latency
 
 
 def _frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -124,6 +124,28 @@ def test_latency_is_cpu_time_so_waiting_is_not_charged() -> None:
     assert waiting.calls == 20 and waiting.warmup == 2
 
 
+def test_latency_does_not_charge_a_collection_of_the_callers_heap() -> None:
+    """The collector is off while the clock runs (as timeit does) and on again after."""
+    import gc
+
+    X, _ = _frame(20, seed=1)
+    seen: list[bool] = []
+
+    def cycles(row: pd.DataFrame) -> None:
+        seen.append(gc.isenabled())
+        for _ in range(2000):  # cyclic garbage: past gen-0's threshold every call
+            a: list[object] = []
+            a.append(a)
+
+    assert gc.isenabled()
+    measure_latency(cycles, X, calls=20, warmup=2)
+    assert seen and not any(seen)
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError):
+        measure_latency(lambda row: 1 / 0, X, calls=2, warmup=0)
+    assert gc.isenabled()  # restored when a prediction raises
+
+
 def _study(X: pd.DataFrame, y: np.ndarray, family: str, objective: str):
     from tasks.data import split_study_data
     from tasks.spec import StudySpec
@@ -166,7 +188,7 @@ def test_evaluation_gate_and_onnx_comparison_agree_on_the_same_model(monkeypatch
     # A clock that advances 1/1024 s per reading (exact in binary): the one measurement
     # gives exactly that, so a caller timing its own way (wall clock) would not read it.
     ticks = itertools.count()
-    monkeypatch.setattr(metrics, "CLOCK", lambda: next(ticks) / 1024)
+    monkeypatch.setattr(timing, "CLOCK", lambda: next(ticks) / 1024)
     tick_ms = 1000 / 1024
     gate = score_metric("latency_ms", model, X_hold, y_hold, "binary")
     outcome, _ = convert_and_check(model, X_hold, task="binary", timing_calls=20)
