@@ -69,7 +69,7 @@ def measure_latency(
     now = clock or CLOCK
     times = np.empty(calls)
     collecting = gc.isenabled()
-    gc.disable()  # one collection of a flow's heap took a 10-call p95 past 50 ms on CI
+    gc.disable()  # a collection inside a timed call would be its p95 at 10 calls
     try:
         with threadpool_limits(limits=1):
             for i in range(warmup):
