@@ -179,11 +179,23 @@ class PrefectRuns:
         response.raise_for_status()
         return [f"flow run {r['name']} ({r['state_type']})" for r in response.json()]
 
-    def runs_since(self, moment: datetime) -> Callable[[], Awaitable[bool]]:
-        """Return a check that is true once a flow run was created at or after ``moment``."""
+    def runs_since(
+        self, moment: datetime, deployment: str | None = None
+    ) -> Callable[[], Awaitable[bool]]:
+        """Return a check that is true once a flow run (of ``deployment``, when named) was
+        created at or after ``moment``.
+
+        Name the deployment whose trigger the event fires: one event can fire several
+        triggers, each creating its run a few seconds apart, and the first run to appear
+        does not answer for the others (seen in the demo: the history's profile update
+        started the drift check at once and the first studies 8 s later, after the day's
+        wait had ended, so no champion existed when the first live day began).
+        """
+        body: dict[str, Any] = {"sort": "EXPECTED_START_TIME_DESC", "limit": 20}
+        if deployment is not None:
+            body["deployments"] = {"name": {"any_": [deployment]}}
 
         async def check() -> bool:
-            body = {"sort": "EXPECTED_START_TIME_DESC", "limit": 20}
             response = await self.client.post(f"{self.api_url}/flow_runs/filter", json=body)
             response.raise_for_status()
             stamp = _utc(moment)

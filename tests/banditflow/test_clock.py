@@ -102,3 +102,34 @@ def test_lock_step_waits_for_an_expected_answer_then_times_out() -> None:
     stuck = LockStep([ScriptedProbe(10**6)], poll_s=1.0, timeout_s=30, wall=wall, sleep=wall.sleep)
     with pytest.raises(LockStepTimeout, match="day 2: still busy"):
         asyncio.run(stuck.wait(2))
+
+
+def test_an_expected_run_is_the_named_deployments_not_any_run(prefect_harness: None) -> None:
+    # One event fires several triggers whose runs appear seconds apart: the day's wait must
+    # not end on the first run that shows up when the one it started is another's.
+    import httpx
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from banditflow.clock import PrefectRuns
+
+    @flow(name="lock-step-probe")
+    def probe() -> None:
+        return None
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        async with get_client() as client:
+            flow_id = await client.create_flow(probe)
+            mine = await client.create_deployment(flow_id=flow_id, name="lock-step-mine")
+            await client.create_deployment(flow_id=flow_id, name="lock-step-other")
+            moment = datetime.now(UTC) - timedelta(seconds=1)
+            async with httpx.AsyncClient(timeout=30) as http:
+                runs = PrefectRuns(str(PREFECT_API_URL.value()), http)
+                other = runs.runs_since(moment, "lock-step-other")
+                mine_check = runs.runs_since(moment, "lock-step-mine")
+                await client.create_flow_run_from_deployment(mine)
+                return await other(), await mine_check(), await runs.runs_since(moment)()
+
+    other, mine, anyone = asyncio.run(scenario())
+    assert (other, mine, anyone) == (False, True, True)
