@@ -41,6 +41,7 @@ MODEL = "conversion"
 # calibration more than ranking: log loss, not ROC AUC, is what tells models apart here.
 METRIC = "log_loss"
 STUDIES_DEPLOYMENT = "first-studies"
+DRIFT_CHECK = "retrain-on-feature-update"  # prefect.yaml: the features.updated trigger
 
 
 class DemoError(RuntimeError):
@@ -94,6 +95,7 @@ class DemoState:
     champions: list[tuple[int, str]] = field(default_factory=list)  # (first seq, version)
     initial_arms: dict[str, str] = field(default_factory=dict)
     waits: list[dict[str, Any]] = field(default_factory=list)
+    unknown_outcomes: pd.DataFrame | None = None  # offers whose outcome is not known yet
 
 
 class Demo:
@@ -199,7 +201,7 @@ class Demo:
             self.day_log.start(-1)
             emitted = datetime.now(UTC)
             facts = ingest_history(self.plan.world, settings=self.settings)
-            wait = self._wait(running, -1, emitted)
+            wait = self._wait(running, -1, emitted, STUDIES_DEPLOYMENT)
             note(f"materialized {facts['rows']:,} rows; the system worked {wait:.0f} s")
             arms = self._aliases()
             if "champion" not in arms:
@@ -207,17 +209,23 @@ class Demo:
             self.state.initial_arms = arms
             note(f"serving: {', '.join(f'{a} v{v}' for a, v in sorted(arms.items()))}")
 
-    def _wait(self, running: Any, day: int, emitted: datetime | None) -> float:
-        """Lock-step: wait until the work the day's events started has finished."""
+    def _wait(self, running: Any, day: int, emitted: datetime | None, deployment: str) -> float:
+        """Lock-step: wait until the work the day's events started has finished.
+
+        ``deployment`` is the one whose trigger the driver's event fires: its run must
+        exist before the system can be idle.
+        """
         if not self.plan.lock_step:
             return 0.0
-        record = asyncio.run(self._lock_step(running, day, emitted))
+        record = asyncio.run(self._lock_step(running, day, emitted, deployment))
         self.state.waits.append(
             {"day": day, "wall_s": round(record.wall_s, 1), "waited for": record.waited_for}
         )
         return float(record.wall_s)
 
-    async def _lock_step(self, running: Any, day: int, emitted: datetime | None) -> Any:
+    async def _lock_step(
+        self, running: Any, day: int, emitted: datetime | None, deployment: str
+    ) -> Any:
         import httpx
 
         from banditflow.clock import LockStep, PrefectRuns, RolloutDecisions
@@ -230,7 +238,7 @@ class Demo:
             decisions = RolloutDecisions(rollout, registry_versions=self._arm_versions)
             lock = LockStep([runs, decisions], poll_s=self.plan.poll_s, timeout_s=900)
             # The day's feature event is answered by a flow run its trigger creates.
-            expect = [runs.runs_since(emitted)] if emitted is not None else []
+            expect = [runs.runs_since(emitted, deployment)] if emitted is not None else []
             return await lock.wait(day, expect)
 
     def live_day(self, day: int, running: Any, pending: Any) -> None:
@@ -273,18 +281,31 @@ class Demo:
             self.state.served.append(served)
             emitted = datetime.now(UTC)
             sent = time.perf_counter()
-            got = ingest_day(self.world.arrivals(day), settings=self.settings)
+            known = self._known_outcomes(served, end)
+            got = ingest_day(self.world.arrivals(day), settings=self.settings, outcomes=known)
             ingested = time.perf_counter()
-            wait = self._wait(running, day, emitted if got["activity"] else None)
+            wait = self._wait(running, day, emitted if got["activity"] else None, DRIFT_CHECK)
             self.clock.repace()
             shares = served["version"].value_counts(normalize=True).sort_index()
             n(
                 f"{len(served):,} visits, reward/visit {served['reward'].mean():+.4f}; "
                 + ", ".join(f"v{v} {s:.0%}" for v, s in shares.items())
                 + f"; champion v{served['champion'].iloc[0]}; ingested {got['labels']:,} "
-                f"labels and {got['activity']:,} feature rows (traffic {sent - began:.0f} s, "
+                f"labels, {got['outcomes']:,} outcomes and {got['activity']:,} feature rows "
+                f"(traffic {sent - began:.0f} s, "
                 f"ingestion {ingested - sent:.0f} s); the system worked {wait:.0f} s"
             )
+
+    def _known_outcomes(self, served: pd.DataFrame, end: datetime) -> pd.DataFrame:
+        """Return the offers' outcomes known by ``end``; keep the others for later days."""
+        from banditflow.world import served_outcomes
+
+        rows = served_outcomes(served)
+        if self.state.unknown_outcomes is not None:
+            rows = pd.concat([self.state.unknown_outcomes, rows], ignore_index=True)
+        known = (rows["known_at"] <= pd.Timestamp(end)).to_numpy()
+        self.state.unknown_outcomes = rows[~known].reset_index(drop=True)
+        return rows[known].reset_index(drop=True)
 
     def run_days(self, running: Any) -> None:
         from banditflow.simulate import PendingFeedback

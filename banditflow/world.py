@@ -5,7 +5,8 @@ day, labelled sessions) and keeps it in the world's own folder, which the system
 reads. The system's data folder starts with the history (everything before the live
 period); each simulated day end, the application's ingestion job hands over what arrived
 that day: the next day's activity snapshot (pushed through the feature store, which emits
-``banditflow.features.updated``) and the labels whose delay has passed.
+``banditflow.features.updated``), the labels whose delay has passed and the outcomes of the
+offers its visits got (the application's outcome log).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.datagen import FILES, GeneratorConfig, generate
@@ -145,30 +147,65 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
 
 def append_labels(labels: pd.DataFrame, data_dir: Path) -> int:
     """Append arrived labels to the application's label table (what training sets join)."""
-    if labels.empty:
+    return _append(labels, Path(data_dir) / FILES["sessions"])
+
+
+OUTCOME_COLUMNS = ("customer_id", "event_timestamp", "converted")
+
+
+def served_outcomes(served: pd.DataFrame) -> pd.DataFrame:
+    """Return the outcome log's rows of served visits, with when each outcome was known.
+
+    The application knows the outcome of an offer it made (the visit converted or not)
+    once the visit's feedback delay has passed; a visit it made no offer to has none.
+    """
+    offered = served[served["offered"].to_numpy(bool)]
+    at = pd.to_datetime(offered["at"], utc=True)
+    return pd.DataFrame(
+        {
+            "customer_id": offered["customer_id"].to_numpy(np.int64),
+            "event_timestamp": at.to_numpy(),
+            "converted": offered["converted"].to_numpy(np.int64),
+            "known_at": (at + pd.to_timedelta(offered["delay_s"], unit="s")).to_numpy(),
+        }
+    )
+
+
+def append_outcomes(outcomes: pd.DataFrame, path: Path) -> int:
+    """Append known outcomes to the application's outcome log (``settings.outcomes_path``)."""
+    rows = outcomes[list(OUTCOME_COLUMNS)]
+    if not Path(path).exists():
+        _write(rows.iloc[:0], Path(path))
+    return _append(rows, Path(path))
+
+
+def _append(rows: pd.DataFrame, path: Path) -> int:
+    if rows.empty:
         return 0
-    path = Path(data_dir) / FILES["sessions"]
     existing = pd.read_parquet(path)
-    added = labels[list(existing.columns)].astype(existing.dtypes.to_dict())
+    added = rows[list(existing.columns)].astype(existing.dtypes.to_dict())
     _write(pd.concat([existing, added], ignore_index=True), path)
     return int(len(added))
 
 
-def ingest_day(arrivals: Arrivals, *, settings: Any) -> dict[str, int]:
-    """The application's ingestion job at a day's end: labels first, then the features.
+def ingest_day(
+    arrivals: Arrivals, *, settings: Any, outcomes: pd.DataFrame | None = None
+) -> dict[str, int]:
+    """The application's ingestion job at a day's end: labels and outcomes, then features.
 
-    Labels are written before the push, so the retrain that the push's event starts sees
-    them. The push goes through the project's ingestion task, which emits
-    ``banditflow.features.updated``.
+    Labels (and the served offers' known outcomes) are written before the push, so the
+    retrain that the push's event starts sees them. The push goes through the project's
+    ingestion task, which emits ``banditflow.features.updated``.
     """
     from tasks.ingest import flush_events, push_activity
 
     labels = append_labels(arrivals.labels, settings.data_dir)
+    known = 0 if outcomes is None else append_outcomes(outcomes, settings.outcomes_path)
     pushed = 0
     if not arrivals.activity.empty:
         pushed = push_activity(arrivals.activity, settings=settings, to="online_and_offline")
     flush_events()
-    return {"labels": labels, "activity": pushed}
+    return {"labels": labels, "outcomes": known, "activity": pushed}
 
 
 def ingest_history(plan: WorldPlan, *, settings: Any) -> dict[str, int]:

@@ -56,6 +56,8 @@ class StudyData:
     # ``history_weight``, never scored (tasks/models.py: fit_model).
     X_history: pd.DataFrame | None = None
     y_history: pd.Series | None = None
+    # Of the training rows, how many are served outcomes (``data.outcomes``), not labels.
+    outcome_rows: int = 0
 
     @property
     def history_rows(self) -> int:
@@ -86,6 +88,7 @@ class StudyData:
             "features": len(self.feature_types),
             "time_ordered": self.time_ordered,
             **({"rows_history": self.history_rows} if self.X_history is not None else {}),
+            **({"rows_outcomes": self.outcome_rows} if self.outcome_rows else {}),
         }
 
 
@@ -102,6 +105,8 @@ def load_study_data(spec: StudySpec, settings: PipelineSettings | None = None) -
     loaded = split_study_data(frame, spec, source=source)
     if data.history_days is not None:
         loaded = with_history(loaded, spec, settings)
+    if data.outcomes:
+        loaded = with_outcomes(loaded, spec, settings)
     return loaded
 
 
@@ -124,6 +129,7 @@ def with_history(loaded: StudyData, spec: StudySpec, settings: PipelineSettings)
                     "start": data.start - timedelta(days=data.history_days),
                     "end": data.start,
                     "history_days": None,
+                    "outcomes": None,  # the prior is the old world's labels
                 }
             )
         }
@@ -147,6 +153,74 @@ def attach_history(loaded: StudyData, rows: StudyData) -> StudyData:
     if missing:
         raise DataError(f"the history rows lack the window's feature columns {missing}")
     return dataclasses.replace(loaded, X_history=clean_features(X[columns]), y_history=y)
+
+
+def with_outcomes(loaded: StudyData, spec: StudySpec, settings: PipelineSettings) -> StudyData:
+    """Add the window's served outcomes (``data.outcomes``) to the training rows.
+
+    An application knows within hours whether an offer it made converted, while labelled
+    sessions arrive a day later and are a tenth as many (the demo's world). Those outcomes
+    are joined exactly as labels are and fitted, and cross-validation scores them too (they
+    are the visits the decision acts on); the hold-out stays the labels' own latest rows,
+    since outcomes exist only where a model chose to offer. The drift checks load their
+    windows from the champion's spec, which has no outcomes. No outcome in the window
+    leaves ``loaded`` as it was.
+    """
+    import dataclasses
+
+    data = spec.data
+    assert data.outcomes is not None  # load_study_data calls it only then
+    rows = _read_table(Path(data.outcomes), what="data.outcomes")
+    ts_col = data.timestamp_column if data.timestamp_column in rows.columns else None
+    if ts_col is not None:
+        rows[ts_col] = pd.to_datetime(rows[ts_col], utc=True)
+        rows = _window(rows, ts_col, spec)
+    if rows.empty:
+        return loaded
+    if data.source == "feast":
+        only = spec.model_copy(update={"data": data.model_copy(update={"max_rows": None})})
+        rows, _ = _load_feast(only, settings, labels=rows, source=str(data.outcomes))
+    rows = rows[rows[data.target].notna()].reset_index(drop=True)
+    missing = [c for c in [*loaded.feature_columns, data.target] if c not in rows.columns]
+    if missing:
+        raise DataError(f"data.outcomes ({data.outcomes}) lacks the columns {missing}")
+    y = _check_outcomes(rows[data.target], loaded.y_train, spec.task, str(data.outcomes))
+    X = pd.concat([loaded.X_train, clean_features(rows[loaded.feature_columns])], ignore_index=True)
+    y = pd.concat([loaded.y_train, y], ignore_index=True)
+    stamps = loaded.timestamps_train
+    if stamps is not None and ts_col is not None:
+        stamps = pd.concat([stamps, rows[ts_col]], ignore_index=True)
+        order = np.argsort(stamps.to_numpy(), kind="stable")  # oldest first, as the window
+        X, y, stamps = (part.iloc[order].reset_index(drop=True) for part in (X, y, stamps))
+    return dataclasses.replace(
+        loaded, X_train=X, y_train=y, timestamps_train=stamps, outcome_rows=len(rows)
+    )
+
+
+def labels_only(spec: StudySpec) -> StudySpec:
+    """Return ``spec`` without its served outcomes: the population its labels sample.
+
+    What a drift check compares (a version's reference sample, a recent window) must be
+    sampled alike; outcomes are only the rows some model chose to offer.
+    """
+    if spec.data.outcomes is None:
+        return spec
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"outcomes": None})})
+
+
+def _check_outcomes(y: pd.Series, labels: pd.Series, task: str, source: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(labels.dtype):
+        y = pd.to_numeric(y, errors="coerce")
+        if y.isna().any():
+            raise DataError(f"data.outcomes ({source}): the target has non-numeric values")
+        y = y.astype(labels.dtype)
+    unknown = set(y.unique()) - set(labels.unique())
+    if unknown and task != "regression":  # the labels' classes, no new one
+        raise DataError(
+            f"data.outcomes ({source}): target values {sorted(map(str, unknown))} are not "
+            f"among the labels' {sorted(map(str, labels.unique()))}"
+        )
+    return y.reset_index(drop=True)
 
 
 def split_study_data(frame: pd.DataFrame, spec: StudySpec, *, source: str = "") -> StudyData:
@@ -272,9 +346,18 @@ def _read_table(path: Path, *, what: str) -> pd.DataFrame:
     raise DataError(f"{what}: {str(path)!r} is neither .csv nor .parquet")
 
 
-def _load_feast(spec: StudySpec, settings: PipelineSettings) -> tuple[pd.DataFrame, str]:
+def _load_feast(
+    spec: StudySpec,
+    settings: PipelineSettings,
+    *,
+    labels: pd.DataFrame | None = None,
+    source: str = "",
+) -> tuple[pd.DataFrame, str]:
+    """Join label rows (``labels``, else the spec's) point-in-time; return (frame, source)."""
     data = spec.data
-    if data.labels:
+    if labels is not None:
+        labels, source = labels.copy(), source or "label rows"
+    elif data.labels:
         labels = _read_table(Path(data.labels), what="data.labels")
         source = data.labels
     else:

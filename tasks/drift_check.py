@@ -60,9 +60,9 @@ def load_reference(
     path = reference_path(settings, model, version)
     if path.exists():
         return pd.read_parquet(path)
-    from tasks.data import load_study_data
+    from tasks.data import labels_only, load_study_data
 
-    X, _ = frame_of(load_study_data(spec, settings))
+    X, _ = frame_of(load_study_data(labels_only(spec), settings))
     keep_reference(X, settings, model, version, max_rows=spec.drift.max_reference_rows)
     return pd.read_parquet(path)
 

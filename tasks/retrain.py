@@ -125,9 +125,11 @@ def resolve_window(
 
 
 def windowed(spec: StudySpec, start: datetime | None, end: datetime | None) -> StudySpec:
-    """Return ``spec`` with its data restricted to ``[start, end)`` (no prior rows: a
-    retrained champion's spec carries its own; a new retrain adds its prior again)."""
-    data = spec.data.model_copy(update={"start": start, "end": end, "history_days": None})
+    """Return ``spec`` with its data restricted to ``[start, end)`` (no prior rows and no
+    served outcomes: a retrained champion's spec carries its own, a recent window is the
+    labels', and a new retrain adds both again)."""
+    update = {"start": start, "end": end, "history_days": None, "outcomes": None}
+    data = spec.data.model_copy(update=update)
     return spec.model_copy(update={"data": data})
 
 
@@ -265,7 +267,7 @@ def plan_retrain(
     """
     from tasks.retrain_family import choose_family, top_points, with_family
     from tasks.retrain_prior import add_prior
-    from tasks.retrain_window import plan_training
+    from tasks.retrain_window import plan_training, with_served_outcomes
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
     # What it learns from: the labels since the change (waiting for them), every arm's features.
@@ -286,6 +288,9 @@ def plan_retrain(
         return RetrainPlan(outcome)
     if data.drop_columns != (champ.spec.data.drop_columns or []):  # every arm's features
         recent = load_recent(new_spec, settings)
+    # Beside the labels, the outcomes of the offers served since the change.
+    new_spec, recent, served = with_served_outcomes(new_spec, recent, settings)
+    outcome.detail += f"; {served}" if served else ""
     # What it learns with: the family cross-validation picks on these rows.
     only = [f.strip() for f in settings.retrain_families.split(",") if f.strip()]
     choice = choose_family(new_spec, recent, warm, only=only or None)

@@ -50,11 +50,19 @@ class PipelineSettings(BaseSettings):
     # Days of labels before the change a retrain also fits, down-weighted by the searched
     # ``history_weight`` (a power prior; tasks/retrain_prior.py). 0: the change's rows only.
     retrain_history_days: float = Field(default=14.0, ge=0)
+    # Whether a retrain also fits the application's served outcomes (``outcomes_path``,
+    # when the application writes it): the offers made and whether they converted.
+    retrain_outcomes: bool = True
 
     @property
     def data_dir(self) -> Path:
         """Generated parquet files (the offline store's sources)."""
         return self.home / "data"
+
+    @property
+    def outcomes_path(self) -> Path:
+        """The application's outcome log (customer_id, event_timestamp, the target)."""
+        return self.data_dir / "outcomes.parquet"
 
     @property
     def feast_dir(self) -> Path:

@@ -74,6 +74,12 @@ class DataSpec(_Strict):
     # that parameter, or at 0, they are unused) and are never scored: cross-validation and
     # the gates judge the window's own rows. What a retrain after a change learns from.
     history_days: float | None = Field(default=None, gt=0)
+    # The application's served outcomes (the offers it made and whether they converted),
+    # rows like ``labels`` (feast) or like ``path`` (file): joined the same way over the
+    # same window and fitted with the training rows. They are the rows one model chose to
+    # act on, not a sample of everyone, so they never enter the hold-out the gates judge
+    # or the samples the drift checks compare (tasks/data.py: with_outcomes).
+    outcomes: str | None = None
 
     @model_validator(mode="after")
     def _check_source(self) -> DataSpec:
@@ -84,8 +90,10 @@ class DataSpec(_Strict):
                 "data.history_days counts back from data.start: set data.start, "
                 "or leave history_days out"
             )
-        if self.path and Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
-            raise ValueError(f"data.path must be a .csv or .parquet file, got {self.path!r}")
+        for name in ("path", "outcomes"):
+            value = getattr(self, name)
+            if value and Path(value).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+                raise ValueError(f"data.{name} must be a .csv or .parquet file, got {value!r}")
         return self
 
 

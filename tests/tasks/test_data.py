@@ -129,3 +129,64 @@ def test_breast_cancer_example_loads(settings, monkeypatch: pytest.MonkeyPatch) 
     data = load_study_data(spec, settings)
     assert len(data.X_train) + len(data.X_test) == 569
     assert len(data.feature_columns) == 30 and not data.time_ordered
+
+
+def test_served_outcomes_join_the_training_rows_never_the_hold_out(
+    tmp_path: Path, settings
+) -> None:
+    labels, outcomes = tmp_path / "d.parquet", tmp_path / "o.parquet"
+    _frame().to_parquet(labels)
+    served = _frame(120, seed=1).assign(row=lambda f: f["row"] + 10_000)
+    served.to_parquet(outcomes)
+    start, end = pd.Timestamp("2026-01-03", tz="UTC"), pd.Timestamp("2026-01-15", tz="UTC")
+    window = {"start": start.isoformat(), "end": end.isoformat()}
+    plain = load_study_data(_spec(labels, **window), settings)
+    data = load_study_data(_spec(labels, outcomes=str(outcomes), **window), settings)
+
+    pd.testing.assert_frame_equal(plain.X_test, data.X_test)  # the labels' own hold-out
+    in_window = served[(served.event_timestamp >= start) & (served.event_timestamp < end)]
+    assert data.outcome_rows == len(in_window) > 0
+    assert len(data.X_train) == len(plain.X_train) + len(in_window)
+    assert sorted(data.X_train["row"]) == sorted([*plain.X_train["row"], *in_window["row"]])
+    assert data.timestamps_train is not None and data.timestamps_train.is_monotonic_increasing
+    assert data.summary()["rows_outcomes"] == data.outcome_rows
+    # The rows' own labels came along with them.
+    got = dict(zip(data.X_train["row"], data.y_train, strict=True))
+    assert all(got[r] == y for r, y in zip(in_window["row"], in_window["label"], strict=True))
+
+
+def test_outcomes_outside_the_window_or_none_leave_the_data_as_it_was(
+    tmp_path: Path, settings
+) -> None:
+    labels, outcomes = tmp_path / "d.parquet", tmp_path / "o.parquet"
+    _frame().to_parquet(labels)
+    _frame(50, seed=2).assign(event_timestamp=pd.Timestamp("2027-01-01", tz="UTC")).to_parquet(
+        outcomes
+    )
+    plain = load_study_data(_spec(labels), settings)
+    data = load_study_data(
+        _spec(labels, outcomes=str(outcomes), end="2026-06-01T00:00:00+00:00"), settings
+    )
+    assert data.outcome_rows == 0 and "rows_outcomes" not in data.summary()
+    pd.testing.assert_frame_equal(plain.X_train, data.X_train)
+
+
+def test_outcomes_errors_say_what_to_fix(tmp_path: Path, settings) -> None:
+    from tasks.data import labels_only
+
+    labels = tmp_path / "d.parquet"
+    _frame().to_parquet(labels)
+    with pytest.raises(ValueError, match="data.outcomes must be a .csv or .parquet"):
+        _spec(labels, outcomes="served.json")
+    with pytest.raises(DataNotFoundError, match="data.outcomes"):
+        load_study_data(_spec(labels, outcomes=str(tmp_path / "none.parquet")), settings)
+    odd = tmp_path / "odd.parquet"
+    _frame(40).assign(label=7).to_parquet(odd)
+    with pytest.raises(DataError, match=r"target values \['7'\] are not among the labels"):
+        load_study_data(_spec(labels, outcomes=str(odd)), settings)
+    short = tmp_path / "short.parquet"
+    _frame(40).drop(columns="x").to_parquet(short)
+    with pytest.raises(DataError, match=r"lacks the columns \['x'\]"):
+        load_study_data(_spec(labels, outcomes=str(short)), settings)
+    spec = _spec(labels, outcomes=str(odd))
+    assert labels_only(spec).data.outcomes is None and spec.data.outcomes == str(odd)

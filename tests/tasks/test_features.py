@@ -381,3 +381,50 @@ def test_training_set_task_runs_in_a_flow(prefect_harness: None, tiny: PipelineS
 
     frame = training_flow()
     assert frame is not None and frame["sessions_7d"].tolist() == [10]
+
+
+def test_served_outcomes_are_joined_as_labels_are_and_a_retrain_fits_them(
+    generated: tuple[PipelineSettings, GeneratorConfig], tmp_path: Path
+) -> None:
+    from tasks.data import load_study_data
+    from tasks.retrain_window import with_served_outcomes
+    from tasks.spec import StudySpec
+
+    settings, config = generated
+    labels = load_labels(settings)
+    lo, hi = pd.Timestamp("2026-01-05", tz="UTC"), pd.Timestamp("2026-01-15", tz="UTC")
+    # Served offers: visits of the same customers an hour after some sessions.
+    visits = labels.iloc[::7][["customer_id", "event_timestamp", "converted"]].copy()
+    visits["event_timestamp"] += pd.Timedelta(hours=1)
+    path = tmp_path / "outcomes.parquet"
+    visits.to_parquet(path)
+    window = {"start": lo.isoformat(), "end": hi.isoformat()}
+    spec = StudySpec.parse({"name": "served", "data": window})
+    plain = load_study_data(spec, settings)
+    served = spec.model_copy(update={"data": spec.data.model_copy(update={"outcomes": str(path)})})
+    data = load_study_data(served, settings)
+    stamps = visits["event_timestamp"]
+    expected = visits[(stamps >= lo) & (stamps < hi)]
+    assert data.outcome_rows == len(expected) > 0
+    pd.testing.assert_frame_equal(plain.X_test, data.X_test)
+    # Joined as label rows at their own moment: the same features a labels table gets.
+    from tasks.data import clean_features
+
+    want = clean_features(build_training_set(expected, settings=settings)[data.feature_columns])
+    assert len(data.X_train) == len(plain.X_train) + len(want)
+    for column in data.feature_columns:
+        counts = data.X_train[column].value_counts(dropna=False)
+        both = pd.concat([plain.X_train[column], want[column]]).value_counts(dropna=False)
+        pd.testing.assert_series_equal(counts.sort_index(), both.sort_index(), check_names=False)
+
+    # The retrain adds the application's log when it exists and the setting is on.
+    off = settings.model_copy(update={"retrain_outcomes": False})
+    assert with_served_outcomes(spec, plain, off)[2] == ""
+    assert with_served_outcomes(spec, plain, settings)[2] == ""  # no log yet
+    settings.outcomes_path.write_bytes(path.read_bytes())
+    try:
+        new_spec, new_data, note = with_served_outcomes(spec, plain, settings)
+    finally:
+        settings.outcomes_path.unlink()
+    assert new_spec.data.outcomes == str(settings.outcomes_path)
+    assert new_data.outcome_rows == len(expected) and f"{len(expected):,} served outcomes" in note

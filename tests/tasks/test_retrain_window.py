@@ -94,3 +94,16 @@ def test_a_challenger_that_learnt_from_the_change_on_means_the_change_is_handled
     # A naive start is read as UTC, as the spec's data window is.
     naive = arm("challenger-3", "6", (DRIFT_AT + timedelta(days=1)).replace(tzinfo=None))
     assert challenger_since([history, naive], DRIFT_AT) is naive
+
+
+def test_a_recent_window_is_the_labels_never_a_versions_served_outcomes(tmp_path: Path) -> None:
+    # A retrained version's spec names the outcome log it fitted; the drift checks' windows
+    # and reference samples come from the same spec and must not include those rows.
+    from tasks.data import labels_only
+    from tasks.retrain import retrain_spec, windowed
+    from tasks.spec import StudySpec
+
+    spec = StudySpec.parse({"name": "m", "data": {"outcomes": str(tmp_path / "o.parquet")}})
+    assert windowed(spec, START, DRIFT_AT).data.outcomes is None
+    assert labels_only(spec).data.outcomes is None
+    assert retrain_spec(spec, "m", START, DRIFT_AT, []).data.outcomes is None
