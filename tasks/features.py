@@ -275,8 +275,11 @@ def build_training_set(
     entity = pd.DataFrame(
         {
             ENTITY_KEY: labels[ENTITY_KEY].to_numpy(np.int64),
+            # Feast's stores keep microseconds and refuse to cut a finer timestamp (a
+            # served visit's clock reads nanoseconds): floor it, as they would store it.
             TIMESTAMP: as_utc(labels[TIMESTAMP])
             .astype("datetime64[ns, UTC]")
+            .dt.floor("us")
             .reset_index(drop=True),
             target: labels[target].to_numpy(),
         }

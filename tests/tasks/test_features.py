@@ -149,6 +149,16 @@ def test_point_in_time_join_never_leaks_and_respects_ttl(tiny: PipelineSettings)
     assert pd.isna(got.loc[1, "minutes_7d"]) and got.loc[0, "minutes_7d"] == 5.5
 
 
+def test_nanosecond_label_times_join_as_their_microsecond(tiny: PipelineSettings) -> None:
+    # A served visit's moment from the application's clock has nanoseconds; Feast stores
+    # microseconds and refused the cast, so no retrain could read the outcome log.
+    labels = _labels((1, "2026-01-11 12:00"), (1, "2026-01-12 06:00"))
+    fine = labels.assign(event_timestamp=labels["event_timestamp"] + pd.Timedelta(789, "ns"))
+    got = build_training_set(fine, settings=tiny)
+    want = build_training_set(labels, settings=tiny)
+    assert got["sessions_7d"].tolist() == want["sessions_7d"].tolist() == [10, 12]
+
+
 def test_file_store_agrees_where_it_works_and_refuses_to_drop_rows(
     tiny: PipelineSettings,
 ) -> None:
