@@ -15,8 +15,12 @@ would serve, from the next day to the end of the live period):
   new recipe       tasks.retrain_family.choose_family on the same rows, then the same
                    search of the family it picks (what plan_retrain did before the prior)
   with prior       the new recipe, also fitting the 14 days of labels before the onset
-                   with the searched history_weight (tasks/retrain_prior.py: what
-                   plan_retrain does now); "history_weight" is its best trial's
+                   with the searched history_weight (tasks/retrain_prior.py); "history_weight"
+                   is its best trial's
+  with outcomes    the prior recipe, also fitting the served outcomes known at the retrain
+                   (tasks/data.py: with_outcomes, what plan_retrain does now): the offers
+                   the champion made to the visits since the onset (6,000 a day; by the
+                   retrain, one day more of them than of labels) and whether they converted
 
 Reward per visit is the expected net reward of the offers a model's scores make
 (``p_true - cost`` when offered), so visit noise does not blur the comparison. Each
@@ -47,6 +51,45 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DAYS_AFTER_ONSET = (1, 2, 3)
 VISITS_PER_DAY = 6_000
 HISTORY_DAYS = 14.0  # the retrain_history_days default
+NAMES = ("never", "old", "new", "prior", "outcomes")
+
+
+def served(
+    spec: Any, data: Any, champion: Any, truth: Path, known: Any, cost: float, folder: Path
+) -> Any:
+    """Return ``data`` with the outcomes of the champion's offers since the window's start.
+
+    The visits from the window's start to ``known`` (the retrain's moment), the ones whose
+    score made an offer, and whether they converted; added by the product's own
+    ``with_outcomes`` (a file-source spec: these rows carry their features already).
+    """
+    from banditflow.simulate import build_stream
+    from tasks.data import with_outcomes
+    from tasks.settings import PipelineSettings
+
+    start = spec.data.start
+    days = max(1, round((known - start).total_seconds() / 86_400))
+    stream = build_stream(
+        truth,
+        n=VISITS_PER_DAY * days,
+        start=start,
+        end=known,
+        seed=17,
+    )
+    offered = stream[model_scores(champion, stream) >= cost]
+    rows = offered.assign(
+        converted=(offered["u"] < offered["p_true"]).astype(np.int64),
+        event_timestamp=pd.to_datetime(offered["at"], utc=True),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "outcomes.parquet"
+    rows[[*data.feature_columns, "converted", "event_timestamp"]].to_parquet(path)
+    # The retrain's window ends when it runs (the day's feature update), not at its newest
+    # label: every outcome known by then is in it.
+    update = {"source": "file", "path": str(path), "outcomes": str(path), "end": known}
+    file_data = spec.data.model_copy(update=update)
+    as_file = spec.model_copy(update={"data": file_data})
+    return with_outcomes(data, as_file, PipelineSettings(home=folder))
 
 
 def search(spec: Any, data: Any, warm: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
@@ -180,6 +223,13 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
         prior, prior_trials = search(prior_spec, prior_data, prior_warm)
         prior_s = time.perf_counter() - began
         weight = prior_trials[0].params.get(HISTORY_WEIGHT, 0.0)  # the best trial's
+        began = time.perf_counter()
+        known = world.drift_at + timedelta(days=k + 1)
+        served_data = served(
+            prior_spec, prior_data, champion, truth, known, cost, folder / f"served-{seed}-{k}"
+        )
+        served_model, _ = search(prior_spec, served_data, prior_warm)
+        served_s = time.perf_counter() - began
         serve_from = world.drift_at + timedelta(days=k + 1)
         days = (world.day_start(world.live_days) - serve_from).days
         stream = build_stream(
@@ -190,7 +240,13 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
         )
         rewards = {
             name: reward_per_visit(model_scores(m, stream), stream, cost)
-            for name, m in (("never", champion), ("old", old), ("new", new), ("prior", prior))
+            for name, m in (
+                ("never", champion),
+                ("old", old),
+                ("new", new),
+                ("prior", prior),
+                ("outcomes", served_model),
+            )
         }
         gates = {
             name: gate_verdicts(retrain, m, data, champion)
@@ -204,15 +260,17 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
                 "hold-out rows": len(data.X_test),
                 "hold-out conversions": int(data.y_test.sum()),
                 "feature oracle": oracle,
-                **{f"{n} / f.o.": rewards[n] / oracle for n in ("never", "old", "new", "prior")},
+                **{f"{n} / f.o.": rewards[n] / oracle for n in NAMES},
                 "new family": choice.family,
                 "prior rows": prior_data.history_rows,
                 "history_weight": round(float(weight), 4),
+                "outcome rows": served_data.outcome_rows,
                 **{f"{n} gates (point)": verdict(gates[n]["point_failures"]) for n in gates},
                 **{f"{n} gates (CI)": verdict(gates[n]["ci_failures"]) for n in gates},
                 "old s": round(old_s, 1),
                 "new s": round(new_s, 1),
                 "prior s": round(prior_s, 1),
+                "outcomes s": round(served_s, 1),
                 "screen": choice.detail(),
             }
         )
@@ -222,7 +280,7 @@ def run_seed(seed: int, folder: Path) -> list[dict[str, Any]]:
 
 def summarize(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
-    columns = ["never / f.o.", "old / f.o.", "new / f.o.", "prior / f.o."]
+    columns = [f"{n} / f.o." for n in NAMES]
     means = frame.groupby("day")[columns].mean()
     means = means.reset_index().assign(seed="mean")
     return pd.concat([frame, means], ignore_index=True)
