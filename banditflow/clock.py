@@ -109,6 +109,7 @@ class DayWait:
     wall_s: float
     polls: int
     waited_for: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # flow runs that failed meanwhile
 
 
 @dataclass
@@ -179,6 +180,28 @@ class PrefectRuns:
         response.raise_for_status()
         return [f"flow run {r['name']} ({r['state_type']})" for r in response.json()]
 
+    async def failed_since(self, moment: datetime) -> list[str]:
+        """Return ``name: message`` of each flow run that failed or crashed after ``moment``.
+
+        The loop goes on past a failed run (the next event starts the next one), so the
+        driver says which failed and why: in one CI run every retrain failed on the same
+        error, and only the missing version showed it.
+        """
+        body = {
+            "flow_runs": {
+                "state": {"type": {"any_": ["FAILED", "CRASHED"]}},
+                "end_time": {"after_": _utc(moment).isoformat()},
+            },
+            "sort": "START_TIME_ASC",
+            "limit": 20,
+        }
+        response = await self.client.post(f"{self.api_url}/flow_runs/filter", json=body)
+        response.raise_for_status()
+        return [
+            f"{r['name']}: {((r.get('state') or {}).get('message') or r['state_type'])[:300]}"
+            for r in response.json()
+        ]
+
     def runs_since(
         self, moment: datetime, deployment: str | None = None
     ) -> Callable[[], Awaitable[bool]]:
@@ -229,3 +252,36 @@ class RolloutDecisions:
             served = {str(a["model"]["version"]) for a in body.get("arms", [])}
             out += [f"version {v} not serving yet" for v in self.registry_versions() - served]
         return out
+
+
+async def wait_for_the_day(
+    running: Any,
+    day: int,
+    emitted: datetime | None,
+    deployment: str,
+    registry_versions: Callable[[], set[str]],
+    *,
+    since: datetime | None = None,
+    poll_s: float = 1.0,
+) -> DayWait:
+    """Lock-step over a running stack: wait for the day's work; note the runs that failed.
+
+    ``emitted`` is when the driver's event went out (None: no event), ``deployment`` the
+    one its trigger runs, ``since`` where the previous day's look for failed runs ended
+    (None: from ``emitted`` or now).
+    """
+    import httpx
+
+    async with (
+        httpx.AsyncClient(timeout=30) as prefect,
+        httpx.AsyncClient(base_url=running.rollout_url, timeout=30) as rollout,
+    ):
+        runs = PrefectRuns(running.prefect_api_url, prefect)
+        decisions = RolloutDecisions(rollout, registry_versions=registry_versions)
+        lock = LockStep([runs, decisions], poll_s=poll_s, timeout_s=900)
+        # The day's feature event is answered by a flow run its trigger creates.
+        expect = [runs.runs_since(emitted, deployment)] if emitted is not None else []
+        began = datetime.now(UTC)
+        record = await lock.wait(day, expect)
+        record.failed = await runs.failed_since(since or min(began, emitted or began))
+        return record

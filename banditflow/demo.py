@@ -96,6 +96,7 @@ class DemoState:
     initial_arms: dict[str, str] = field(default_factory=dict)
     waits: list[dict[str, Any]] = field(default_factory=list)
     unknown_outcomes: pd.DataFrame | None = None  # offers whose outcome is not known yet
+    failures_from: datetime | None = None  # where the last wait's look for failed runs ended
 
 
 class Demo:
@@ -201,7 +202,7 @@ class Demo:
             self.day_log.start(-1)
             emitted = datetime.now(UTC)
             facts = ingest_history(self.plan.world, settings=self.settings)
-            wait = self._wait(running, -1, emitted, STUDIES_DEPLOYMENT)
+            wait = self._wait(running, -1, emitted, STUDIES_DEPLOYMENT, note)
             note(f"materialized {facts['rows']:,} rows; the system worked {wait:.0f} s")
             arms = self._aliases()
             if "champion" not in arms:
@@ -209,37 +210,28 @@ class Demo:
             self.state.initial_arms = arms
             note(f"serving: {', '.join(f'{a} v{v}' for a, v in sorted(arms.items()))}")
 
-    def _wait(self, running: Any, day: int, emitted: datetime | None, deployment: str) -> float:
+    def _wait(
+        self, running: Any, day: int, emitted: datetime | None, deployment: str, note: Any
+    ) -> float:
         """Lock-step: wait until the work the day's events started has finished.
 
         ``deployment`` is the one whose trigger the driver's event fires: its run must
-        exist before the system can be idle.
+        exist before the system can be idle. Each flow run that failed meanwhile is noted.
         """
         if not self.plan.lock_step:
             return 0.0
-        record = asyncio.run(self._lock_step(running, day, emitted, deployment))
+        from banditflow.clock import wait_for_the_day
+
+        since, self.state.failures_from = self.state.failures_from, datetime.now(UTC)
+        args = (running, day, emitted, deployment, self._arm_versions)
+        record = asyncio.run(wait_for_the_day(*args, since=since, poll_s=self.plan.poll_s))
         self.state.waits.append(
             {"day": day, "wall_s": round(record.wall_s, 1), "waited for": record.waited_for}
+            | {"failed": record.failed}
         )
+        for failure in record.failed:
+            note(f"[red]flow run failed[/] {failure} (Prefect UI: the run's logs)")
         return float(record.wall_s)
-
-    async def _lock_step(
-        self, running: Any, day: int, emitted: datetime | None, deployment: str
-    ) -> Any:
-        import httpx
-
-        from banditflow.clock import LockStep, PrefectRuns, RolloutDecisions
-
-        async with (
-            httpx.AsyncClient(timeout=30) as prefect,
-            httpx.AsyncClient(base_url=running.rollout_url, timeout=30) as rollout,
-        ):
-            runs = PrefectRuns(running.prefect_api_url, prefect)
-            decisions = RolloutDecisions(rollout, registry_versions=self._arm_versions)
-            lock = LockStep([runs, decisions], poll_s=self.plan.poll_s, timeout_s=900)
-            # The day's feature event is answered by a flow run its trigger creates.
-            expect = [runs.runs_since(emitted, deployment)] if emitted is not None else []
-            return await lock.wait(day, expect)
 
     def live_day(self, day: int, running: Any, pending: Any) -> None:
         from banditflow.simulate import TrafficOptions, build_stream, run_traffic, served_stream
@@ -284,7 +276,7 @@ class Demo:
             known = self._known_outcomes(served, end)
             got = ingest_day(self.world.arrivals(day), settings=self.settings, outcomes=known)
             ingested = time.perf_counter()
-            wait = self._wait(running, day, emitted if got["activity"] else None, DRIFT_CHECK)
+            wait = self._wait(running, day, emitted if got["activity"] else None, DRIFT_CHECK, n)
             self.clock.repace()
             shares = served["version"].value_counts(normalize=True).sort_index()
             n(

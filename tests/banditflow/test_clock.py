@@ -133,3 +133,34 @@ def test_an_expected_run_is_the_named_deployments_not_any_run(prefect_harness: N
 
     other, mine, anyone = asyncio.run(scenario())
     assert (other, mine, anyone) == (False, True, True)
+
+
+def test_the_days_failed_runs_are_named_with_their_message(prefect_harness: None) -> None:
+    # The loop goes on past a failed run; the driver must say which failed and why (a CI
+    # run had every retrain fail on one error and printed nothing about it).
+    import httpx
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL
+
+    from banditflow.clock import PrefectRuns
+
+    @flow(name="lock-step-fails")
+    def fails() -> None:
+        raise ValueError("the outcome log's timestamps could not be cast")
+
+    @flow(name="lock-step-works")
+    def works() -> None:
+        return None
+
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    works()
+    fails(return_state=True)
+    after = datetime.now(UTC) + timedelta(seconds=1)
+
+    async def look(moment: datetime) -> list[str]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await PrefectRuns(str(PREFECT_API_URL.value()), http).failed_since(moment)
+
+    failed = asyncio.run(look(before))
+    assert len(failed) == 1 and "could not be cast" in failed[0], failed
+    assert asyncio.run(look(after)) == []

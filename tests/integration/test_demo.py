@@ -50,6 +50,9 @@ def test_make_demo_quick_closes_the_loop_by_itself(tmp_path: Path) -> None:
     # Every live day's feature push was answered by the drift check's deployment.
     assert timeline.count("retrain-on-feature-update") >= 8
     assert all(w["day"] >= -1 for w in summary["lock_step_waits"])
+    # No flow run of the loop failed (the demo goes on past one and prints it).
+    failed = [f for w in summary["lock_step_waits"] for f in w["failed"]]
+    assert not failed, failed
 
     # A retrain after the drift registered versions, and one of them served traffic.
     from mlflow import MlflowClient
