@@ -115,12 +115,14 @@ def check_model(
     settings: PipelineSettings,
     warm_start_top: int,
     emit: bool = True,
+    decide_only: bool = False,
 ) -> RetrainPlan:
     """Check the recent window against every serving arm's training data; plan a retrain.
 
     Drifted when any arm's features drifted or the champion degraded on recent labels.
     Then ``banditflow.drift.detected`` is emitted (``emit``) with the drifted features of
-    each arm, and the plan carries the warm-started retrain study of that window.
+    each arm, and the plan carries the warm-started retrain study of that window (only
+    its name and window with ``decide_only``: see ``plan_retrain``).
     """
     from tasks.tracking import configure_mlflow
 
@@ -141,7 +143,7 @@ def check_model(
     if not checked or checked[0][0] is not champ:
         outcome.status = "no-recent-data"
         return RetrainPlan(outcome)
-    return _decide(outcome, checked, cache, settings, warm_start_top, emit)
+    return _decide(outcome, checked, cache, settings, (warm_start_top, emit, decide_only))
 
 
 def _check_arm(
@@ -194,10 +196,13 @@ def _decide(
     checked: list[tuple[Arm, DriftReport]],
     cache: dict[str, Any],
     settings: PipelineSettings,
-    warm_start_top: int,
-    emit: bool,
+    how: tuple[int, bool, bool],
 ) -> RetrainPlan:
-    """Drifted when any arm drifted or the champion degraded: emit the event, plan the study."""
+    """Drifted when any arm drifted or the champion degraded: emit the event, plan the study.
+
+    ``how``: (warm-start points, emit the event, decide only).
+    """
+    warm_start_top, emit, decide_only = how
     champ, champ_report = checked[0]
     outcome.drifted_features = sorted({f for _, r in checked for f in r.drifted_features})
     outcome.metric_degraded = bool(champ_report.metric and champ_report.metric.degraded)
@@ -215,9 +220,8 @@ def _decide(
         metric=champ_report.metric,
         window=outcome.window,
     )
-    plan = plan_retrain(
-        outcome, champ, recent_for(champ.spec, outcome, settings, cache), settings, warm_start_top
-    )
+    recent = recent_for(champ.spec, outcome, settings, cache)
+    plan = plan_retrain(outcome, champ, recent, settings, warm_start_top, decide_only=decide_only)
     # A study of this window exists: the drift was signalled (and is being handled) before,
     # so a second check (the event's own consumer, say) emits nothing and starts nothing.
     if emit and plan.spec is not None:
@@ -251,7 +255,14 @@ def plan_model(
             reason=reason,
             drifted_features=drifted_features,
         )
-    plan = check_model(model, start, end, settings=settings, warm_start_top=warm_start_top)
+    plan = check_model(
+        model,
+        start,
+        end,
+        settings=settings,
+        warm_start_top=warm_start_top,
+        decide_only=not retrain_on_drift,
+    )
     if plan.spec is not None and not retrain_on_drift:
         plan.outcome.status, plan.spec = "drift-detected", None
     return plan

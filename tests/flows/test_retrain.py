@@ -183,8 +183,22 @@ def test_every_serving_arm_is_checked_and_a_signal_retrains_once(
     assert challenger is not None, aliases
 
     screened(monkeypatch, settings)
+    # The check that only emits the event stops once a retrain is due: no family screen.
+    import tasks.retrain_family
+
+    def no_screen(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a decide-only check screened the families")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks.retrain_family, "choose_family", no_screen)
+        due = check_model(
+            "arms", DRIFT_AT, config.end, settings=settings, warm_start_top=2,
+            emit=False, decide_only=True,
+        )  # fmt: skip
+    assert due.outcome.status == "drift-detected" and due.outcome.family is None
     # The recent window is the champion's own: only the challenger's data has drifted.
     plan = check_model("arms", DRIFT_AT, config.end, settings=settings, warm_start_top=2)
+    assert due.spec is not None and plan.spec is not None and due.spec.name == plan.spec.name
     outcome = plan.outcome
     assert set(outcome.arms) == {champion, challenger}
     assert outcome.arms[champion]["drifted_features"] == []
