@@ -275,9 +275,9 @@ def plan_retrain(
     prior, which the event's consumer repeats: the check that only emits the drift event
     paid for them too (a third to a half of its run in the demo).
     """
-    from tasks.retrain_family import choose_family, top_points, with_family
-    from tasks.retrain_prior import add_prior
-    from tasks.retrain_window import plan_training, with_served_outcomes
+    from tasks.retrain_family import top_points
+    from tasks.retrain_learn import learn_with
+    from tasks.retrain_window import plan_training
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
     # What it learns from: the labels since the change (waiting for them), every arm's features.
@@ -301,17 +301,9 @@ def plan_retrain(
         return RetrainPlan(outcome, new_spec, recent)
     if data.drop_columns != (champ.spec.data.drop_columns or []):  # every arm's features
         recent = load_recent(new_spec, settings)
-    # Beside the labels, the outcomes of the offers served since the change.
-    new_spec, recent, served = with_served_outcomes(new_spec, recent, settings)
-    outcome.detail += f"; {served}" if served else ""
-    # What it learns with: the family cross-validation picks on these rows.
-    only = [f.strip() for f in settings.retrain_families.split(",") if f.strip()]
-    choice = choose_family(new_spec, recent, warm, only=only or None)
-    new_spec, warm = with_family(new_spec, choice), choice.warm_start
-    # And what it keeps of the world before: the older labels, weighted by a searched power.
-    new_spec, warm, recent, prior = add_prior(new_spec, warm, recent, settings)
-    outcome.detail += f"; {prior}" if prior else ""
-    outcome.family, outcome.detail = choice.family, f"{outcome.detail}; {choice.detail()}"
+    learned = learn_with(new_spec, recent, warm, settings)  # outcomes, family, prior
+    new_spec, recent, warm = learned.spec, learned.data, learned.warm_start
+    outcome.family, outcome.detail = learned.family, outcome.detail + learned.detail
     run_logger().info(
         "%s: retraining as study %s warm-started from %d points (%s)",
         outcome.model,
