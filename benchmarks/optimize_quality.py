@@ -1,7 +1,8 @@
 """Bayesmark-style quality of the optimizers: best CV score after N trials, normalised.
 
 For each (model family x sklearn dataset) problem, each method (ours: hyperopt, ax, random;
-hyperopt's own ``fmin`` loop and Optuna's TPE as the outside references) runs studies of
+hyperopt's own ``fmin`` loop, Optuna's TPE and GP samplers and Ax's own ``Client`` loop,
+``ax-own``, as the outside references) runs studies of
 the largest budget with q points per round (ask q, tell q) over several seeds. The score
 at a budget is normalised per problem: 0 = random search's mean best at that budget,
 100 = the best value any method found on the problem.
@@ -213,6 +214,65 @@ class OptunaTPE:
         self.study.tell(self.trials.pop(trial_id), value)
 
 
+class AxOwn:
+    """Ax's own loop (the reference for the adapter): its ``Client`` with its defaults.
+
+    The same 8 Sobol points as the adapter, Ax's own generation strategy and acquisition
+    optimizer; trials in flight stay pending in Ax's experiment, so a batch is Ax's own
+    batch generation. Categorical choices go to Ax by index (Ax takes no ``None``).
+    """
+
+    def __init__(self, space: dict[str, dict[str, Any]], seed: int) -> None:
+        from ax import ChoiceParameterConfig, Client, RangeParameterConfig
+
+        self.space = space
+        self.client = Client(random_seed=seed)
+        parameters: list[Any] = []
+        for name, p in space.items():
+            if p["type"] == "categorical":
+                values = [str(i) for i in range(len(p["choices"]))]
+                parameters.append(
+                    ChoiceParameterConfig(name=name, parameter_type="str", values=values)
+                )
+            else:
+                log = bool(p.get("log"))
+                if p["type"] == "int":
+                    config = RangeParameterConfig(
+                        name=name,
+                        parameter_type="int",
+                        bounds=(int(p["low"]), int(p["high"])),
+                        scaling="log" if log else "linear",
+                    )
+                else:
+                    config = RangeParameterConfig(
+                        name=name,
+                        parameter_type="float",
+                        bounds=(float(p["low"]), float(p["high"])),
+                        scaling="log" if log else "linear",
+                    )
+                parameters.append(config)
+        self.client.configure_experiment(parameters=parameters)
+        self.client.configure_optimization(objective="score")
+        self.client.configure_generation_strategy(initialization_budget=8)
+
+    def ask(self, n: int) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for index, params in self.client.get_next_trials(max_trials=n).items():
+            decoded = {
+                name: (
+                    self.space[name]["choices"][int(str(value))]
+                    if self.space[name]["type"] == "categorical"
+                    else value
+                )
+                for name, value in params.items()
+            }
+            out.append((str(index), decoded))
+        return out
+
+    def tell(self, trial_id: str, value: float) -> None:
+        self.client.complete_trial(int(trial_id), raw_data={"score": value})
+
+
 def run_fmin(problem: Problem, evaluate: Evaluator, seed: int, budget: int) -> dict[str, Any]:
     """Hyperopt's own loop: ``fmin`` with TPE and hyperopt's defaults, on the same space."""
     import logging
@@ -268,8 +328,11 @@ def run_study(
     ask_seconds: list[float] = []
     model_ask_seconds: list[float] = []
     best = -math.inf
+    reference: Any = None  # a library's own loop: Optuna's or Ax's
     if method.startswith("optuna-"):
-        optuna_study = OptunaTPE(problem.space, seed, q, method.split("-", 1)[1])
+        reference = OptunaTPE(problem.space, seed, q, method.split("-", 1)[1])
+    elif method == "ax-own":
+        reference = AxOwn(problem.space, seed)
     elif method == "ax-default-acqf":  # the adapter with Ax's own acquisition optimizer
         optimizer = get_optimizer(
             "ax",
@@ -289,8 +352,8 @@ def run_study(
         n = min(room, budget - handed)
         if n > 0:
             start = time.perf_counter()
-            if method.startswith("optuna-"):
-                asked = optuna_study.ask(n)
+            if reference is not None:
+                asked = reference.ask(n)
             else:
                 asked = [(t.id, t.params) for t in optimizer.ask(n)]
             elapsed = time.perf_counter() - start
@@ -308,8 +371,8 @@ def run_study(
         in_flight = [] if loop == "batch" else in_flight[1:]
         for trial_id, params in told:
             value = evaluate(params)
-            if method.startswith("optuna-"):
-                optuna_study.tell(trial_id, value)
+            if reference is not None:
+                reference.tell(trial_id, value)
             else:
                 optimizer.tell(trial_id, {"score": value})
             best = max(best, value)
