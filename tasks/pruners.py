@@ -12,8 +12,9 @@ it had. A hand-written scheduler would re-implement what Optuna's pruners alread
 The fidelity (``rows``, ``iterations`` or ``folds``) comes from the model family
 (``tasks.families``) unless the spec names one. A step is ``1 .. max_resource``; a trial
 evaluated at step ``s`` used ``s / max_resource`` of the full fidelity. Rungs sit at
-``reduction_factor ** k`` steps, so with the defaults (3, ``min_fraction`` 1/9) a trial
-runs at 1/9, 1/3 and all of its fidelity, and only the top third goes on at each rung.
+``reduction_factor ** k`` steps, so with the defaults (3, ``min_fraction`` 1/3) a trial
+runs at 1/3 and all of its fidelity, and only the top third goes on from the rung
+(``min_fraction: 0.111`` adds a rung at 1/9).
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def test_a_trial_that_climbs_every_rung_scores_what_a_plain_cv_scores(
     from tasks.evaluate import EvalConfig, evaluate_trial
     from tasks.study import Study
 
-    spec = make_spec(write_data(tmp_path / "d.csv"), "same")
+    pruning = {"rule": "asha", "min_fraction": 1 / 9}  # rungs at 1/9 and 1/3
+    spec = make_spec(write_data(tmp_path / "d.csv"), "same", pruning=pruning)
     data = load_study_data(spec)
     study = Study.open(spec, settings)
     try:
@@ -134,7 +135,10 @@ def test_asha_rungs_survive_a_resume(settings, tmp_path: Path) -> None:
     from tasks.data import load_study_data
     from tasks.study import Study
 
-    spec = make_spec(write_data(tmp_path / "d.csv"), "asha-resume", max_trials=12)
+    # Rungs at 1/9, 1/3, all: the report made by hand below completes rung 0 (step 1), so
+    # ASHA ignores the evaluation's own step-1 report and judges it again at step 3.
+    pruning = {"rule": "asha", "min_fraction": 1 / 9}
+    spec = make_spec(write_data(tmp_path / "d.csv"), "asha-resume", max_trials=12, pruning=pruning)
     data = load_study_data(spec)
     study = Study.open(spec, settings)
     try:
