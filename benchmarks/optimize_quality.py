@@ -235,22 +235,15 @@ class AxOwn:
                     ChoiceParameterConfig(name=name, parameter_type="str", values=values)
                 )
             else:
-                log = bool(p.get("log"))
-                if p["type"] == "int":
-                    config = RangeParameterConfig(
+                cast = int if p["type"] == "int" else float
+                parameters.append(
+                    RangeParameterConfig(
                         name=name,
-                        parameter_type="int",
-                        bounds=(int(p["low"]), int(p["high"])),
-                        scaling="log" if log else "linear",
+                        parameter_type=p["type"],
+                        bounds=(cast(p["low"]), cast(p["high"])),
+                        scaling="log" if p.get("log") else "linear",
                     )
-                else:
-                    config = RangeParameterConfig(
-                        name=name,
-                        parameter_type="float",
-                        bounds=(float(p["low"]), float(p["high"])),
-                        scaling="log" if log else "linear",
-                    )
-                parameters.append(config)
+                )
         self.client.configure_experiment(parameters=parameters)
         self.client.configure_optimization(objective="score")
         self.client.configure_generation_strategy(initialization_budget=8)
