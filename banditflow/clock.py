@@ -5,8 +5,9 @@ update) is a moment on :class:`SimClock`; nothing in the world reads the wall cl
 driver advances the clock; at a configurable ``rate`` (simulated seconds per wall second)
 it also paces itself, and in lock-step mode it stops at each simulated day's end until the
 work that day's events started has finished (:class:`LockStep`, which asks
-:class:`Probe` objects: Prefect's flow runs, the rollout service's pending decisions, the
-registry's challengers not yet serving). A loaded machine then changes how long a day
+:class:`Probe` objects, ``banditflow/probes.py``: Prefect's flow runs, the events a
+deployment trigger answers whose run does not exist yet, the rollout service's pending
+decisions, the registry's challengers not yet serving). A loaded machine then changes how long a day
 takes, not what happens in it. The wall seconds of each wait are still measured.
 """
 
@@ -20,11 +21,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 DAY = timedelta(days=1)
-# Prefect state types of work that has not finished (SCHEDULED counts once it is due).
-UNFINISHED_STATES = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING")
-
-# The service's decisions that change the arms; any other recommendation is "keep going".
-ACTIONS = ("promote", "retire", "rollback")
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -33,7 +29,7 @@ class LockStepTimeout(RuntimeError):
     """The work a simulated day started did not finish in time; the message names it."""
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
@@ -55,7 +51,7 @@ class SimClock:
     def __post_init__(self) -> None:
         if self.rate is not None and not self.rate > 0:
             raise ValueError(f"rate must be > 0 simulated s per wall s, got {self.rate=}")
-        self.start = _utc(self.start)
+        self.start = as_utc(self.start)
         self.now = self.start
         self._wall_start = self.wall()
 
@@ -69,7 +65,7 @@ class SimClock:
 
     def days_since(self, moment: datetime) -> float:
         """Return the simulated days from ``moment`` to now (negative before it)."""
-        return (self.now - _utc(moment)) / DAY
+        return (self.now - as_utc(moment)) / DAY
 
     def repace(self) -> None:
         """Restart the pace from now (after a lock-step wait, so the wait is not caught up)."""
@@ -80,7 +76,7 @@ class SimClock:
 
     async def advance_to(self, moment: datetime) -> None:
         """Move the clock to ``moment``; at a rate, first wait until the wall catches up."""
-        moment = _utc(moment)
+        moment = as_utc(moment)
         if moment < self.now:
             raise ValueError(f"the clock cannot go back: now {self.now}, asked {moment}")
         self.now = moment
@@ -159,101 +155,6 @@ class LockStep:
         return record
 
 
-@dataclass
-class PrefectRuns:
-    """Probe: the Prefect API's flow runs that are due and not finished."""
-
-    api_url: str
-    client: Any  # an httpx.AsyncClient
-    name: str = "prefect"
-
-    async def pending(self) -> list[str]:
-        now = datetime.now(UTC).isoformat()
-        body = {
-            "flow_runs": {
-                "state": {"type": {"any_": list(UNFINISHED_STATES)}},
-                "expected_start_time": {"before_": now},
-            },
-            "limit": 50,
-        }
-        response = await self.client.post(f"{self.api_url}/flow_runs/filter", json=body)
-        response.raise_for_status()
-        return [f"flow run {r['name']} ({r['state_type']})" for r in response.json()]
-
-    async def failed_since(self, moment: datetime) -> list[str]:
-        """Return ``name: message`` of each flow run that failed or crashed after ``moment``.
-
-        The loop goes on past a failed run (the next event starts the next one), so the
-        driver says which failed and why: in one CI run every retrain failed on the same
-        error, and only the missing version showed it.
-        """
-        body = {
-            "flow_runs": {
-                "state": {"type": {"any_": ["FAILED", "CRASHED"]}},
-                "end_time": {"after_": _utc(moment).isoformat()},
-            },
-            "sort": "START_TIME_ASC",
-            "limit": 20,
-        }
-        response = await self.client.post(f"{self.api_url}/flow_runs/filter", json=body)
-        response.raise_for_status()
-        return [
-            f"{r['name']}: {((r.get('state') or {}).get('message') or r['state_type'])[:300]}"
-            for r in response.json()
-        ]
-
-    def runs_since(
-        self, moment: datetime, deployment: str | None = None
-    ) -> Callable[[], Awaitable[bool]]:
-        """Return a check that is true once a flow run (of ``deployment``, when named) was
-        created at or after ``moment``.
-
-        Name the deployment whose trigger the event fires: one event can fire several
-        triggers, each creating its run a few seconds apart, and the first run to appear
-        does not answer for the others (seen in the demo: the history's profile update
-        started the drift check at once and the first studies 8 s later, after the day's
-        wait had ended, so no champion existed when the first live day began).
-        """
-        body: dict[str, Any] = {"sort": "EXPECTED_START_TIME_DESC", "limit": 20}
-        if deployment is not None:
-            body["deployments"] = {"name": {"any_": [deployment]}}
-
-        async def check() -> bool:
-            response = await self.client.post(f"{self.api_url}/flow_runs/filter", json=body)
-            response.raise_for_status()
-            stamp = _utc(moment)
-            return any(
-                datetime.fromisoformat(r["created"].replace("Z", "+00:00")) >= stamp
-                for r in response.json()
-            )
-
-        return check
-
-
-@dataclass
-class RolloutDecisions:
-    """Probe: the rollout service's recommendations not yet acted on, and challengers the
-    registry names that the service does not serve yet (``registry_versions``)."""
-
-    client: Any  # an httpx.AsyncClient with the service's base URL
-    registry_versions: Callable[[], set[str]] | None = None
-    name: str = "rollout"
-
-    async def pending(self) -> list[str]:
-        body = (await self.client.get("/arms")).json()
-        out: list[str] = []
-        if body.get("auto_decisions") and not body.get("frozen"):
-            out += [
-                f"decision {r.get('action')} {r.get('arm')}"
-                for r in body.get("recommendations", [])
-                if r.get("action") in ACTIONS and not r.get("applied")
-            ]
-        if self.registry_versions is not None:
-            served = {str(a["model"]["version"]) for a in body.get("arms", [])}
-            out += [f"version {v} not serving yet" for v in self.registry_versions() - served]
-        return out
-
-
 async def wait_for_the_day(
     running: Any,
     day: int,
@@ -272,16 +173,20 @@ async def wait_for_the_day(
     """
     import httpx
 
+    from banditflow.probes import PrefectRuns, RolloutDecisions, TriggeredRuns
+
     async with (
         httpx.AsyncClient(timeout=30) as prefect,
         httpx.AsyncClient(base_url=running.rollout_url, timeout=30) as rollout,
     ):
         runs = PrefectRuns(running.prefect_api_url, prefect)
         decisions = RolloutDecisions(rollout, registry_versions=registry_versions)
-        lock = LockStep([runs, decisions], poll_s=poll_s, timeout_s=900)
+        # Every triggering event since the previous wait began (or this day's own) counts.
+        began = datetime.now(UTC)
+        answered = TriggeredRuns(running.prefect_api_url, prefect, since or emitted or began)
+        lock = LockStep([runs, answered, decisions], poll_s=poll_s, timeout_s=900)
         # The day's feature event is answered by a flow run its trigger creates.
         expect = [runs.runs_since(emitted, deployment)] if emitted is not None else []
-        began = datetime.now(UTC)
         record = await lock.wait(day, expect)
         record.failed = await runs.failed_since(since or min(began, emitted or began))
         return record

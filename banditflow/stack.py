@@ -126,6 +126,11 @@ def stack_env(home: Path, prefect_port: int) -> dict[str, str]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "PREFECT_CLI_PROMPT": "false",
+            # Events are readable half a second after they arrive (default 5 s): the
+            # day's lock-step wait reads them to know which trigger still owes a run.
+            "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": env.get(
+                "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5"
+            ),
             "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
             "OPENBLAS_NUM_THREADS": env.get("OPENBLAS_NUM_THREADS", "1"),
             "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),

@@ -369,3 +369,8 @@ def emit_drift_detected(
         },
         payload=drift_payload(report, model=model, version=version, arms=arms),
     )
+    # Sent before the run finishes, not at its process's exit: whoever watches the run end
+    # (the demo's lock-step wait, an operator) then finds the event its trigger answers.
+    from tasks.ingest import flush_events
+
+    flush_events()

@@ -112,7 +112,7 @@ def test_an_expected_run_is_the_named_deployments_not_any_run(prefect_harness: N
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from banditflow.clock import PrefectRuns
+    from banditflow.probes import PrefectRuns
 
     @flow(name="lock-step-probe")
     def probe() -> None:
@@ -142,7 +142,7 @@ def test_the_days_failed_runs_are_named_with_their_message(prefect_harness: None
     from prefect import flow
     from prefect.settings import PREFECT_API_URL
 
-    from banditflow.clock import PrefectRuns
+    from banditflow.probes import PrefectRuns
 
     @flow(name="lock-step-fails")
     def fails() -> None:
