@@ -86,6 +86,43 @@ class EntityLookup:
         A feature that is null online is None, as the same null sent inline would be; an
         entity the store does not know is refused with the ids it does know.
         """
+        return (await self.features_many([entity], names))[0]
+
+    async def features_many(
+        self, entities: Sequence[Mapping[str, Any] | None], names: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        """Return the online features of each entity, read in one call to the store.
+
+        One ``get_online_features`` per request, not per row: a row's lookup cost ~3 ms
+        of fixed Feast work, which made a 10-row request cost 10 of them (measured in the
+        demo, where the lookups were most of each simulated day's traffic time). Rows whose
+        keys differ, or a batch the store refuses, are read one by one, so the error names
+        the row that caused it.
+        """
+        store, service = await self._store()
+        rows = [dict(e or {}) for e in entities]
+
+        def lookup(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            result = store.get_online_features(features=service, entity_rows=batch).to_dict()
+            return [{k.split("__")[-1]: v[i] for k, v in result.items()} for i in range(len(batch))]
+
+        values: list[dict[str, Any]] | None = None
+        if len(rows) > 1 and len({tuple(sorted(r)) for r in rows}) == 1:
+            try:
+                values = await asyncio.to_thread(lookup, rows)
+            except Exception:  # noqa: BLE001 - read one by one below: the error names the row
+                values = None
+        if values is None:
+            values = []
+            for row in rows:
+                try:
+                    values += await asyncio.to_thread(lookup, [row])
+                except Exception as exc:
+                    text = f"the entity {row} cannot be looked up ({exc})"
+                    raise EntityLookupError(text[:300]) from exc
+        return [self._wanted(row, found, names) for row, found in zip(rows, values, strict=True)]
+
+    async def _store(self) -> tuple[Any, Any]:
         if not self.configured:
             raise EntityLookupError(
                 "entity lookups are not configured: set BANDITFLOW_FEAST_REPO (and "
@@ -102,17 +139,11 @@ class EntityLookup:
                 self._opening = None  # try again on the next lookup
                 raise
         assert self._opened is not None
-        store, service = self._opened
-        row = dict(entity or {})
+        return self._opened
 
-        def lookup() -> dict[str, Any]:
-            result = store.get_online_features(features=service, entity_rows=[row])
-            return {k.split("__")[-1]: v[0] for k, v in result.to_dict().items()}
-
-        try:
-            values = await asyncio.to_thread(lookup)
-        except Exception as exc:
-            raise EntityLookupError(f"the entity {row} cannot be looked up ({exc})"[:300]) from exc
+    def _wanted(
+        self, row: dict[str, Any], values: dict[str, Any], names: Sequence[str] | None
+    ) -> dict[str, Any]:
         wanted = list(names) if names is not None else [k for k in values if k not in row]
         features = {n: values.get(n) for n in wanted}
         if wanted and all(v is None for v in features.values()) and not self._known(row):

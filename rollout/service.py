@@ -255,9 +255,7 @@ class RolloutService:
             raise NoModelAvailable(self.no_model_reason(snap))
         rows = await self._checked_rows(snap, anchor, reqs)
         serving = self.serving_arms(snap)
-        arms = [
-            await self._choose(serving, anchor.arm, r.unit_id, rows[i]) for i, r in enumerate(reqs)
-        ]
+        arms = await self._choose_many(serving, anchor.arm, reqs, rows)
         reused = await self.client_ids.reuse(reqs, arms, serving, anchor.arm)
         chosen = list(arms)  # the policy's choices, before any failure re-routes a row
         predictions, scores, served = scoring.score_by_arm(self, snap, anchor, rows, arms)
@@ -293,11 +291,13 @@ class RolloutService:
         """Resolve entities and check every row against the models; 422 names the bad row."""
         rows: list[dict[str, Any]] = []
         names = [c.name for c in champion.columns]
+        looked_up = iter(
+            await self.lookup.features_many([r.entity for r in reqs if r.features is None], names)
+            if any(r.features is None for r in reqs)
+            else []
+        )
         for i, req in enumerate(reqs):
-            if req.features is not None:
-                features = req.features
-            else:
-                features = await self.lookup.features(req.entity, names)
+            features = req.features if req.features is not None else next(looked_up)
             try:
                 snap.check_row(features, champion)
             except BadInput as exc:
@@ -328,14 +328,29 @@ class RolloutService:
             f"the champion ({snap.champion}) cannot serve: {entry.error if entry else 'not loaded'}"
         )
 
-    async def _choose(
-        self, arms: list[str], anchor: str, unit_id: str | None, row: Mapping[str, Any]
-    ) -> str:
-        """Return the arm for one row among ``arms`` (``serving_arms`` of the request)."""
+    async def _choose_many(
+        self,
+        arms: list[str],
+        anchor: str,
+        reqs: Sequence[PredictRequest],
+        rows: Sequence[Mapping[str, Any]],
+    ) -> list[str]:
+        """Return the arm of each row among ``arms`` (``serving_arms`` of the request):
+        a unit's sticky arm (the request's units in one trip to the store), else the
+        policy's choice, drawn in row order."""
         if len(arms) == 1:
-            return arms[0]
-        if unit_id is not None:
-            return await self.units.arm_for(unit_id, arms, self.allocation, anchor)
+            return [arms[0]] * len(reqs)
+        sticky = [i for i, r in enumerate(reqs) if r.unit_id is not None]
+        units = [str(reqs[i].unit_id) for i in sticky]
+        held = await self.units.arms_for(units, arms, self.allocation, anchor) if units else []
+        chosen = dict(zip(sticky, held, strict=True))
+        return [
+            chosen[i] if i in chosen else self._choose(arms, anchor, rows[i])
+            for i in range(len(reqs))
+        ]
+
+    def _choose(self, arms: list[str], anchor: str, row: Mapping[str, Any]) -> str:
+        """Return the policy's arm for one row without a unit id."""
         try:
             return segments.contextual_choice(self, arms, row) or self._next_choice(arms)
         except PolicyError as exc:

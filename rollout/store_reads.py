@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Integer, Table, func, select
@@ -159,37 +160,50 @@ class StoreReads:
 
     # --- sticky units ----------------------------------------------------------------------
     def unit_arm(self, unit_id: str, fingerprint: str) -> str | None:
+        return self.unit_arms([(unit_id, fingerprint)])[0]
+
+    def unit_arms(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
+        """Return each (unit, arm set)'s stored arm, or None, read on one connection."""
         with self._read() as conn:
-            return conn.execute(
-                select(units.c.arm).where(
-                    units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
-                )
-            ).scalar_one_or_none()
+            return [
+                conn.execute(
+                    select(units.c.arm).where(units.c.unit_id == u, units.c.fingerprint == f)
+                ).scalar_one_or_none()
+                for u, f in keys
+            ]
 
     def assign_unit(
         self, unit_id: str, fingerprint: str, arm: str, propensity: float | None = None
     ) -> str:
-        """Store a unit's first arm for this arm set; return the arm that won (first writer).
+        """Store a unit's first arm for this arm set; return the arm that won (first writer)."""
+        return self.assign_units([(unit_id, fingerprint, arm, propensity)])[0]
 
-        The writer that stores it also counts the unit for the sample-ratio test, with
-        ``propensity`` (the arm's share of the split it was drawn from), in the same
+    def assign_units(self, rows: Sequence[tuple[str, str, str, float | None]]) -> list[str]:
+        """Store each (unit, arm set, arm, propensity)'s first arm; return the arms that won.
+
+        One write transaction for all of them (a request's new units: one commit, not one
+        per unit). The writer that stores a unit also counts it for the sample-ratio test,
+        with ``propensity`` (the arm's share of the split it was drawn from), in the same
         transaction: one unit, one draw, however many requests it makes and replicas race.
         """
-        stmt = self._insert(units).values(
-            unit_id=unit_id, fingerprint=fingerprint, arm=arm, created_at=time.time()
-        )
+        now = time.time()
 
-        def work(conn: Connection) -> str:
-            inserted = conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1
-            if inserted and propensity is not None and propensity > 0:
-                log_p = math.log(propensity)
-                self._add_to_arms(conn, {arm: {"assigned": 1, "assigned_log_p": log_p}})
-            return str(
-                conn.execute(
-                    select(units.c.arm).where(
-                        units.c.unit_id == unit_id, units.c.fingerprint == fingerprint
-                    )
-                ).scalar_one()
-            )
+        def work(conn: Connection) -> list[str]:
+            counts: dict[str, dict[str, float]] = {}
+            won = []
+            for unit_id, fingerprint, arm, propensity in rows:
+                stmt = self._insert(units).values(
+                    unit_id=unit_id, fingerprint=fingerprint, arm=arm, created_at=now
+                )
+                inserted = conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1
+                if inserted and propensity is not None and propensity > 0:
+                    count = counts.setdefault(arm, {"assigned": 0, "assigned_log_p": 0.0})
+                    count["assigned"] += 1
+                    count["assigned_log_p"] += math.log(propensity)
+                where = (units.c.unit_id == unit_id, units.c.fingerprint == fingerprint)
+                won.append(str(conn.execute(select(units.c.arm).where(*where)).scalar_one()))
+            if counts:
+                self._add_to_arms(conn, counts)
+            return won
 
-        return str(self._write(work))
+        return list(self._write(work))

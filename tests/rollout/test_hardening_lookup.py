@@ -62,6 +62,36 @@ def test_an_entity_resolves_and_an_unknown_id_names_the_ids_that_exist(feast_hom
     assert "100001" in message and "42" in message
 
 
+def test_a_requests_rows_are_read_in_one_call_with_each_rows_own_answer(feast_home: Path) -> None:
+    lookup, _ = lookup_of(feast_home)
+    names = ["region", "tenure_days", "sessions_7d"]
+    ids = [100003, 100001, 100003, 100007]
+    calls: list[int] = []
+    store, service = lookup.open()
+    real = store.get_online_features
+
+    def counted(**kwargs: Any) -> Any:
+        calls.append(len(kwargs["entity_rows"]))
+        return real(**kwargs)
+
+    store.get_online_features = counted
+    try:
+        together = run(lookup.features_many([{"customer_id": i} for i in ids], names))
+        assert calls == [4]  # one call for the request's four rows
+        alone = [run(lookup.features({"customer_id": i}, names)) for i in ids]
+        assert together == alone and together[0] == together[2]
+        # A row the store does not know: the rows are read one by one and the error names it.
+        with pytest.raises(EntityLookupError, match="42"):
+            run(lookup.features_many([{"customer_id": 100001}, {"customer_id": 42}], names))
+        # Rows with other keys cannot share one call: each is read alone.
+        calls.clear()
+        with pytest.raises(EntityLookupError):
+            run(lookup.features_many([{"customer_id": 100001}, {"user": "x"}], names))
+        assert calls == [1, 1]
+    finally:
+        store.get_online_features = real
+
+
 def test_null_online_features_come_back_as_nulls_not_an_error(feast_home: Path) -> None:
     lookup, _ = lookup_of(feast_home)
     # A known entity and a feature the views do not hold: None, as the same null inline.

@@ -61,3 +61,28 @@ def test_api_units_stick_across_restarts_and_split_as_intended(rollout_home: Any
     counts = Counter(arms_first)
     # 300 units: a loose check here; the ±1 point check runs on 20,000 units above.
     assert abs(counts["v1"] / 300 - 0.6) < 0.1 and counts["v3"] > 0
+
+
+def test_a_requests_new_units_take_one_trip_and_repeats_share_their_arm(tmp_path: Any) -> None:
+    import asyncio
+
+    from rollout.sticky import StickyUnits
+    from rollout.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'units.db'}")
+    store.create_schema()
+    trips: list[int] = []
+    real = store.assign_units
+    store.assign_units = lambda rows: (trips.append(len(rows)), real(rows))[1]  # type: ignore[method-assign]
+    sticky = StickyUnits(store, cache_size=2)  # smaller than a request: the answer holds
+    arms = list(ALLOCATION)
+    units = ["u1", "u2", "u1", "u3", "u4"]
+    got = asyncio.run(sticky.arms_for(units, arms, ALLOCATION, "v1"))
+    fingerprint = arm_set_fingerprint(arms)
+    assert got == [arm_at(unit_point(u, fingerprint), ALLOCATION) for u in units]
+    assert trips == [4]  # four distinct new units, one write
+    # A fresh cache (another replica) reads the stored arms, whatever the split says now.
+    other = StickyUnits(store, cache_size=100)
+    moved = {"v1": 0.0, "v2": 0.0, "v3": 1.0}
+    assert asyncio.run(other.arms_for(units, arms, moved, "v1")) == got
+    assert trips == [4]

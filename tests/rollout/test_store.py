@@ -130,6 +130,22 @@ def test_unit_assignment_first_writer_wins(store: Store) -> None:
     assert store.assign_unit("u1", "other-arm-set", "v3") == "v3"
 
 
+def test_a_requests_units_are_stored_in_one_transaction_first_writer_wins(store: Store) -> None:
+    import math
+
+    assert store.assign_unit("old", "fp", "v1", 0.5) == "v1"
+    commits: list[int] = []
+    real = store._write
+    store._write = lambda work, **kw: (commits.append(1), real(work, **kw))[1]  # type: ignore[method-assign]
+    rows = [("old", "fp", "v2", 0.5), ("a", "fp", "v2", 0.25), ("b", "fp", "v3", 0.5)]
+    assert store.assign_units(rows) == ["v1", "v2", "v3"]  # "old" keeps its first arm
+    assert commits == [1]
+    assert store.unit_arms([("a", "fp"), ("b", "fp"), ("c", "fp")]) == ["v2", "v3", None]
+    stats = store.read_stats()  # only the units this call stored are counted, once each
+    assert (stats["v1"].assigned, stats["v2"].assigned, stats["v3"].assigned) == (1, 1, 1)
+    assert stats["v2"].assigned_log_p == pytest.approx(math.log(0.25))
+
+
 def test_config_and_secret_are_shared(store: Store) -> None:
     other = Store(store.url)
     assert store.get_or_create_secret() == other.get_or_create_secret()
