@@ -19,6 +19,8 @@ from tasks.metrics import sign
 RECOVERY_TOLERANCE = 0.02  # "within 2 % of the reference's reward rate"
 # The achievable reference: the best policy given the observable features.
 FEATURE_ORACLE = "feature oracle (best given the features)"
+# The feature oracle from the day after the drift onset, the stale champion on that day.
+DAY_LATE = "feature oracle from the day after the onset"
 
 
 @dataclass

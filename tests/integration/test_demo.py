@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from banditflow.report import DAY_LATE
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -69,7 +71,7 @@ def test_make_demo_quick_closes_the_loop_by_itself(tmp_path: Path) -> None:
     systems = {row["system"]: row for row in summary["systems"]}
     reference = summary["reference"]
     assert reference.startswith("feature oracle") and reference in systems
-    for name in ("oracle (ground truth)", "never retrains"):
+    for name in ("oracle (ground truth)", "never retrains", DAY_LATE):
         assert name in systems, systems.keys()
     assert systems["oracle (ground truth)"]["total reward"] >= systems[reference]["total reward"]
     # How much of the feature oracle the loop earns is the closed-loop benchmark's figure
