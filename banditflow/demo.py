@@ -244,6 +244,7 @@ class Demo:
             feedback_loss=world.feedback_loss,
             concurrency=self.plan.concurrency,
             batch=self.plan.batch,
+            watch_s=None,  # the champion is read at each day's start; decisions need no poll
         )
         start, end = world.day_start(day), world.day_start(day + 1)
         drift = world.drift_day is not None and day >= world.drift_day

@@ -47,6 +47,9 @@ class TrafficOptions:
     # What /feedback receives: "net" = converted - cost when offered (a Gaussian policy's
     # reward), "converted" = 1 when offered and converted, else 0 (fits [0, 1] policies).
     reward: Literal["net", "converted"] = "net"
+    # Wall s between GET /arms polls during the traffic (None: at the start and end only;
+    # each /arms computes P(best): at 2/s a quarter of the demo's service CPU, sampled).
+    watch_s: float | None = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.feedback_loss < 1:
@@ -180,10 +183,6 @@ class ArmsWatcher:
         self.snapshots.append({"wall": time.time(), "seq": seq, "arms": body["arms"]})
         return body
 
-    @property
-    def promoted(self) -> bool:
-        return len(self.champions) > 1
-
 
 @dataclass
 class PendingFeedback:
@@ -254,7 +253,7 @@ async def run_traffic(
     pending = pending if pending is not None else PendingFeedback()
     limits = httpx.Limits(max_connections=options.concurrency * 2)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
-        watcher = ArmsWatcher(client)
+        watcher = ArmsWatcher(client, interval_s=options.watch_s or 0.5)
         sender = FeedbackSender(client, pending)
         await watcher.poll_once(visit.seq_at(0))
         state = {"next": 0, "stopped": False}
@@ -274,7 +273,8 @@ async def run_traffic(
                 if stop is not None and stop(watcher):
                     state["stopped"] = True
 
-        watch_task = asyncio.create_task(watch())
+        watching = stop is not None or options.watch_s is not None
+        watch_task = asyncio.create_task(watch()) if watching else asyncio.sleep(0)
         await asyncio.gather(*(worker() for _ in range(options.concurrency)))
         state["stopped"] = True
         await watch_task
