@@ -181,6 +181,8 @@ def _run_triggers(automations: list[dict[str, Any]]) -> list[tuple[set[str], dic
             continue
         if trigger.get("posture", "Reactive") != "Reactive" or trigger.get("threshold", 1) > 1:
             continue  # answers a count or an absence, not each event
+        if trigger.get("match_related") or trigger.get("after"):
+            continue  # conditions this probe does not evaluate: not counted, never waited on
         for action in automation.get("actions", []):
             if action.get("type") == "run-deployment" and action.get("deployment_id"):
                 expect, match = set(trigger.get("expect") or ()), dict(trigger.get("match") or {})

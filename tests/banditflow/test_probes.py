@@ -29,6 +29,8 @@ def test_only_enabled_reactive_each_event_triggers_that_run_a_deployment_count()
         {"name": "three", "trigger": trigger | {"threshold": 3}, "actions": run},
         {"name": "webhook", "trigger": trigger, "actions": [{"type": "call-webhook"}]},
         {"name": "compound", "trigger": {"type": "compound"}, "actions": run},
+        {"name": "related", "trigger": trigger | {"match_related": {"x": "y"}}, "actions": run},
+        {"name": "sequence", "trigger": trigger | {"after": ["f"]}, "actions": run},
     ]
     assert _run_triggers(automations) == [({"e"}, {}, "d1", "counts")]
 
