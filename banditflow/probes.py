@@ -85,10 +85,7 @@ class PrefectRuns:
             response = await self.client.post(f"{self.api_url}/flow_runs/filter", json=body)
             response.raise_for_status()
             stamp = as_utc(moment)
-            return any(
-                datetime.fromisoformat(r["created"].replace("Z", "+00:00")) >= stamp
-                for r in response.json()
-            )
+            return any(_stamp(r["created"]) >= stamp for r in response.json())
 
         return check
 

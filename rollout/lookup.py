@@ -93,11 +93,10 @@ class EntityLookup:
     ) -> list[dict[str, Any]]:
         """Return the online features of each entity, read in one call to the store.
 
-        One ``get_online_features`` per request, not per row: a row's lookup cost ~3 ms
-        of fixed Feast work, which made a 10-row request cost 10 of them (measured in the
-        demo, where the lookups were most of each simulated day's traffic time). Rows whose
-        keys differ, or a batch the store refuses, are read one by one, so the error names
-        the row that caused it.
+        One ``get_online_features`` (and one thread hop) per request, not per row: each
+        call has its fixed cost, and the demo's 10-row requests paid it ten times. Rows
+        whose keys differ, or a batch the store refuses, are read one by one, so the error
+        names the row that caused it.
         """
         store, service = await self._store()
         rows = [dict(e or {}) for e in entities]

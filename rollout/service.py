@@ -291,11 +291,8 @@ class RolloutService:
         """Resolve entities and check every row against the models; 422 names the bad row."""
         rows: list[dict[str, Any]] = []
         names = [c.name for c in champion.columns]
-        looked_up = iter(
-            await self.lookup.features_many([r.entity for r in reqs if r.features is None], names)
-            if any(r.features is None for r in reqs)
-            else []
-        )
+        entities = [r.entity for r in reqs if r.features is None]
+        looked_up = iter(await self.lookup.features_many(entities, names) if entities else [])
         for i, req in enumerate(reqs):
             features = req.features if req.features is not None else next(looked_up)
             try:
