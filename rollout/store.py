@@ -52,6 +52,7 @@ from rollout.store_segments import SegmentCounters
 
 __all__ = ["DecisionRow", "FeedbackRow", "FeedbackStatus", "ShadowRow", "Store", "StoredStats"]
 __all__ += ["normalize_url", "sum_feedback"]
+_DECISION_COLUMNS = tuple(decisions.c.keys())  # _insert_decisions' tuples follow it
 
 
 class Store(HealthCounters, StoreReads, SegmentCounters, BaselineCounters):
@@ -199,19 +200,19 @@ class Store(HealthCounters, StoreReads, SegmentCounters, BaselineCounters):
         return self._apply_feedback(conn, new_feedback, discount)
 
     def _insert_decisions(self, conn: Connection, new_decisions: Sequence[DecisionRow]) -> None:
-        conn.execute(
-            upserts.insert_ignoring(self.dialect, decisions),
+        conn.exec_driver_sql(
+            upserts.driver_insert_ignoring(self.dialect, decisions, _DECISION_COLUMNS),
             [
-                {
-                    "request_id": d.request_id,
-                    "arm": d.arm,
-                    "unit_id": d.unit_id,
-                    "created_at": d.created_at,
-                    "settled": False,
-                    "propensity": d.propensity,
-                    "policy": d.policy,
-                    "segment": d.segment,
-                }
+                (
+                    d.request_id,
+                    d.arm,
+                    d.unit_id,
+                    d.created_at,
+                    False,
+                    d.propensity,
+                    d.policy,
+                    d.segment,
+                )
                 for d in new_decisions
             ],
         )

@@ -5,6 +5,7 @@ SQLAlchemy a few milliseconds of Python (the ``excluded`` alias, one binary expr
 column), more than executing it on a batch of rows; rebuilt on each commit it held the GIL
 against the request path. The constructs are immutable, so one per (dialect, table, key,
 columns) serves every commit and every thread; SQLAlchemy's compiled cache does the rest.
+The decision rows of /predict go one step further (``driver_insert_ignoring``).
 """
 
 from __future__ import annotations
@@ -50,3 +51,28 @@ def adding(dialect: str, table: Table, keys: tuple[str, ...], names: tuple[str, 
         index_elements=[table.c[k] for k in keys],
         set_={n: table.c[n] + stmt.excluded[n] for n in names},
     )
+
+
+@functools.lru_cache(maxsize=32)
+def driver_insert_ignoring(dialect: str, table: Table, columns: tuple[str, ...]) -> str:
+    """``insert_ignoring``'s SQL, compiled once for the driver, with positional parameters.
+
+    For ``Connection.exec_driver_sql(sql, [tuple, ...])`` (the DBAPI's ``executemany``, with
+    SQLAlchemy's error wrapping): the decision row of every /predict skips the per-row
+    dictionaries, the compiled-cache lookup and the bind processing (a few microseconds a
+    row, held in the GIL the requests need). Tuples follow ``columns``; the values must be
+    what the driver stores as is (str, float, bool, None: the table's types need no
+    processing on SQLite or PostgreSQL).
+    """
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import pysqlite
+
+        target: Any = pysqlite.dialect()  # qmark: positional already
+    else:
+        from sqlalchemy.dialects.postgresql import psycopg
+
+        target = psycopg.dialect(paramstyle="format")  # %s instead of %(name)s
+    compiled = insert_ignoring(dialect, table).compile(dialect=target, column_keys=list(columns))
+    if list(compiled.positiontup or ()) != list(columns):
+        raise AssertionError(f"compiled parameters {compiled.positiontup} != {columns}")
+    return str(compiled)
