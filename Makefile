@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/banditflow demo --fresh $(DEMO_ARGS)
 
+# Two workers (the machine has two cores), one test file per work unit: see tests/conftest.py.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not integration"
