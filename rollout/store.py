@@ -52,7 +52,10 @@ from rollout.store_segments import SegmentCounters
 
 __all__ = ["DecisionRow", "FeedbackRow", "FeedbackStatus", "ShadowRow", "Store", "StoredStats"]
 __all__ += ["normalize_url", "sum_feedback"]
-_DECISION_COLUMNS = tuple(decisions.c.keys())  # _insert_decisions' tuples follow it
+# The order of _insert_decisions' tuples; the compiled SQL is checked against it
+# (upserts.driver_insert_ignoring), so a table whose columns moved fails loudly.
+_DECISION_COLUMNS = ("request_id", "arm", "unit_id", "created_at", "settled", "propensity",
+                     "policy", "segment")  # fmt: skip
 
 
 class Store(HealthCounters, StoreReads, SegmentCounters, BaselineCounters):
