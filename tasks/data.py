@@ -9,7 +9,7 @@ split otherwise. The gates use the test part; the optimizer only ever gets the t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,14 +98,20 @@ def load_study_data(spec: StudySpec, settings: PipelineSettings | None = None) -
 
     settings = settings or get_settings()
     data = spec.data
+    outcomes = Path(data.outcomes or "")  # data.served_only: its rows are the label rows
+    served = _read_table(outcomes, what="data.outcomes") if data.served_only else None
     if data.source == "feast":
-        frame, source = _load_feast(spec, settings)
+        frame, source = _load_feast(spec, settings, labels=served, source=str(data.outcomes))
+    elif served is not None:
+        frame, source = served, str(data.outcomes)
     else:
         frame, source = _read_table(Path(data.path or ""), what="data.path"), str(data.path)
     loaded = split_study_data(frame, spec, source=source)
+    if served is not None:
+        loaded = replace(loaded, outcome_rows=len(loaded.y_train))
     if data.history_days is not None:
         loaded = with_history(loaded, spec, settings)
-    if data.outcomes:
+    if data.outcomes and served is None:
         loaded = with_outcomes(loaded, spec, settings)
     return loaded
 
@@ -130,6 +136,7 @@ def with_history(loaded: StudyData, spec: StudySpec, settings: PipelineSettings)
                     "end": data.start,
                     "history_days": None,
                     "outcomes": None,  # the prior is the old world's labels
+                    "served_only": False,
                 }
             )
         }
@@ -205,7 +212,8 @@ def labels_only(spec: StudySpec) -> StudySpec:
     """
     if spec.data.outcomes is None:
         return spec
-    return spec.model_copy(update={"data": spec.data.model_copy(update={"outcomes": None})})
+    update = {"outcomes": None, "served_only": False}
+    return spec.model_copy(update={"data": spec.data.model_copy(update=update)})
 
 
 def _check_outcomes(y: pd.Series, labels: pd.Series, task: str, source: str) -> pd.Series:

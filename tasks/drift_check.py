@@ -204,7 +204,10 @@ def _decide(
     """
     warm_start_top, emit, decide_only = how
     champ, champ_report = checked[0]
-    outcome.drifted_features = sorted({f for _, r in checked for f in r.drifted_features})
+    _view_drift(outcome, [arm for arm, _ in checked], settings)
+    outcome.drifted_features = sorted(
+        {f for i in outcome.arms.values() for f in i.get("drifted_features", [])}
+    )
     outcome.metric_degraded = bool(champ_report.metric and champ_report.metric.degraded)
     if not outcome.drifted_features and not outcome.metric_degraded:
         outcome.detail = (
@@ -227,6 +230,22 @@ def _decide(
     if emit and plan.spec is not None:
         emit_drift_detected(summary, model=outcome.model, version=champ.version, arms=outcome.arms)
     return plan
+
+
+def _view_drift(outcome: RetrainOutcome, arms: list[Arm], settings: PipelineSettings) -> None:
+    """Add a feature view's change since the window's start to the champion's drifted
+    features, when a serving arm learnt before it (``tasks/view_change.py``): the view's
+    snapshots show a change a day before any label of it exists."""
+    from tasks.retrain_window import shared_drop_columns, stale_view
+
+    lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
+    drop = shared_drop_columns([arm.spec for arm in arms])
+    view = stale_view(arms, arms[0].spec, settings, hi, drop)
+    info = outcome.arms.get(arms[0].version)
+    if view.start is None or view.start <= lo or info is None:
+        return
+    info["drifted_features"] = sorted({*info["drifted_features"], *view.features})
+    info["view_change"] = view.detail
 
 
 def plan_model(

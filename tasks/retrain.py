@@ -129,7 +129,7 @@ def windowed(spec: StudySpec, start: datetime | None, end: datetime | None) -> S
     served outcomes: a retrained champion's spec carries its own, a recent window is the
     labels', and a new retrain adds both again)."""
     update = {"start": start, "end": end, "history_days": None, "outcomes": None}
-    data = spec.data.model_copy(update=update)
+    data = spec.data.model_copy(update={**update, "served_only": False})
     return spec.model_copy(update={"data": data})
 
 
@@ -277,7 +277,7 @@ def plan_retrain(
     """
     from tasks.retrain_family import top_points
     from tasks.retrain_learn import learn_with
-    from tasks.retrain_window import plan_training
+    from tasks.retrain_window import plan_training, served_only
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
     # What it learns from: the labels since the change (waiting for them), every arm's features.
@@ -291,6 +291,8 @@ def plan_retrain(
     new_spec = retrain_spec(champ.spec, outcome.model, lo, hi, warm)
     data = new_spec.data.model_copy(update={"drop_columns": training.drop_columns})
     new_spec = new_spec.model_copy(update={"data": data})
+    if training.served_only:  # no label of the change yet: the served outcomes alone
+        new_spec = served_only(new_spec, settings)
     outcome.new_study, outcome.detail = new_spec.name, training.detail
     if study_exists(new_spec.name, settings):
         outcome.status = "already-retrained"
@@ -299,7 +301,7 @@ def plan_retrain(
     if decide_only:
         outcome.status = "drift-detected"
         return RetrainPlan(outcome, new_spec, recent)
-    if data.drop_columns != (champ.spec.data.drop_columns or []):  # every arm's features
+    if new_spec.data.drop_columns != (champ.spec.data.drop_columns or []):  # all arms
         recent = load_recent(new_spec, settings)
     learned = learn_with(new_spec, recent, warm, settings)  # outcomes, family, prior
     new_spec, recent, warm = learned.spec, learned.data, learned.warm_start

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from contract import CHAMPION
@@ -53,23 +52,9 @@ def _rows_with_time(data: Any) -> tuple[pd.DataFrame, pd.Series] | None:
 def _day_drifted(
     reference: pd.DataFrame, day: pd.DataFrame, features: list[str], drift: Any
 ) -> bool:
-    from tasks.drift import DriftError, psi_categorical, psi_numeric
+    from tasks.view_change import drifted_features
 
-    for feature in features:
-        ref, cur = reference[feature], day[feature]
-        try:
-            if pd.api.types.is_numeric_dtype(ref) and not pd.api.types.is_bool_dtype(ref):
-                psi = psi_numeric(
-                    ref.to_numpy(np.float64), cur.to_numpy(np.float64), drift.psi_bins
-                )
-                threshold = drift.psi_numeric
-            else:
-                psi, threshold = psi_categorical(ref, cur), drift.psi_categorical
-        except DriftError:
-            continue
-        if psi >= threshold:
-            return True
-    return False
+    return bool(drifted_features(reference, day, features, drift))
 
 
 @dataclass(frozen=True)
@@ -127,6 +112,8 @@ class Training:
     drop_columns: list[str]
     waiting: bool = False
     detail: str = ""
+    # No label of the change yet: the rows are the served outcomes since it alone.
+    served_only: bool = False
 
 
 def _placements(outcome: Any, arms: Sequence[Any]) -> list[tuple[str, list[str] | None]]:
@@ -176,14 +163,68 @@ def plan_training(
             change = change_start(recent, reference, features, champ.spec.drift)
             if change.start is not None:
                 break
+    view = stale_view(arms, champ.spec, settings, end, drop)
+    # The view shows a change a day before its labels do.
+    if view.start is not None and view.start > max(start, change.start or start):
+        change = ChangeWindow(view.start, detail=view.detail)
     if change.start is None or change.start <= start:
         return Training(start, recent, drop, detail=change.detail)
     n = rows_since(recent, change.start)
     if n < MIN_ROWS_AFTER_CHANGE:
-        detail = f"{change.detail}; {n} labelled rows since, waiting for {MIN_ROWS_AFTER_CHANGE}"
+        detail = f"{change.detail}; {n} labelled rows since"
+        served = served_since(change.start, end, settings, outcome)
+        if served >= MIN_ROWS_AFTER_CHANGE:
+            spec = served_only(windowed(champ.spec, change.start, end), settings)
+            data = load_recent(spec, settings)
+            detail += f": learning from the {served:,} served outcomes since alone"
+            return Training(change.start, data, drop, detail=detail, served_only=True)
+        detail += f" and {served} served outcomes, waiting for {MIN_ROWS_AFTER_CHANGE}"
         return Training(change.start, recent, drop, waiting=True, detail=detail)
     data = load_recent(windowed(champ.spec, change.start, end), settings)
     return Training(change.start, data, drop, detail=f"{change.detail}; {n} labelled rows since")
+
+
+def stale_view(
+    arms: Sequence[Any], spec: Any, settings: Any, end: datetime, drop: Sequence[str]
+) -> Any:
+    """Return the newest change of the feature views that a serving arm learnt before.
+
+    None placed (``ViewChange.start``) when no view changed over ``spec.drift.recent_days``
+    or every serving arm learnt from the change on (``tasks/view_change.py``).
+    """
+    from tasks.view_change import ViewChange, learnt_before, view_change
+
+    change = view_change(settings, spec.drift, end, spec.drift.recent_days, exclude=drop)
+    if change.start is None or any(learnt_before(a.spec, change.start) for a in arms):
+        return change
+    return ViewChange(None, detail=f"{change.detail}; every serving arm learnt from it on")
+
+
+def served_since(start: datetime, end: datetime, settings: Any, outcome: Any) -> int:
+    """Return how many served outcomes in ``[start, end)`` a retrain may learn from alone.
+
+    0 when ``settings.retrain_outcomes`` is off, without an outcome log, or for a retrain
+    of the live alarm (``banditflow.performance.degraded``): the alarm fires while the
+    day's outcomes are still being gathered, and whether its run read the log before or
+    after the day's ingestion would depend on the machine's load. The day's own check,
+    after the ingestion, decides alike on a quiet or a loaded machine.
+    """
+    from contract import EVENT_PERFORMANCE_DEGRADED
+
+    path = settings.outcomes_path
+    if not settings.retrain_outcomes or outcome.reason == EVENT_PERFORMANCE_DEGRADED:
+        return 0
+    if not path.exists():
+        return 0
+    stamps = pd.to_datetime(pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"])
+    stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps
+    return int(((stamps >= _utc(start)) & (stamps < _utc(end))).sum())
+
+
+def served_only(spec: Any, settings: Any) -> Any:
+    """Return ``spec`` learning from the served outcomes alone (``data.served_only``)."""
+    update = {"outcomes": str(settings.outcomes_path), "served_only": True}
+    return spec.model_copy(update={"data": spec.data.model_copy(update=update)})
 
 
 def with_served_outcomes(spec: Any, data: Any, settings: Any) -> tuple[Any, Any, str]:
@@ -198,6 +239,8 @@ def with_served_outcomes(spec: Any, data: Any, settings: Any) -> tuple[Any, Any,
     from tasks.data import with_outcomes
 
     path = settings.outcomes_path
+    if spec.data.served_only:
+        return spec, data, f"{data.outcome_rows:,} served outcomes since the change, no label"
     if not settings.retrain_outcomes or spec.data.source != "feast" or not path.exists():
         return spec, data, ""
     spec = spec.model_copy(update={"data": spec.data.model_copy(update={"outcomes": str(path)})})

@@ -75,16 +75,20 @@ class DataSpec(_Strict):
     # the gates judge the window's own rows. What a retrain after a change learns from.
     history_days: float | None = Field(default=None, gt=0)
     # The application's served outcomes (the offers it made and whether they converted),
-    # rows like ``labels`` (feast) or like ``path`` (file): joined the same way over the
-    # same window and fitted with the training rows. They are the rows one model chose to
-    # act on, not a sample of everyone, so they never enter the hold-out the gates judge
-    # or the samples the drift checks compare (tasks/data.py: with_outcomes).
+    # rows like ``labels`` (feast) or ``path`` (file), joined alike over the same window and
+    # fitted with the training rows. They are the rows one model chose to act on, not a
+    # sample of everyone: never in the hold-out or drift samples (tasks/data.py).
     outcomes: str | None = None
+    # Those outcomes alone are the window's rows, hold-out too: a retrain before any label
+    # of a change arrived (tasks/retrain_window.py); prior and drift samples stay labels.
+    served_only: bool = False
 
     @model_validator(mode="after")
     def _check_source(self) -> DataSpec:
         if self.source == "file" and not self.path:
             raise ValueError("data.source 'file' needs data.path (a CSV or parquet file)")
+        if self.served_only and not self.outcomes:
+            raise ValueError("data.served_only learns from data.outcomes: set it, or leave it off")
         if self.history_days is not None and self.start is None:
             raise ValueError(
                 "data.history_days counts back from data.start: set data.start, "
