@@ -62,6 +62,7 @@ class Watches:
     guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)  # last run's verdicts
     p99_ms: dict[str, float | None] = field(default_factory=dict)  # from each arm's histogram
     applied: list[dict[str, Any]] = field(default_factory=list)  # what runs did, at which count
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # the policy's, at alarms
 
 
 _WATCHES: weakref.WeakKeyDictionary[Any, Watches] = weakref.WeakKeyDictionary()
@@ -269,6 +270,10 @@ async def _watch_performance(svc: RolloutService, w: Watches, champion: str) -> 
     w.degraded = w.performance.describe()
     _log.warning("champion %s: %s", champion, w.degraded)
     w.performance.reset()
+    if svc.settings.restart_on_alarm:  # the arms' earlier rewards describe the old world
+        restarted = await asyncio.to_thread(svc.store.restart_policy_sums)
+        w.restarts.append({"outcomes": outcomes(svc), "arms": restarted, "why": w.degraded})
+        await svc.refresh_state()
     version = champion.removeprefix("v")
     await emit(
         svc.settings,
@@ -345,6 +350,8 @@ def status(svc: RolloutService) -> dict[str, Any]:
                 "statistic": w.performance.statistic,
                 "threshold": w.performance.threshold,
                 "last_alarm": w.degraded,
+                "restart_on_alarm": svc.settings.restart_on_alarm,
+                "policy_restarts": w.restarts[-20:],
             },
         }
     )

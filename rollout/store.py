@@ -1,9 +1,8 @@
 """The rollout state store: decisions, feedback and per-arm statistics in SQL.
 
-SQLite (WAL) by default, PostgreSQL by URL. Every counter moves by an atomic SQL
-increment (``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``), never a
-read-modify-write in Python, so any number of processes can share one database. Feedback
-is unique per request id: the database, not the process, decides what is a duplicate.
+SQLite (WAL) by default, PostgreSQL by URL. Every counter moves by an atomic SQL increment
+(``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``), never a read-modify-write in
+Python, so any number of processes share one database; feedback is unique per request id.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from rollout import upserts
 from rollout.store_baselines import BaselineCounters
 from rollout.store_health import HealthBatch, HealthCounters
 from rollout.store_reads import StoreReads
+from rollout.store_restart import PolicyRestart
 from rollout.store_schema import (
     _COUNTERS,
     DecisionRow,
@@ -50,15 +50,15 @@ from rollout.store_schema import (
 )
 from rollout.store_segments import SegmentCounters
 
-__all__ = ["DecisionRow", "FeedbackRow", "FeedbackStatus", "ShadowRow", "Store", "StoredStats"]
-__all__ += ["normalize_url", "sum_feedback"]
+__all__ = ["DecisionRow", "FeedbackRow", "FeedbackStatus", "ShadowRow", "Store", "StoredStats",
+           "normalize_url", "sum_feedback"]  # fmt: skip
 # The order of _insert_decisions' tuples; the compiled SQL is checked against it
 # (upserts.driver_insert_ignoring), so a table whose columns moved fails loudly.
 _DECISION_COLUMNS = ("request_id", "arm", "unit_id", "created_at", "settled", "propensity",
                      "policy", "segment")  # fmt: skip
 
 
-class Store(HealthCounters, StoreReads, SegmentCounters, BaselineCounters):
+class Store(HealthCounters, StoreReads, SegmentCounters, BaselineCounters, PolicyRestart):
     """SQL state of the rollout; safe to share between threads, processes and replicas."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:

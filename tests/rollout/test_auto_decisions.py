@@ -164,3 +164,41 @@ def test_a_fall_of_the_champions_reward_emits_performance_degraded(rollout_home:
     assert len(degraded) == 1, received
     assert degraded[0]["resource"]["prefect.resource.id"] == contract.model_resource_id(MODEL, "1")
     assert "earlier rate 0.05" in degraded[0]["payload"]["reason"]
+
+
+def _fall_of_the_champions_reward(client: Any) -> None:
+    decide(client)  # the watch starts on the champion
+    seed(client, "v1", 6_000, 300, "ref")  # its earlier rate: 5 %
+    seed(client, "v2", 2_000, 100, "ref")
+    decide(client)
+    seed(client, "v1", 10_000, 200, "low")  # then 2 %
+    decide(client)
+
+
+def test_an_alarm_restarts_the_policys_sums_and_keeps_the_rules(rollout_home: Path) -> None:
+    settings = make_settings(rollout_home, decision_params=RULE)
+    with TestClient(create_app(settings)) as client:
+        _fall_of_the_champions_reward(client)
+        stats = client.app.state.service.store.read_stats()
+        performance = client.get("/arms").json()["decisions"]["performance"]
+    # Every arm's policy sums start afresh at the alarm; the plain sums since each arm
+    # joined (what the decision rule and the champion watch read) are all still there.
+    assert {a: (s.pulls, s.reward_sum, s.reward_sq_sum) for a, s in stats.items()} == {
+        "v1": (0.0, 0.0, 0.0),
+        "v2": (0.0, 0.0, 0.0),
+    }
+    assert (stats["v1"].outcomes, stats["v1"].total_reward_sum) == (16_000, 500.0)
+    assert (stats["v2"].outcomes, stats["v2"].total_reward_sum) == (2_000, 100.0)
+    assert performance["restart_on_alarm"] is True
+    [restart] = performance["policy_restarts"]
+    assert restart["arms"] == 2 and "earlier rate 0.05" in restart["why"], restart
+
+
+def test_with_the_restart_off_an_alarm_leaves_the_policys_sums(rollout_home: Path) -> None:
+    settings = make_settings(rollout_home, decision_params=RULE, restart_on_alarm=False)
+    with TestClient(create_app(settings)) as client:
+        _fall_of_the_champions_reward(client)
+        stats = client.app.state.service.store.read_stats()
+        performance = client.get("/arms").json()["decisions"]["performance"]
+    assert performance["last_alarm"] and performance["policy_restarts"] == []
+    assert (stats["v1"].pulls, stats["v1"].reward_sum) == (16_000, 500.0)
