@@ -65,7 +65,21 @@ def test_make_demo_quick_closes_the_loop_by_itself(tmp_path: Path) -> None:
     retrained = [v for v in versions if "retrain" in (v.tags or {}).get("banditflow.study", "")]
     assert retrained, [(v.version, v.tags.get("banditflow.study")) for v in versions]
     loop = summary["loop_days"]
-    assert loop["to_challenger_serving"] is not None, loop
+    # The feature view's snapshot places the change, and the onset day's served outcomes
+    # train a challenger at its end: it serves the next day, before any label of the change.
+    assert loop["to_challenger_serving"] is not None and loop["to_challenger_serving"] <= 1, loop
+    from tasks.register import load_study_spec
+    from tasks.settings import PipelineSettings
+    from tasks.study import load_study_result
+
+    settings = PipelineSettings(home=home)
+    studies = {v.tags["banditflow.study"] for v in retrained}
+    specs = {
+        s: load_study_spec(load_study_result(s, settings).parent_run_id, settings) for s in studies
+    }
+    assert any(spec.data.served_only for spec in specs.values()), {
+        s: (spec.data.start, spec.data.served_only) for s, spec in specs.items()
+    }
 
     # The report compares against the feature oracle, beside the other baselines.
     systems = {row["system"]: row for row in summary["systems"]}
