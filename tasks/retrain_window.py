@@ -172,7 +172,7 @@ def plan_training(
     n = rows_since(recent, change.start)
     if n < MIN_ROWS_AFTER_CHANGE:
         detail = f"{change.detail}; {n} labelled rows since"
-        served = served_since(change.start, end, settings, outcome)
+        served = served_since(change.start, end, settings, outcome, champ.spec)
         if served >= MIN_ROWS_AFTER_CHANGE:
             spec = served_only(windowed(champ.spec, change.start, end), settings)
             data = load_recent(spec, settings)
@@ -200,10 +200,11 @@ def stale_view(
     return ViewChange(None, detail=f"{change.detail}; every serving arm learnt from it on")
 
 
-def served_since(start: datetime, end: datetime, settings: Any, outcome: Any) -> int:
+def served_since(start: datetime, end: datetime, settings: Any, outcome: Any, spec: Any) -> int:
     """Return how many served outcomes in ``[start, end)`` a retrain may learn from alone.
 
-    0 when ``settings.retrain_outcomes`` is off, without an outcome log, or for a retrain
+    0 when ``settings.retrain_outcomes`` is off, without an outcome log, for a spec whose
+    data is a file (the log holds keys and outcomes, which Feast joins), or for a retrain
     of the live alarm (``banditflow.performance.degraded``): the alarm fires while the
     day's outcomes are still being gathered, and whether its run read the log before or
     after the day's ingestion would depend on the machine's load. The day's own check,
@@ -214,7 +215,7 @@ def served_since(start: datetime, end: datetime, settings: Any, outcome: Any) ->
     path = settings.outcomes_path
     if not settings.retrain_outcomes or outcome.reason == EVENT_PERFORMANCE_DEGRADED:
         return 0
-    if not path.exists():
+    if spec.data.source != "feast" or not path.exists():
         return 0
     stamps = pd.to_datetime(pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"])
     stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps

@@ -147,12 +147,15 @@ def test_a_retrain_before_any_label_learns_and_holds_out_from_the_served_outcome
     visits.reset_index(drop=True).to_parquet(settings.outcomes_path)
     hi = DRIFT_AT + timedelta(days=1)
     outcome = SimpleNamespace(reason=None)
-    assert served_since(DRIFT_AT, hi, settings, outcome) == len(visits) > 0
+    feast = StudySpec.parse({"name": "served"})
+    file_spec = StudySpec.parse({"name": "f", "data": {"source": "file", "path": "x.csv"}})
+    assert served_since(DRIFT_AT, hi, settings, outcome, file_spec) == 0  # no key to join
+    assert served_since(DRIFT_AT, hi, settings, outcome, feast) == len(visits) > 0
     # The live alarm's own retrain never learns from them: when it reads the log is load's.
     alarm = SimpleNamespace(reason="banditflow.performance.degraded")
-    assert served_since(DRIFT_AT, hi, settings, alarm) == 0
+    assert served_since(DRIFT_AT, hi, settings, alarm, feast) == 0
     off = settings.model_copy(update={"retrain_outcomes": False})
-    assert served_since(DRIFT_AT, hi, off, outcome) == 0
+    assert served_since(DRIFT_AT, hi, off, outcome, feast) == 0
 
     window = {"start": DRIFT_AT.isoformat(), "end": hi.isoformat(), "history_days": 7}
     spec = served_only(StudySpec.parse({"name": "served", "data": window}), settings)
