@@ -8,7 +8,9 @@ when the retrained challenger joined, so it kept 55 % of that day's visits at a 
 Restarting a bandit's statistics at a detected change is the change-detection bandit's
 rule (Mellor & Shapiro 2013; Cao et al. 2019, M-UCB; Besson et al. 2022, GLR-klUCB).
 Only the policy's sums restart: the plain sums since an arm joined, which the decision
-rule and the champion watch read, are kept, so their stated error rates still hold.
+rule and the champion watch read, are kept, so their stated error rates still hold. The
+contextual policy routes on plain sums (per segment, and pooled for its prior), so the
+restart does not reach it.
 """
 
 from __future__ import annotations
