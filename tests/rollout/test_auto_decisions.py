@@ -176,7 +176,7 @@ def _fall_of_the_champions_reward(client: Any) -> None:
 
 
 def test_an_alarm_restarts_the_policys_sums_and_keeps_the_rules(rollout_home: Path) -> None:
-    settings = make_settings(rollout_home, decision_params=RULE)
+    settings = make_settings(rollout_home, decision_params=RULE, restart_on_alarm=True)
     with TestClient(create_app(settings)) as client:
         _fall_of_the_champions_reward(client)
         stats = client.app.state.service.store.read_stats()
@@ -194,11 +194,12 @@ def test_an_alarm_restarts_the_policys_sums_and_keeps_the_rules(rollout_home: Pa
     assert restart["arms"] == 2 and "earlier rate 0.05" in restart["why"], restart
 
 
-def test_with_the_restart_off_an_alarm_leaves_the_policys_sums(rollout_home: Path) -> None:
-    settings = make_settings(rollout_home, decision_params=RULE, restart_on_alarm=False)
+def test_by_default_an_alarm_leaves_the_policys_sums(rollout_home: Path) -> None:
+    settings = make_settings(rollout_home, decision_params=RULE)
     with TestClient(create_app(settings)) as client:
         _fall_of_the_champions_reward(client)
         stats = client.app.state.service.store.read_stats()
         performance = client.get("/arms").json()["decisions"]["performance"]
-    assert performance["last_alarm"] and performance["policy_restarts"] == []
+    assert performance["last_alarm"] and performance["restart_on_alarm"] is False
+    assert performance["policy_restarts"] == []
     assert (stats["v1"].pulls, stats["v1"].reward_sum) == (16_000, 500.0)
