@@ -87,8 +87,8 @@ class RolloutSettings(BaseSettings):
     # When the champion's change detector alarms (banditflow.performance.degraded), every
     # arm's policy sums start afresh: what they earned before describes the old world
     # (rollout/store_restart.py). The decision rule's plain sums are kept either way. Off:
-    # in the closed loop it moved traffic off the stale champion sooner but, with fewer of
-    # the champion's outcomes, delayed the promotion a day (README, "The closed loop").
+    # in the closed loop it moved traffic off the stale champion sooner, but fewer of the
+    # champion's outcomes delayed the promotion; no gain over three seeds (README).
     restart_on_alarm: bool = False
     # Reproducible decisions (rollout.cadence): refresh the statistics the policy draws from,
     # and decide, at each multiple of this many acknowledged outcomes (the writer flushed
