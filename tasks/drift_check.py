@@ -233,19 +233,22 @@ def _decide(
 
 
 def _view_drift(outcome: RetrainOutcome, arms: list[Arm], settings: PipelineSettings) -> None:
-    """Add a feature view's change since the window's start to the champion's drifted
-    features, when a serving arm learnt before it (``tasks/view_change.py``): the view's
-    snapshots show a change a day before any label of it exists."""
+    """Add a feature view's change since the window's start to the drifted features of each
+    serving arm that learnt before it (``tasks/view_change.py``): the view's snapshots show
+    a change a day before any label of it exists."""
     from tasks.retrain_window import shared_drop_columns, stale_view
+    from tasks.view_change import learnt_before
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
     drop = shared_drop_columns([arm.spec for arm in arms])
     view = stale_view(arms, arms[0].spec, settings, hi, drop)
-    info = outcome.arms.get(arms[0].version)
-    if view.start is None or view.start <= lo or info is None:
+    if view.start is None or view.start <= lo:
         return
-    info["drifted_features"] = sorted({*info["drifted_features"], *view.features})
-    info["view_change"] = view.detail
+    for arm in arms:
+        info = outcome.arms.get(arm.version)
+        if info is not None and learnt_before(arm.spec, view.start):
+            info["drifted_features"] = sorted({*info["drifted_features"], *view.features})
+            info["view_change"] = view.detail
 
 
 def plan_model(

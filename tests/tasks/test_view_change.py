@@ -126,6 +126,33 @@ def test_the_views_own_rows_place_the_change_a_day_before_any_label(
 
 
 @pytest.mark.slow
+def test_the_checks_drifted_arms_are_those_that_learnt_before_the_change(
+    store: SimpleNamespace,
+) -> None:
+    from tasks.drift_check import _view_drift
+    from tasks.retrain import RetrainOutcome
+
+    def arm(version: str, start: datetime | None) -> SimpleNamespace:
+        spec = StudySpec.parse({"name": "view", "data": {"start": start}})
+        return SimpleNamespace(version=version, spec=spec)
+
+    window = {"start": (DRIFT_AT - timedelta(days=7)).isoformat(), "end": DRIFT_AT.isoformat()}
+
+    def check(arms: list[SimpleNamespace]) -> dict[str, list[str]]:
+        outcome = RetrainOutcome("conversion", "not-drifted", arms[0].version, "s", window)
+        outcome.arms = {a.version: {"drifted_features": []} for a in arms}
+        _view_drift(outcome, arms, store.settings)  # type: ignore[arg-type]
+        return {v: i["drifted_features"] for v, i in outcome.arms.items()}
+
+    # A champion that learnt from the change on, beside a stale arm: only the stale one moved.
+    after = check([arm("4", DRIFT_AT), arm("2", None)])
+    assert after["4"] == [] and after["2"] and set(after["2"]) <= set(DRIFTED_FEATURES), after
+    # Every arm learnt before it: each is drifted; every arm learnt after it: none.
+    assert all(check([arm("2", None), arm("3", DRIFT_AT - timedelta(days=9))]).values())
+    assert not any(check([arm("4", DRIFT_AT)]).values())
+
+
+@pytest.mark.slow
 def test_a_retrain_before_any_label_learns_and_holds_out_from_the_served_outcomes(
     store: SimpleNamespace,
 ) -> None:
