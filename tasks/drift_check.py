@@ -236,8 +236,7 @@ def _view_drift(outcome: RetrainOutcome, arms: list[Arm], settings: PipelineSett
     """Add a feature view's change since the window's start to the drifted features of each
     serving arm that learnt before it (``tasks/view_change.py``): the view's snapshots show
     a change a day before any label of it exists."""
-    from tasks.retrain_window import shared_drop_columns, stale_view
-    from tasks.view_change import learnt_before
+    from tasks.retrain_window import learnt_before, shared_drop_columns, stale_view
 
     lo, hi = (datetime.fromisoformat(str(outcome.window[k])) for k in ("start", "end"))
     drop = shared_drop_columns([arm.spec for arm in arms])

@@ -192,7 +192,7 @@ def stale_view(
     None placed (``ViewChange.start``) when no view changed over ``spec.drift.recent_days``
     or every serving arm learnt from the change on (``tasks/view_change.py``).
     """
-    from tasks.view_change import ViewChange, learnt_before, view_change
+    from tasks.view_change import ViewChange, view_change
 
     change = view_change(settings, spec.drift, end, spec.drift.recent_days, exclude=drop)
     if change.start is None or any(learnt_before(a.spec, change.start) for a in arms):
@@ -217,8 +217,9 @@ def served_since(start: datetime, end: datetime, settings: Any, outcome: Any, sp
         return 0
     if spec.data.source != "feast" or not path.exists():
         return 0
-    stamps = pd.to_datetime(pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"])
-    stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps
+    from tasks.features import as_utc
+
+    stamps = as_utc(pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"])
     return int(((stamps >= _utc(start)) & (stamps < _utc(end))).sum())
 
 
@@ -254,6 +255,12 @@ def _utc(moment: Any) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
+def learnt_before(spec: Any, start: datetime) -> bool:
+    """Whether a version's training window (its spec's ``data.start``; None: the whole
+    history) began before ``start``: one that learnt from the change on is not stale for it."""
+    return spec.data.start is None or _utc(spec.data.start) < _utc(start)
+
+
 def challenger_since(arms: Sequence[Any], start: datetime) -> Any | None:
     """Return a serving challenger that learnt from ``start`` on, or None.
 
@@ -262,12 +269,7 @@ def challenger_since(arms: Sequence[Any], start: datetime) -> Any | None:
     each day's retrain superseded the day before's challenger, and no challenger ever
     gathered the outcomes a promotion needs. So while one is judged, the change is handled.
     """
-    for arm in arms:
-        if arm.alias == CHAMPION or arm.spec.data.start is None:
-            continue
-        if _utc(arm.spec.data.start) >= _utc(start):
-            return arm
-    return None
+    return next((a for a in arms if a.alias != CHAMPION and not learnt_before(a.spec, start)), None)
 
 
 def alarm_ahead_of_labels(reason: str | None, metric_degraded: bool) -> bool:

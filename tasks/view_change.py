@@ -130,13 +130,3 @@ def view_change(
         if found.start is None or (change.start is not None and change.start > found.start):
             found = change
     return found
-
-
-def learnt_before(spec: Any, start: datetime) -> bool:
-    """Whether a version's training window (its spec's ``data.start``) began before ``start``:
-    a version that learnt from the change on is not stale for it."""
-    if spec.data.start is None:
-        return True
-    moment = pd.Timestamp(spec.data.start)
-    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment
-    return bool(moment < pd.Timestamp(start))

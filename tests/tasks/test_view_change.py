@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from tasks.datagen import ACTIVITY_FEATURES, DRIFTED_FEATURES, GeneratorConfig, generate
+from tasks.retrain_window import learnt_before
 from tasks.spec import DriftSpec, StudySpec
-from tasks.view_change import MIN_SNAPSHOT_ROWS, learnt_before, snapshot_change
+from tasks.view_change import MIN_SNAPSHOT_ROWS, snapshot_change
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DRIFT_AT = START + timedelta(days=20)
